@@ -1,0 +1,264 @@
+"""The one interface every VLM family sits behind.
+
+An adapter is the only place that knows a family. It wraps the Hugging Face model (rename, don't
+reimplement) and answers three questions for the rest of the toolkit:
+
+1. How do I turn images + a prompt into model inputs? (`build_inputs`, through the family's chat
+   template, left-padded so the last position is the next-token position for every row.)
+2. Which LM positions hold which part of each image? (`BatchInputs.images`: for every image token its
+   LM position, tile, grid cell (row, col) and the box of the image it covers, derived from the
+   model's own inputs such as `image_grid_thw`, never from constants.)
+3. Where are the hook sites? (`hook_point(site)`: SPEC's `vision.out`, `projector.out`,
+   `lm.resid_pre.{l}`, `lm.resid_post.{l}`, `lm.attn.{l}`, `lm.mlp.{l}` -> module + how to read/write.)
+
+The engine hooks modules only through `hook_point`; experiments only through the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from spatialmech.errors import UserInputError
+
+SITE_NAMES = ("vision.out", "projector.out", "lm.resid_pre.{l}", "lm.resid_post.{l}", "lm.attn.{l}", "lm.mlp.{l}")
+_LAYER_SITE = re.compile(r"^lm\.(resid_pre|resid_post|attn|mlp)\.(\d+)$")
+
+# The system prompt SPEC section 3 uses for synthetic tasks.
+SYNTHETIC_SYSTEM_PROMPT = "You are a helpful assistant. You respond in one token."
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """Where a site lives and how its value is read or written.
+
+    when:  "output" -> forward hook; the value is the module output (first element if a tuple).
+           "input"  -> forward pre-hook; the value is the first positional argument (or `input_kwarg`).
+    space: "sequence"     -> value is (batch, seq, hidden) indexed by LM position.
+           "image_tokens" -> value is (n_tokens, hidden) rows of all images of the batch concatenated in
+                             the order the LM consumes them (i.e. the order of `BatchInputs.image_rows`),
+                             e.g. `projector.out`. `vision.out` may have more rows than LM image tokens
+                             (before a merger); `rows_per_lm_token` says how many.
+    """
+
+    site: str
+    module: nn.Module
+    when: Literal["output", "input"] = "output"
+    space: Literal["sequence", "image_tokens"] = "sequence"
+    input_kwarg: str | None = None
+    rows_per_lm_token: int = 1
+
+
+@dataclass
+class ImageTokens:
+    """The LM tokens of one image of one batch row.
+
+    All tensors have one entry per LM image token, in LM sequence order.
+    positions: LM sequence index (after left padding) of each token.
+    tiles:     which view the token belongs to (0 for single-view models; tiled models number their
+               crops 0..n-1 and the global thumbnail last, see `tile_names`).
+    rows/cols: grid cell of the token inside its tile, raster order.
+    boxes:     (x0, y0, x1, y1) of the original image the token covers, as fractions in [0, 1]; lets
+               experiments select object/strip tokens on any family, tiled or not.
+    grid_shapes: (rows, cols) of each tile's grid.
+    """
+
+    positions: torch.Tensor
+    tiles: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    boxes: torch.Tensor
+    grid_shapes: list[tuple[int, int]]
+    tile_names: list[str] = field(default_factory=lambda: ["image"])
+
+    def __len__(self) -> int:
+        return int(self.positions.numel())
+
+    @property
+    def main_tile(self) -> int:
+        """The tile that covers the whole image at the finest single grid (the global view)."""
+        return len(self.grid_shapes) - 1
+
+    def cell_positions(self, tile: int | None = None) -> torch.Tensor:
+        """(rows, cols) tensor of LM positions of one tile, -1 where a cell has no token."""
+        tile = self.main_tile if tile is None else tile
+        n_rows, n_cols = self.grid_shapes[tile]
+        table = torch.full((n_rows, n_cols), -1, dtype=torch.long)
+        mask = self.tiles == tile
+        table[self.rows[mask], self.cols[mask]] = self.positions[mask]
+        return table
+
+    def positions_in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
+        """LM positions of the tokens (of one tile, default main) whose centre lies inside `box` (fractions)."""
+        tile = self.main_tile if tile is None else tile
+        x0, y0, x1, y1 = box
+        centre_x = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
+        centre_y = (self.boxes[:, 1] + self.boxes[:, 3]) / 2
+        mask = (self.tiles == tile) & (centre_x >= x0) & (centre_x < x1) & (centre_y >= y0) & (centre_y < y1)
+        return self.positions[mask]
+
+
+@dataclass
+class BatchInputs:
+    """Model inputs for a batch plus the map from LM positions to image parts."""
+
+    model_kwargs: dict[str, Any]
+    images: list[list[ImageTokens]]  # per batch row, per image in the prompt
+    prompts: list[str]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.images)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.model_kwargs["input_ids"].shape[1])
+
+    def image_rows(self) -> list[tuple[int, int, int]]:
+        """(batch row, image index, token index in that image) for every row of an `image_tokens` site."""
+        out = []
+        for b, per_row in enumerate(self.images):
+            for i, tokens in enumerate(per_row):
+                out.extend((b, i, t) for t in range(len(tokens)))
+        return out
+
+    def to(self, device: torch.device | str) -> BatchInputs:
+        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.model_kwargs.items()}
+        return BatchInputs(kwargs, self.images, self.prompts)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The token grid the LM sees for a square image: what synthetic stimuli are drawn on."""
+
+    tokens_per_side: int
+    pixels_per_token: int
+
+    @property
+    def image_size(self) -> int:
+        return self.tokens_per_side * self.pixels_per_token
+
+
+class VLMAdapter(ABC):
+    """Behind this interface every family looks the same. Subclasses are small: one file per family."""
+
+    family: ClassVar[str]  # our name, e.g. "qwen2-vl"
+    model_types: ClassVar[tuple[str, ...]]  # HF `config.model_type` values this adapter handles
+    description: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, model_id: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.model_id = model_id
+        self.model.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    @abstractmethod
+    def from_pretrained(
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+    ) -> VLMAdapter:
+        """Load a checkpoint (local folder or hub id) with safetensors weights."""
+
+    @classmethod
+    @abstractmethod
+    def tiny(cls, seed: int = 0) -> VLMAdapter:
+        """A tiny randomly initialised model of the real architecture, built from a config, for tests."""
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def grid_spec(self) -> GridSpec:
+        """The token grid of the model's native square input, for drawing synthetic stimuli on."""
+
+    # ------------------------------------------------------------------ inputs
+    @abstractmethod
+    def build_inputs(
+        self, images: Sequence[Sequence[Any]], prompts: Sequence[str], system: str | None = None
+    ) -> BatchInputs:
+        """One batch row per prompt; `images[b]` are the PIL images of row b, in prompt order."""
+
+    # ------------------------------------------------------------------ hook sites
+    @abstractmethod
+    def hook_point(self, site: str) -> HookPoint:
+        """Map a SPEC site name to its module and how to read/write it."""
+
+    def sites(self) -> list[str]:
+        fixed = ["vision.out", "projector.out"]
+        per_layer = [f"lm.{kind}.{layer}" for layer in range(self.num_layers) for kind in ("resid_pre", "resid_post", "attn", "mlp")]
+        return fixed + per_layer
+
+    def parse_layer_site(self, site: str) -> tuple[str, int]:
+        """('resid_pre', 3) for 'lm.resid_pre.3', with a clear error for bad names or layers."""
+        match = _LAYER_SITE.match(site)
+        if not match:
+            raise UserInputError(f"unknown hook site {site!r}", f"use one of {', '.join(SITE_NAMES)}")
+        layer = int(match.group(2))
+        if layer >= self.num_layers:
+            raise UserInputError(
+                f"layer {layer} in site {site!r} does not exist", f"this model has layers 0..{self.num_layers - 1}"
+            )
+        return match.group(1), layer
+
+    # ------------------------------------------------------------------ outputs
+    def forward(self, inputs: BatchInputs) -> torch.Tensor:
+        """Logits at the last position of every row, (batch, vocab)."""
+        with torch.no_grad():
+            out = self.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def answer_token_id(self, word: str) -> int:
+        """The single token id of an answer word; an error if the word is several tokens."""
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise UserInputError(
+                f"answer word {word!r} is {len(ids)} tokens for model {self.model_id}",
+                "choose answer words (and spelling variants) that are single tokens for this tokenizer",
+            )
+        return int(ids[0])
+
+    def answer_token_ids(self, variants: Sequence[str], require_all: bool = False) -> list[int]:
+        """Token ids of the single-token spelling variants of one answer (at least one must exist)."""
+        ids: list[int] = []
+        errors = []
+        for word in variants:
+            try:
+                token = self.answer_token_id(word)
+            except UserInputError as exc:
+                if require_all:
+                    raise
+                errors.append(str(exc))
+                continue
+            if token not in ids:
+                ids.append(token)
+        if not ids:
+            raise UserInputError(
+                f"no spelling of answer {list(variants)!r} is a single token for model {self.model_id}",
+                "choose answer words that are single tokens for this tokenizer",
+            )
+        return ids
+
+    def save_pretrained(self, folder: str) -> None:
+        """Save weights (safetensors), config, tokenizer and image processor, reloadable by from_pretrained."""
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(folder)

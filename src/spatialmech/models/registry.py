@@ -1,0 +1,131 @@
+"""Which adapter handles which checkpoint, and loading by path or hub id.
+
+Adding a family = adding its adapter module to `FAMILY_MODULES` (and its tests). Each module defines
+one `VLMAdapter` subclass named `Adapter`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from spatialmech.errors import UserInputError
+from spatialmech.models.base import VLMAdapter
+
+# family name -> module (relative to spatialmech.models) holding its `Adapter` class.
+FAMILY_MODULES: dict[str, str] = {
+    "qwen2-vl": "qwen2_vl",
+    "qwen2.5-vl": "qwen2_5_vl",
+    "gemma3": "gemma3",
+    "pixtral": "pixtral",
+    "llava": "llava",
+    "paligemma": "paligemma",
+    "idefics3": "idefics3",
+    "internvl": "internvl",
+}
+
+BUNDLED_MODEL_NAME = "bundled"
+
+
+def bundled_model_path() -> Path:
+    """Folder of the tiny Qwen2-VL we train and ship (see `spatialmech train-default`)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "bundled_model"
+
+
+def adapter_class(family: str) -> type[VLMAdapter]:
+    if family not in FAMILY_MODULES:
+        raise UserInputError(f"unknown model family {family!r}", f"use one of {', '.join(FAMILY_MODULES)}")
+    module = importlib.import_module(f"spatialmech.models.{FAMILY_MODULES[family]}")
+    return module.Adapter
+
+
+def available_families() -> dict[str, type[VLMAdapter]]:
+    """The families whose adapter module is importable in this install."""
+    found = {}
+    for family in FAMILY_MODULES:
+        try:
+            found[family] = adapter_class(family)
+        except ModuleNotFoundError:
+            continue
+    return found
+
+
+def family_for_model_type(model_type: str) -> str:
+    for family, cls in available_families().items():
+        if model_type in cls.model_types:
+            return family
+    raise UserInputError(
+        f"model type {model_type!r} is not a supported VLM family",
+        f"use a checkpoint of one of: {', '.join(FAMILY_MODULES)} (see `spatialmech models`)",
+    )
+
+
+def _read_model_type(path_or_id: str, trust_remote_code: bool) -> str:
+    """Read config.json's model_type from a local folder or the hub, with clear errors."""
+    folder = Path(path_or_id)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UserInputError(f"model path {folder} is a file, not a checkpoint folder", "pass the folder that holds config.json")
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise UserInputError(f"model folder {folder} has no config.json", "pass a Hugging Face checkpoint folder")
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"{config_file} is not valid JSON ({exc.msg})", "replace it with a complete copy") from exc
+        if not isinstance(config, dict):
+            raise UserInputError(f"{config_file} is not a JSON object", "replace it with a Hugging Face config.json")
+        if config.get("auto_map") and not trust_remote_code:
+            raise UserInputError(
+                f"checkpoint {folder} needs remote code (its config has auto_map)",
+                "pass --trust-remote-code only if you trust its code, or use a native transformers checkpoint",
+            )
+        weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.safetensors.index.json"))
+        if not weights:
+            pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")] + [p.name for p in folder.glob("*.pth")]
+            hint = f" (found only pickle weights {', '.join(pickled)}, which we refuse to load)" if pickled else ""
+            raise UserInputError(
+                f"model folder {folder} has no safetensors weights{hint}",
+                "convert the checkpoint to safetensors or pass a folder that has model.safetensors",
+            )
+        model_type = config.get("model_type")
+        if not model_type:
+            raise UserInputError(f"{config_file} has no model_type", "pass a Hugging Face checkpoint folder")
+        return str(model_type)
+    if path_or_id.count("/") != 1 or path_or_id.startswith((".", "/")):
+        raise UserInputError(
+            f"model {path_or_id!r} is neither an existing folder nor a hub id (owner/name)",
+            "check the path, or use 'bundled' for the shipped model",
+        )
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot fetch model {path_or_id!r} from the hub ({str(exc).splitlines()[0]})",
+            "download it to a local folder and pass the folder, or check the id",
+        ) from exc
+    except ValueError as exc:
+        raise UserInputError(f"model {path_or_id!r}: {str(exc).splitlines()[0]}", "pass --trust-remote-code only if you trust it") from exc
+    return str(config.model_type)
+
+
+def load_model(
+    path_or_id: str | None = None, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False
+) -> VLMAdapter:
+    """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model."""
+    if path_or_id in (None, BUNDLED_MODEL_NAME):
+        path = bundled_model_path()
+        if not (path / "config.json").is_file():
+            raise UserInputError(
+                "the bundled model is not installed in this copy of spatialmech",
+                "run `spatialmech train-default --out DIR` and pass --model DIR",
+            )
+        path_or_id = str(path)
+    model_type = _read_model_type(str(path_or_id), trust_remote_code)
+    family = family_for_model_type(model_type)
+    return adapter_class(family).from_pretrained(
+        str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    )
