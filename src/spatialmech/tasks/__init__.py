@@ -1,0 +1,1 @@
+"""Tasks: synthetic stimuli, real benchmark loaders, counterfactual pairs."""
