@@ -21,7 +21,7 @@ HANDLERS: dict[str, str] = {
     "tasks": "spatialmech.tasks.commands:list_tasks_command",
     "render": "spatialmech.tasks.commands:render_command",
     "models": "spatialmech.models.commands:models_command",
-    "eval": "spatialmech.experiments.commands:eval_command",
+    "eval": "spatialmech.experiments.behavior:eval_command",
     "run": "spatialmech.experiments.commands:run_command",
     "reproduce": "spatialmech.report.commands:reproduce_command",
     "report": "spatialmech.report.commands:report_command",

@@ -1,0 +1,1 @@
+"""The intervention engine: the only place that hooks modules (cache, patch, ablate, steer, sweeps)."""

@@ -1,0 +1,1 @@
+"""Paper experiments, each a small module using tasks, adapters and the engine."""
