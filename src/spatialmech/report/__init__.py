@@ -1,0 +1,1 @@
+"""Reports for people: figures (PNG + SVG) and the self-contained HTML report."""
