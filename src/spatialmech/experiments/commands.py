@@ -1,0 +1,120 @@
+"""`spatialmech run EXPERIMENT`: one entry point for every experiment module.
+
+Each experiment module defines `NAME`, `DEFAULT_TASK`, `TASKS` (tasks it accepts),
+`config_from(options) -> dict` (its configuration, from CLI options with the paper's defaults) and
+`run(ctx: ExperimentContext) -> ExperimentOutput`. This module loads the model and task once, builds
+the context, runs, and writes the result contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+from spatialmech.errors import UserInputError
+from spatialmech.experiments.runner import ExperimentContext
+
+# experiment name -> module under spatialmech.experiments
+EXPERIMENT_MODULES: dict[str, str] = {
+    "behavior": "behavior",
+    "last-token": "last_token",
+    "probe": "probe",
+    "criss-cross": "criss_cross",
+    "ablate-vision": "ablate_vision",
+    "backup": "backup",
+    "amplify": "amplify",
+}
+
+
+def experiment_module(name: str):
+    if name not in EXPERIMENT_MODULES:
+        raise UserInputError(f"unknown experiment {name!r}", f"use one of {', '.join(EXPERIMENT_MODULES)}")
+    return importlib.import_module(f"spatialmech.experiments.{EXPERIMENT_MODULES[name]}")
+
+
+def data_hashes(task_name: str, data_root: str | None) -> dict[str, Any]:
+    """Hash the real data files a task reads, so reports refuse to mix results from different data."""
+    from spatialmech.provenance import file_sha256
+
+    if data_root is None:
+        return {"data_root": None}
+    root = Path(data_root)
+    hashes = {p.name: file_sha256(p) for p in sorted(root.glob("*.json")) if p.is_file()}
+    annotations = root / "annotations" / "instances_val2017.json"
+    if annotations.is_file():
+        hashes[str(annotations.relative_to(root))] = file_sha256(annotations)
+    return {"data_root": str(root.resolve()), "files": hashes}
+
+
+def run_experiment(
+    name: str,
+    adapter: Any,
+    *,
+    out_root: str | Path,
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    batch_size: int = 8,
+    data_root: str | None = None,
+    model_label: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run one experiment on an already-loaded adapter; return the path of its result.json."""
+    module = experiment_module(name)
+    task_name = task or module.DEFAULT_TASK
+    if task_name not in module.TASKS:
+        raise UserInputError(f"experiment {name} does not run on task {task_name!r}", f"use one of {', '.join(module.TASKS)}")
+    config = module.config_from(dict(options or {}), adapter)
+    ctx = ExperimentContext(
+        experiment=name,
+        adapter=adapter,
+        task_name=task_name,
+        out_root=Path(out_root),
+        config=config,
+        seed=seed,
+        resume=resume,
+        batch_size=batch_size,
+        data_root=data_root,
+        progress=progress,
+        input_hashes=data_hashes(task_name, data_root),
+    )
+    ctx.prepare()
+    output = module.run(ctx)
+    return ctx.finish(output, model_label=model_label)
+
+
+def load_adapter_from_args(args: argparse.Namespace):
+    import torch
+
+    from spatialmech.models import load_model
+
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
+    if args.n is not None and args.n < 1:
+        raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
+    experiment_module(args.experiment)  # fail fast on a missing module, before loading a model
+    adapter = load_adapter_from_args(args)
+    options = {"n": args.n, "layers": args.layers, "region": args.region, "variant": args.variant,
+               "save_probe": args.save_probe}
+    start = time.time()
+    result_path = run_experiment(
+        args.experiment, adapter, out_root=args.out, task=args.task, options=options, seed=args.seed,
+        resume=args.resume, batch_size=args.batch_size, data_root=args.data, model_label=args.model,
+    )
+    from spatialmech.experiments.runner import load_result
+
+    result = load_result(result_path.parent)
+    print(f"{args.experiment} on {args.model} ({result['task']}) finished in {time.time() - start:.1f}s: {result_path}")
+    for key, value in result["metrics"].items():
+        if isinstance(value, (int, float, str)) or value is None:
+            print(f"  {key}: {value}")
+    return 0
