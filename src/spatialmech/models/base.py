@@ -111,6 +111,11 @@ class BatchInputs:
     model_kwargs: dict[str, Any]
     images: list[list[ImageTokens]]  # per batch row, per image in the prompt
     prompts: list[str]
+    # For `image_tokens` sites whose module rows are NOT in LM order (Qwen2.5-VL's window attention
+    # permutes them): `value[row_order[site]]` is in `image_rows()` order (for sites with
+    # rows_per_lm_token > 1, grouped per LM token). Read: `value[order]`; write: `value[order] = new`.
+    # Sites absent from the dict are already in LM order.
+    row_order: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -130,7 +135,7 @@ class BatchInputs:
 
     def to(self, device: torch.device | str) -> BatchInputs:
         kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.model_kwargs.items()}
-        return BatchInputs(kwargs, self.images, self.prompts)
+        return BatchInputs(kwargs, self.images, self.prompts, {k: v.to(device) for k, v in self.row_order.items()})
 
 
 @dataclass(frozen=True)

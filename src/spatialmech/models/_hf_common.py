@@ -1,0 +1,237 @@
+"""Pieces every Hugging Face adapter needs: loading with clear errors, chat rendering, the LM hook
+sites, and building `ImageTokens` from a token grid.
+
+Kept here so each family file only states what is specific to the family (which modules, which
+special tokens, how the image slot expands).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spatialmech.errors import UserInputError
+from spatialmech.models.base import HookPoint, ImageTokens, VLMAdapter
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_hf_model(
+    model_cls: Any,
+    path_or_id: str,
+    *,
+    dtype: torch.dtype | None,
+    device: str,
+    trust_remote_code: bool,
+) -> nn.Module:
+    """`model_cls.from_pretrained` with safetensors only, turning missing/corrupt files into one-line errors."""
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = model_cls.from_pretrained(path_or_id, **kwargs)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot load weights of model {path_or_id!r} ({_first_line(exc)})",
+            "pass a folder (or hub id) with safetensors weights and a matching config.json",
+        ) from exc
+    except (ValueError, RuntimeError) as exc:
+        raise UserInputError(
+            f"model {path_or_id!r} does not load ({_first_line(exc)})",
+            "check that the folder is a complete checkpoint of a supported family",
+        ) from exc
+    return model.to(device).eval()
+
+
+def load_tokenizer(path_or_id: str, *, trust_remote_code: bool) -> Any:
+    """AutoTokenizer, with the chat template taken from the processor's files when the tokenizer lacks one.
+
+    Real VLM checkpoints often keep the chat template in `chat_template.json`/`.jinja` (a processor
+    file), which AutoTokenizer does not read; we never build the processor (Qwen's needs torchvision).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(
+            f"cannot load the tokenizer of model {path_or_id!r} ({_first_line(exc)})",
+            "pass a checkpoint folder that includes its tokenizer files",
+        ) from exc
+    if not getattr(tokenizer, "chat_template", None):
+        template = _read_processor_chat_template(path_or_id)
+        if template:
+            tokenizer.chat_template = template
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _read_processor_chat_template(path_or_id: str) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = _resolve_file(path_or_id, name)
+        if file is None:
+            continue
+        text = Path(file).read_text(encoding="utf-8")
+        if name.endswith(".json"):
+            try:
+                return json.loads(text).get("chat_template")
+            except (json.JSONDecodeError, AttributeError):
+                return None
+        return text
+    return None
+
+
+def _resolve_file(path_or_id: str, name: str) -> str | None:
+    folder = Path(path_or_id)
+    if folder.is_dir():
+        file = folder / name
+        return str(file) if file.is_file() else None
+    try:
+        from transformers.utils import cached_file
+
+        return cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+
+
+def load_image_processor(processor_cls: Any, path_or_id: str) -> Any:
+    """A specific (PIL/numpy backend) image processor class, so nothing needs torchvision."""
+    try:
+        return processor_cls.from_pretrained(path_or_id)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(
+            f"cannot load the image processor of model {path_or_id!r} ({_first_line(exc)})",
+            "pass a checkpoint folder that includes preprocessor_config.json",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def user_content(num_images: int, prompt: str) -> list[dict[str, str]]:
+    """The user turn in HF's content-list format: images first, then the text (SPEC: image before text)."""
+    return [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
+
+
+def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None) -> str:
+    """The prompt string up to and including the assistant turn opening, from the family's chat template.
+
+    The system message is always passed as a system turn; templates without a system role (Gemma)
+    fold it into the first user turn themselves, exactly as the real checkpoint does.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserInputError(
+            "the model's tokenizer has no chat template",
+            "use an instruction-tuned checkpoint that ships chat_template (tokenizer_config.json or chat_template.jinja)",
+        )
+    messages: list[dict[str, Any]] = []
+    if system is not None:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": user_content(num_images, prompt)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def check_batch(images: Sequence[Sequence[Any]], prompts: Sequence[str]) -> list[list[Any]]:
+    if len(images) != len(prompts):
+        raise UserInputError(
+            f"got {len(images)} image lists for {len(prompts)} prompts", "pass one list of images per prompt"
+        )
+    if not prompts:
+        raise UserInputError("empty batch", "pass at least one prompt")
+    return [[_as_rgb(image) for image in row] for row in images]
+
+
+def _as_rgb(image: Any) -> Any:
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise UserInputError(f"expected a PIL image, got {type(image).__name__}", "open images with spatialmech.io.open_image")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def tokenize_left_padded(tokenizer: Any, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Token ids of already-rendered chat strings (special tokens are in the text), left padded."""
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def split_image_positions(
+    input_ids: torch.Tensor, image_token_id: int, counts_per_row: Sequence[Sequence[int]]
+) -> list[list[torch.Tensor]]:
+    """Per batch row, per image: the LM positions of that image's tokens (image slots in prompt order)."""
+    out = []
+    for row, counts in enumerate(counts_per_row):
+        positions = (input_ids[row] == image_token_id).nonzero().flatten()
+        if positions.numel() != sum(counts):
+            raise RuntimeError(
+                f"row {row}: {positions.numel()} image tokens in the prompt, {sum(counts)} expected from the image grids"
+            )
+        out.append(list(torch.split(positions, list(counts))))
+    return out
+
+
+def grid_image_tokens(positions: torch.Tensor, n_rows: int, n_cols: int) -> ImageTokens:
+    """ImageTokens of a single-view image whose tokens are a raster-order (n_rows x n_cols) grid that
+    covers the whole image (the image is resized, not cropped, to the model's input)."""
+    if positions.numel() != n_rows * n_cols:
+        raise RuntimeError(f"{positions.numel()} image positions for a {n_rows}x{n_cols} grid")
+    index = torch.arange(n_rows * n_cols)
+    rows, cols = index // n_cols, index % n_cols
+    boxes = torch.stack([cols / n_cols, rows / n_rows, (cols + 1) / n_cols, (rows + 1) / n_rows], dim=1).float()
+    return ImageTokens(
+        positions=positions.clone().long(),
+        tiles=torch.zeros(n_rows * n_cols, dtype=torch.long),
+        rows=rows,
+        cols=cols,
+        boxes=boxes,
+        grid_shapes=[(n_rows, n_cols)],
+    )
+
+
+# ------------------------------------------------------------------------------------------ hooks
+
+
+def decoder_layer_hook_point(adapter: VLMAdapter, site: str, layers: nn.ModuleList) -> HookPoint:
+    """The four per-layer LM sites on a standard pre-norm decoder layer (`self_attn`, `mlp`).
+
+    In transformers 5.x a decoder layer returns the hidden-state tensor itself and is called with the
+    hidden states as its first positional argument, so resid_pre is a pre-hook's first argument and
+    resid_post the output. `self_attn` returns (output, weights): the hook reads the first element.
+    """
+    kind, layer = adapter.parse_layer_site(site)
+    block = layers[layer]
+    if kind == "resid_pre":
+        return HookPoint(site, block, when="input")
+    if kind == "resid_post":
+        return HookPoint(site, block, when="output")
+    if kind == "attn":
+        return HookPoint(site, block.self_attn, when="output")
+    return HookPoint(site, block.mlp, when="output")
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """bos/eos/pad ids of a trained tiny tokenizer, to pass into a tiny config (the real defaults are
+    out of the tiny vocabulary and trigger validation warnings)."""
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def token_id(tokenizer: Any, token: str) -> int:
+    value = tokenizer.convert_tokens_to_ids(token)
+    if value is None or value == tokenizer.unk_token_id:
+        raise RuntimeError(f"tokenizer has no token {token!r}")
+    return int(value)

@@ -1,0 +1,262 @@
+"""Qwen2-VL: ViT with 14 px patches, 2x2 patch merger (28 px per LM token), M-RoPE LM.
+
+Family facts this adapter encodes:
+- The HF `Qwen2VLProcessor` needs torchvision (its video processor), so we compose the tokenizer and
+  the PIL-backend image processor ourselves and expand each `<|image_pad|>` to the token count given
+  by `image_grid_thw` (t * h * w / merge**2), as the processor would.
+- The model needs `mm_token_type_ids` (1 at image tokens) to build M-RoPE positions.
+- The image processor orders patches merge-group by merge-group (raster over the merged grid, and
+  row-major inside each merge**2 group), so the merger's input rows (`vision.out`) come in groups of
+  merge**2 per LM token and its output rows (`projector.out`) are in raster order = LM order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from spatialmech.errors import UserInputError
+from spatialmech.models import _hf_common as hf
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
+from spatialmech.models.tiny_tokenizer import train_tokenizer
+
+# The real Qwen2-VL-Instruct chat template (image slot = vision_start, image_pad, vision_end).
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+IMAGE_PAD = "<|image_pad|>"
+
+# SPEC Table 4: synthetic stimuli for Qwen use a 12x12 token grid (336 px).
+PAPER_TOKENS_PER_SIDE = 12
+
+
+def qwen_tiny_tokenizer() -> Any:
+    return train_tokenizer(
+        QWEN_SPECIAL_TOKENS,
+        chat_template=QWEN_CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+class Adapter(VLMAdapter):
+    family = "qwen2-vl"
+    model_types = ("qwen2_vl",)
+    description = "Qwen2-VL (ViT 14 px patches, 2x2 merger, M-RoPE); paper's main model"
+
+    # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
+    @classmethod
+    def _model_class(cls) -> Any:
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+    @classmethod
+    def _config_class(cls) -> Any:
+        from transformers import Qwen2VLConfig
+
+        return Qwen2VLConfig
+
+    @classmethod
+    def _image_processor_class(cls) -> Any:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+    ) -> Adapter:
+        model = hf.load_hf_model(
+            cls._model_class(), path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
+        image_processor = hf.load_image_processor(cls._image_processor_class(), path_or_id)
+        return cls(model, tokenizer, image_processor, path_or_id)
+
+    @classmethod
+    def _tiny_vision_config(cls, hidden_size: int, vision_depth: int, vision_width: int) -> dict[str, Any]:
+        return {
+            "depth": vision_depth,
+            "embed_dim": vision_width,
+            "hidden_size": hidden_size,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        }
+
+    @classmethod
+    def tiny(
+        cls,
+        seed: int = 0,
+        *,
+        tokens_per_side: int = 6,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        vision_depth: int = 1,
+        vision_width: int = 32,
+        num_heads: int = 4,
+        tokenizer: Any = None,
+    ) -> Adapter:
+        """Random tiny model of the real architecture; square inputs give a tokens_per_side^2 grid.
+
+        The keyword sizes let the bundled model reuse this recipe at a larger size.
+        """
+        tokenizer = tokenizer if tokenizer is not None else qwen_tiny_tokenizer()
+        head_dim = hidden_size // num_heads
+        # M-RoPE splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
+        half = head_dim // 2
+        mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
+        config = cls._config_class()(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": hidden_size,
+                "intermediate_size": 2 * hidden_size,
+                "num_hidden_layers": num_layers,
+                "num_attention_heads": num_heads,
+                "num_key_value_heads": max(1, num_heads // 2),
+                "max_position_embeddings": 2048,
+                "rope_parameters": {"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 10000.0},
+                **hf.special_token_ids(tokenizer),
+            },
+            vision_config=cls._tiny_vision_config(hidden_size, vision_depth, vision_width),
+            image_token_id=hf.token_id(tokenizer, IMAGE_PAD),
+            video_token_id=hf.token_id(tokenizer, "<|video_pad|>"),
+            vision_start_token_id=hf.token_id(tokenizer, "<|vision_start|>"),
+            vision_end_token_id=hf.token_id(tokenizer, "<|vision_end|>"),
+        )
+        torch.manual_seed(seed)
+        model = cls._model_class()(config)
+        side = tokens_per_side * 28
+        image_processor = cls._image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=side * side)
+        return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def _text_config(self) -> Any:
+        return self.model.config.text_config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._text_config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._text_config.hidden_size)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def grid_spec(self) -> GridSpec:
+        """28 px per token (patch * merge); the paper's 12x12 grid, or the largest square the
+        processor's max_pixels allows (tiny models)."""
+        factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
+        size = self.image_processor.size
+        max_side = int(math.isqrt(int(size["longest_edge"])) // factor)
+        min_side = math.ceil(math.sqrt(int(size["shortest_edge"])) / factor)
+        return GridSpec(tokens_per_side=max(min_side, min(PAPER_TOKENS_PER_SIDE, max_side)), pixels_per_token=factor)
+
+    # ------------------------------------------------------------------ inputs
+    def build_inputs(
+        self, images: Sequence[Sequence[Any]], prompts: Sequence[str], system: str | None = None
+    ) -> BatchInputs:
+        rows = hf.check_batch(images, prompts)
+        texts = [hf.render_chat(self.tokenizer, len(row), prompt, system) for row, prompt in zip(rows, prompts)]
+        flat = [image for row in rows for image in row]
+        model_kwargs: dict[str, Any] = {}
+        grids: list[tuple[int, int]] = []  # (rows, cols) of LM tokens per image
+        if flat:
+            processed = self.image_processor(images=flat, return_tensors="pt")
+            grid_thw = processed["image_grid_thw"]
+            model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
+            model_kwargs["image_grid_thw"] = grid_thw
+            merge = self.merge_size
+            grids = [(int(h) // merge, int(w) // merge) for _, h, w in grid_thw.tolist()]
+            counts = iter(int(t) * rows_ * cols for (t, _, _), (rows_, cols) in zip(grid_thw.tolist(), grids))
+            texts = [self._expand_image_slots(text, len(row), counts) for text, row in zip(texts, rows)]
+        encoded = hf.tokenize_left_padded(self.tokenizer, texts)
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        model_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, **model_kwargs}
+        model_kwargs["mm_token_type_ids"] = (input_ids == self.image_token_id).to(torch.int32)
+        if not flat:
+            # Text only: the model would fall back to unpadded positions; give padding-aware ones.
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            model_kwargs["position_ids"] = positions.unsqueeze(0).expand(3, -1, -1)
+        grid_iter = iter(grids)
+        per_row_grids = [[next(grid_iter) for _ in row] for row in rows]
+        counts_per_row = [[r * c for r, c in row_grids] for row_grids in per_row_grids]
+        positions = hf.split_image_positions(input_ids, self.image_token_id, counts_per_row)
+        image_tokens = [
+            [hf.grid_image_tokens(pos, r, c) for pos, (r, c) in zip(row_positions, row_grids)]
+            for row_positions, row_grids in zip(positions, per_row_grids)
+        ]
+        return BatchInputs(model_kwargs, image_tokens, list(prompts), row_order=self._row_order(model_kwargs))
+
+    def _row_order(self, model_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Qwen2-VL's merger rows are already in LM order; Qwen2.5-VL overrides."""
+        return {}
+
+    @staticmethod
+    def _expand_image_slots(text: str, num_images: int, counts: Iterator[int]) -> str:
+        pieces = text.split(IMAGE_PAD)
+        if len(pieces) - 1 != num_images:
+            raise UserInputError(
+                f"prompt holds {len(pieces) - 1} image slots for {num_images} images",
+                f"do not write {IMAGE_PAD} in prompt text; pass images separately",
+            )
+        out = pieces[0]
+        for piece in pieces[1:]:
+            out += IMAGE_PAD * next(counts) + piece
+        return out
+
+    # ------------------------------------------------------------------ hook sites
+    @property
+    def _visual(self) -> nn.Module:
+        return self.model.model.visual
+
+    def hook_point(self, site: str) -> HookPoint:
+        merger = self._visual.merger
+        if site == "vision.out":
+            return HookPoint(
+                site, merger, when="input", space="image_tokens", rows_per_lm_token=self.merge_size**2
+            )
+        if site == "projector.out":
+            return HookPoint(site, merger, when="output", space="image_tokens")
+        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
