@@ -98,6 +98,7 @@ class Task(ABC):
     name: str
     description: str = ""
     synthetic: bool = True
+    counterfactual_kinds: tuple[str, ...] = ()  # the kinds `counterfactuals` supports for this task
 
     @abstractmethod
     def items(self, n: int | None = None, seed: int = 0) -> list[Item]:

@@ -1,0 +1,77 @@
+"""`spatialmech tasks` and `spatialmech render`: list the tasks, write a task's stimuli to disk."""
+
+from __future__ import annotations
+
+import argparse
+import io as _bytes_io
+import sys
+from pathlib import Path
+from typing import Any
+
+from spatialmech import io
+from spatialmech.errors import UserInputError
+from spatialmech.tasks import TASKS, get_task, needs_data, resolve_geometry, task_description
+from spatialmech.tasks.base import Item, Task
+from spatialmech.tasks.geometry import GridGeometry
+
+
+def list_tasks_command(args: argparse.Namespace) -> int:
+    """Print each task with its item count (or what data it needs) and description."""
+    rows = []
+    for name in TASKS:
+        if needs_data(name):
+            count = "needs --data"
+        else:
+            task = get_task(name)
+            count = f"{len(task)} items" if hasattr(task, "__len__") else "unbounded"
+            if getattr(task, "default_n", None):
+                count = f"unbounded (default {task.default_n})"
+        rows.append((name, count, task_description(name)))
+    name_width = max(len(r[0]) for r in rows)
+    count_width = max(len(r[1]) for r in rows)
+    for name, count, description in rows:
+        print(f"{name:<{name_width}}  {count:<{count_width}}  {description}")
+    return 0
+
+
+def _geometry_for(args: argparse.Namespace) -> GridGeometry:
+    if getattr(args, "model", None) and getattr(args, "geometry", None):
+        raise UserInputError("--model and --geometry both given", "pass only one: the model's grid or a named preset")
+    if getattr(args, "model", None):
+        from spatialmech.models import load_model
+
+        adapter = load_model(args.model)
+        return GridGeometry.from_grid_spec(adapter.grid_spec(), name=Path(str(args.model)).name or str(args.model))
+    return resolve_geometry(getattr(args, "geometry", None))
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = _bytes_io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def counterfactual_dicts(task: Task, item: Item) -> dict[str, list[dict[str, Any]]]:
+    """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in getattr(task, "counterfactual_kinds", ()):
+        out[kind] = [cf.item.to_dict() | {"source_object": cf.source_object} for cf in task.counterfactuals(item, kind)]
+    return out
+
+
+def render_command(args: argparse.Namespace) -> int:
+    """Write `n` items of a task as PNGs plus items.jsonl (item, image file, counterfactual specs)."""
+    if args.n is not None and args.n < 1:
+        raise UserInputError(f"--n must be at least 1, got {args.n}", "pass a positive number of items")
+    geometry = _geometry_for(args)
+    task = get_task(args.task, geometry=geometry, data_root=args.data)
+    out = io.ensure_writable_dir(args.out)
+    items = task.items(args.n, seed=args.seed)
+    rows = []
+    for index, item in enumerate(items):
+        file_name = f"{index:05d}.png"
+        io.atomic_write_bytes(out / file_name, png_bytes(task.image(item)))
+        rows.append(item.to_dict() | {"image_file": file_name, "counterfactuals": counterfactual_dicts(task, item)})
+    io.write_jsonl(out / "items.jsonl", rows)
+    print(f"wrote {len(items)} images of task {args.task} ({geometry.name} geometry) and items.jsonl to {out}", file=sys.stdout)
+    return 0
