@@ -164,6 +164,15 @@ class VLMAdapter(ABC):
         self.model_id = model_id
         self.model.eval()
 
+    @classmethod
+    def handles(cls, config: dict[str, Any]) -> bool:
+        """Whether this adapter serves a checkpoint, given its config.json as a dict.
+
+        By `model_type`; families that share one (LLaVA and Pixtral are both `llava`) override this to
+        look at sub-configs too.
+        """
+        return config.get("model_type") in cls.model_types
+
     # ------------------------------------------------------------------ construction
     @classmethod
     @abstractmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 from spatialmech.errors import UserInputError
 from spatialmech.models.base import VLMAdapter
@@ -51,18 +52,30 @@ def available_families() -> dict[str, type[VLMAdapter]]:
     return found
 
 
-def family_for_model_type(model_type: str) -> str:
+def family_for_config(config: dict[str, Any]) -> str:
+    """The family whose adapter `handles` this config.json (a dict), e.g. pixtral for a `llava` checkpoint
+    with a Pixtral vision tower."""
     for family, cls in available_families().items():
-        if model_type in cls.model_types:
+        if cls.handles(config):
             return family
     raise UserInputError(
-        f"model type {model_type!r} is not a supported VLM family",
+        f"model type {config.get('model_type')!r} is not a supported VLM family",
         f"use a checkpoint of one of: {', '.join(FAMILY_MODULES)} (see `spatialmech models`)",
     )
 
 
+def family_for_model_type(model_type: str) -> str:
+    """The family of a bare model_type (sub-configs at their defaults: `llava` -> LLaVA-1.5)."""
+    return family_for_config({"model_type": model_type})
+
+
 def _read_model_type(path_or_id: str, trust_remote_code: bool) -> str:
     """Read config.json's model_type from a local folder or the hub, with clear errors."""
+    return str(_read_config(path_or_id, trust_remote_code)["model_type"])
+
+
+def _read_config(path_or_id: str, trust_remote_code: bool) -> dict[str, Any]:
+    """Read config.json (as a dict with a model_type) from a local folder or the hub, with clear errors."""
     folder = Path(path_or_id)
     if folder.exists():
         if not folder.is_dir():
@@ -92,7 +105,7 @@ def _read_model_type(path_or_id: str, trust_remote_code: bool) -> str:
         model_type = config.get("model_type")
         if not model_type:
             raise UserInputError(f"{config_file} has no model_type", "pass a Hugging Face checkpoint folder")
-        return str(model_type)
+        return config
     if path_or_id.count("/") != 1 or path_or_id.startswith((".", "/")):
         raise UserInputError(
             f"model {path_or_id!r} is neither an existing folder nor a hub id (owner/name)",
@@ -109,7 +122,7 @@ def _read_model_type(path_or_id: str, trust_remote_code: bool) -> str:
         ) from exc
     except ValueError as exc:
         raise UserInputError(f"model {path_or_id!r}: {str(exc).splitlines()[0]}", "pass --trust-remote-code only if you trust it") from exc
-    return str(config.model_type)
+    return config.to_dict()
 
 
 def load_model(
@@ -124,8 +137,7 @@ def load_model(
                 "run `spatialmech train-default --out DIR` and pass --model DIR",
             )
         path_or_id = str(path)
-    model_type = _read_model_type(str(path_or_id), trust_remote_code)
-    family = family_for_model_type(model_type)
+    family = family_for_config(_read_config(str(path_or_id), trust_remote_code))
     return adapter_class(family).from_pretrained(
         str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
