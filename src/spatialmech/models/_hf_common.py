@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from spatialmech.errors import UserInputError
@@ -39,6 +40,11 @@ def load_hf_model(
         raise UserInputError(
             f"cannot load weights of model {path_or_id!r} ({_first_line(exc)})",
             "pass a folder (or hub id) with safetensors weights and a matching config.json",
+        ) from exc
+    except SafetensorError as exc:
+        raise UserInputError(
+            f"weights of model {path_or_id!r} are corrupt or truncated ({_first_line(exc)})",
+            "download or copy the checkpoint again",
         ) from exc
     except (ValueError, RuntimeError) as exc:
         raise UserInputError(
