@@ -1,0 +1,161 @@
+"""Pixtral as the authors ran it: `LlavaForConditionalGeneration` with a Pixtral vision tower (model_type
+`llava`, `vision_config.model_type == "pixtral"`, e.g. mistral-community/pixtral-12b) and a Mistral LM.
+
+Family facts the rest of the toolkit relies on:
+- Images keep (roughly) their size: the processor scales the longest edge down to at most
+  `size.longest_edge` and rounds both sides up to whole patches, so the token grid comes from each
+  image's own `image_sizes` entry (rows = height / patch, cols = width / patch), never from a constant.
+- In the prompt each image becomes rows of `[IMG]` tokens, each row followed by `[IMG_BREAK]`, the last
+  one replaced by `[IMG_END]`. Only `[IMG]` positions carry image features; the grid map skips the
+  break/end tokens (they are ordinary text embeddings).
+- The Llava class applies no spatial merge (that is Mistral3), so one `[IMG]` token = one patch, and the
+  projector consumes the tower's last layer with every patch (`vision_feature_select_strategy="full"`;
+  there is no CLS token to drop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from spatialmech.errors import UserInputError
+from spatialmech.models import _hf_common as hf
+from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders
+from spatialmech.models.base import BatchInputs, GridSpec
+from spatialmech.models.llava import LlavaAdapterBase, tiny_words
+from spatialmech.models.tiny_tokenizer import train_tokenizer
+
+IMAGE_TOKEN = "[IMG]"
+IMAGE_BREAK_TOKEN = "[IMG_BREAK]"
+IMAGE_END_TOKEN = "[IMG_END]"
+
+# Same layout as mistral-community/pixtral-12b's template: "<s>[INST]<system>\n\n[IMG]<text>[/INST]"
+# (the system message is folded into the last user turn); the answer follows [/INST] directly.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set system_message = messages[0]['content'] -%}"
+    "{%- else -%}{%- set system_message = messages[0]['content'] | map(attribute='text') | join('') -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{{- bos_token -}}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '[INST]' -}}"
+    "{%- if loop.last and system_message is defined -%}{{- system_message + '\n\n' -}}{%- endif -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '[IMG]' -}}{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '[/INST]' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- message['content'] + eos_token -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+class Adapter(LlavaAdapterBase):
+    family: ClassVar[str] = "pixtral"
+    description: ClassVar[str] = "Pixtral: Llava class with a Pixtral tower (native resolution, [IMG_BREAK] rows)"
+
+    @classmethod
+    def handles(cls, config: dict[str, Any]) -> bool:
+        return config.get("model_type") in cls.model_types and cls._vision_model_type(config) == "pixtral"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def tiny(cls, seed: int = 0) -> Adapter:
+        from transformers import (
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            MistralConfig,
+            PixtralVisionConfig,
+        )
+        from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+        tokenizer = train_tokenizer(
+            ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", IMAGE_TOKEN, IMAGE_BREAK_TOKEN, IMAGE_END_TOKEN],
+            words=tiny_words(()),
+            chat_template=CHAT_TEMPLATE,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+        )
+        max_side, patch_size = 32, 8
+        vision = PixtralVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            head_dim=16,
+            image_size=max_side,
+            patch_size=patch_size,
+        )
+        text = MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            **hf.special_token_ids(tokenizer),
+        )
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+            projector_hidden_act="gelu",
+        )
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+        image_processor = PixtralImageProcessorPil(
+            size={"longest_edge": max_side}, patch_size={"height": patch_size, "width": patch_size}
+        )
+        return cls(model, tokenizer, image_processor, f"tiny-pixtral-seed{seed}")
+
+    # ------------------------------------------------------------------ model facts
+    def grid_spec(self) -> GridSpec:
+        """A square image at the processor's largest size: longest_edge / patch tokens per side."""
+        longest = int(self.image_processor.size.longest_edge)
+        return GridSpec(tokens_per_side=longest // self.patch_size, pixels_per_token=self.patch_size)
+
+    # ------------------------------------------------------------------ inputs
+    def build_inputs(
+        self, images: Sequence[Sequence[Any]], prompts: Sequence[str], system: str | None = None
+    ) -> BatchInputs:
+        if self.model.config.vision_feature_select_strategy != "full":
+            raise UserInputError(
+                f"model {self.model_id} drops the first patch of its image features "
+                "(vision_feature_select_strategy='default' on a tower without CLS)",
+                "use a Pixtral checkpoint with vision_feature_select_strategy='full'",
+            )
+        rows = hf.check_batch(images, prompts)
+        flat = [image for row in rows for image in row]
+        pixel_inputs: dict[str, torch.Tensor] = {}
+        grids: list[tuple[int, int]] = []
+        if flat:
+            patch = {"height": self.patch_size, "width": self.patch_size}
+            processed = self.image_processor(images=flat, patch_size=patch, return_tensors="pt")
+            pixel_inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
+            pixel_inputs["image_sizes"] = processed["image_sizes"]
+            grids = [(int(h) // self.patch_size, int(w) // self.patch_size) for h, w in processed["image_sizes"].tolist()]
+        texts, views, cursor = [], [], 0
+        for row, prompt in zip(rows, prompts):
+            row_grids = grids[cursor : cursor + len(row)]
+            cursor += len(row)
+            text = hf.render_chat(self.tokenizer, len(row), prompt, system)
+            texts.append(expand_placeholders(text, IMAGE_TOKEN, [_image_rows_text(r, c) for r, c in row_grids]))
+            views.append([[View("image", FULL_IMAGE, r, c)] for r, c in row_grids])
+        return self._finish_batch(texts, pixel_inputs, views, prompts)
+
+
+def _image_rows_text(n_rows: int, n_cols: int) -> str:
+    """The prompt text of one image: rows of [IMG], each closed by [IMG_BREAK], the last by [IMG_END]."""
+    lines = [IMAGE_TOKEN * n_cols + IMAGE_BREAK_TOKEN] * n_rows
+    return "".join(lines)[: -len(IMAGE_BREAK_TOKEN)] + IMAGE_END_TOKEN
