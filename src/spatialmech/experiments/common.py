@@ -1,0 +1,140 @@
+"""Helpers every experiment shares: items -> model inputs, answers -> token sets, scoring, pairs.
+
+Scoring follows SPEC section 3: synthetic tasks use the one-token system prompt and are scored by
+the top-1 next token over the answer's spelling variants; forced-choice items (`item.options`, e.g.
+scenes / COCO-spatial) are scored strictly: correct only if right under both option orders.
+Counterfactual pairs are kept only where the model is right on both the clean and the counterfactual
+input (SPEC section 4), and the result says how many were dropped and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spatialmech.engine.scoring import answer_probability, top1_correct
+from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
+from spatialmech.tasks.base import Item, Task
+
+LogitsFn = Callable[[BatchInputs, Sequence[Item]], torch.Tensor]
+
+
+def system_prompt(task: Task) -> str | None:
+    """SPEC: synthetic tasks use the one-token system prompt; real data uses the model's default."""
+    return SYNTHETIC_SYSTEM_PROMPT if getattr(task, "synthetic", True) else None
+
+
+def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str] | None = None) -> BatchInputs:
+    """Model inputs for items (one image each), with their own prompts unless `prompts` is given."""
+    images = [[task.image(item)] for item in items]
+    texts = list(prompts) if prompts is not None else [item.prompt for item in items]
+    return adapter.build_inputs(images, texts, system=system_prompt(task))
+
+
+def answer_ids(adapter: Any, item: Item, answer: str | None = None) -> list[int]:
+    """Token ids of an answer's spelling variants (the item's own answer by default)."""
+    if answer is None or answer == item.answer:
+        return adapter.answer_token_ids(item.answer_variants)
+    return adapter.answer_token_ids(spelling_variants(answer))
+
+
+def spelling_variants(word: str) -> list[str]:
+    """SPEC's variant set: " Red", "Red", " red", "red" (deduplicated, in that order)."""
+    forms = [f" {word}", word, f" {word.lower()}", word.lower(), f" {word.capitalize()}", word.capitalize()]
+    return list(dict.fromkeys(forms))
+
+
+def attribute_answer(item: Item, index: int) -> str:
+    """The answer word naming object `index` of an item (e.g. its colour for squares)."""
+    return item.objects[index].attribute
+
+
+def default_logits(adapter: Any) -> LogitsFn:
+    return lambda inputs, _items: adapter.forward(inputs)
+
+
+@dataclass
+class ItemScore:
+    item_id: str
+    correct: bool
+    p_answer: float
+    predicted_token: str
+
+
+def score_items(
+    adapter: Any,
+    task: Task,
+    items: Sequence[Item],
+    batch_size: int = 8,
+    logits_fn: LogitsFn | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ItemScore]:
+    """Score items in batches. Forced-choice items are asked in both option orders (strict)."""
+    logits_fn = logits_fn or default_logits(adapter)
+    scores: list[ItemScore] = []
+    for start in range(0, len(items), batch_size):
+        batch = list(items[start : start + batch_size])
+        answers = [answer_ids(adapter, item) for item in batch]
+        logits = logits_fn(encode_items(adapter, task, batch), batch)
+        correct = top1_correct(logits, answers)
+        p_answer = answer_probability(logits, answers)
+        swapped = [item.meta.get("prompt_swapped") for item in batch]
+        if any(item.options for item in batch) and all(swapped):
+            swapped_logits = logits_fn(encode_items(adapter, task, batch, prompts=swapped), batch)
+            correct = correct & top1_correct(swapped_logits, answers)
+            p_answer = torch.minimum(p_answer, answer_probability(swapped_logits, answers))
+        tokens = logits.argmax(-1).tolist()
+        for item, ok, p, token in zip(batch, correct.tolist(), p_answer.tolist(), tokens):
+            scores.append(ItemScore(item.id, bool(ok), float(p), adapter.tokenizer.decode([token])))
+        if progress is not None:
+            progress(len(batch))
+    return scores
+
+
+@dataclass
+class Pair:
+    """A clean item and its counterfactual for one experiment."""
+
+    clean: Item
+    counter: Item
+    kind: str
+
+
+def make_pairs(task: Task, items: Sequence[Item], kind: str) -> list[Pair]:
+    return [Pair(item, cf.item, kind) for item in items for cf in task.counterfactuals(item, kind)]
+
+
+def filter_correct_pairs(
+    adapter: Any,
+    task: Task,
+    pairs: Sequence[Pair],
+    n: int,
+    batch_size: int = 8,
+    logits_fn: LogitsFn | None = None,
+) -> tuple[list[Pair], dict[str, int]]:
+    """Keep the first `n` pairs the model answers correctly on both inputs; count the rest by reason."""
+    kept: list[Pair] = []
+    report = {"candidates": 0, "kept": 0, "dropped_clean_wrong": 0, "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
+    for start in range(0, len(pairs), batch_size):
+        if len(kept) >= n:
+            break
+        chunk = list(pairs[start : start + batch_size])
+        clean = score_items(adapter, task, [p.clean for p in chunk], batch_size, logits_fn)
+        counter = score_items(adapter, task, [p.counter for p in chunk], batch_size, logits_fn)
+        for pair, c, k in zip(chunk, clean, counter):
+            if len(kept) >= n:
+                break
+            report["candidates"] += 1
+            if c.correct and k.correct:
+                kept.append(pair)
+            elif not c.correct and not k.correct:
+                report["dropped_both_wrong"] += 1
+            elif not c.correct:
+                report["dropped_clean_wrong"] += 1
+            else:
+                report["dropped_counterfactual_wrong"] += 1
+    report["kept"] = len(kept)
+    return kept, report

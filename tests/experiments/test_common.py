@@ -1,0 +1,80 @@
+"""Shared experiment helpers on a real tiny Qwen2-VL: encoding, strict scoring, pair filtering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spatialmech.experiments.common import (
+    encode_items,
+    filter_correct_pairs,
+    make_pairs,
+    score_items,
+    spelling_variants,
+)
+from spatialmech.models import adapter_class
+from spatialmech.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return adapter_class("qwen2-vl").tiny(0)
+
+
+@pytest.fixture(scope="module")
+def squares(qwen):
+    return get_task("squares", geometry=qwen.grid_spec())
+
+
+def _oracle_logits(adapter, wrong_ids):
+    """Logits that put all mass on each item's answer, except items whose id is in `wrong_ids`."""
+
+    def logits_fn(inputs, items):
+        real = adapter.forward(inputs)
+        out = torch.full_like(real, -30.0)
+        for row, item in enumerate(items):
+            ids = adapter.answer_token_ids(item.answer_variants)
+            out[row, ids[0] if item.id not in wrong_ids else (ids[0] + 1) % out.shape[1]] = 30.0
+        return out
+
+    return logits_fn
+
+
+def test_encode_and_score_real_model(qwen, squares):
+    items = squares.items(3, seed=1)
+    inputs = encode_items(qwen, squares, items)
+    assert inputs.batch_size == 3
+    scores = score_items(qwen, squares, items, batch_size=2)
+    assert [s.item_id for s in scores] == [i.id for i in items]
+    assert all(0.0 <= s.p_answer <= 1.0 for s in scores)
+
+
+def test_filter_counts_drop_reasons(qwen, squares):
+    items = squares.items(6, seed=2)
+    pairs = make_pairs(squares, items, "opposite_query")
+    assert len(pairs) == 6 and all(p.counter.answer != p.clean.answer for p in pairs)
+    wrong = {pairs[0].clean.id, pairs[1].counter.id, pairs[2].clean.id, pairs[2].counter.id}
+    kept, report = filter_correct_pairs(qwen, squares, pairs, n=10, batch_size=4, logits_fn=_oracle_logits(qwen, wrong))
+    assert [p.clean.id for p in kept] == [p.clean.id for p in pairs[3:]]
+    assert report == {"candidates": 6, "kept": 3, "dropped_clean_wrong": 1, "dropped_counterfactual_wrong": 1, "dropped_both_wrong": 1}
+    kept, report = filter_correct_pairs(qwen, squares, pairs, n=2, batch_size=4, logits_fn=_oracle_logits(qwen, set()))
+    assert len(kept) == 2 and report["candidates"] == 2
+
+
+def test_strict_scoring_needs_both_orders(qwen):
+    scenes = get_task("scenes", geometry=qwen.grid_spec())
+    items = scenes.items(2, seed=0)
+    swapped_prompts = {item.meta["prompt_swapped"] for item in items}
+
+    def right_only_in_natural_order(inputs, batch):
+        out = _oracle_logits(qwen, set())(inputs, batch)
+        if set(inputs.prompts) & swapped_prompts:
+            out = -out
+        return out
+
+    assert all(s.correct for s in score_items(qwen, scenes, items, logits_fn=_oracle_logits(qwen, set())))
+    assert not any(s.correct for s in score_items(qwen, scenes, items, logits_fn=right_only_in_natural_order))
+
+
+def test_spelling_variants():
+    assert spelling_variants("Red") == [" Red", "Red", " red", "red"]
