@@ -270,6 +270,28 @@ class VLMAdapter(ABC):
             )
         return ids
 
+    # ------------------------------------------------------------------ LM pieces the engine resumes from
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LM's decoder layers in order (what `lm.resid_pre.{l}` hooks). Used by the engine to run
+        layers l..L-1 from a cached residual instead of a whole forward. Default: HF's `get_decoder().layers`;
+        override if the family keeps them elsewhere."""
+        decoder = self.model.get_decoder()
+        layers = getattr(decoder, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or len(layers) != self.num_layers:
+            raise NotImplementedError(f"{type(self).__name__} must override decoder_layers()")
+        return layers
+
+    def final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the last decoder layer's output (`lm.resid_post.{L-1}`), (..., hidden) ->
+        (..., vocab): final norm then LM head, exactly as the model's forward does. The engine checks this
+        against the real forward once per sweep. Default: HF's `get_decoder().norm` and
+        `get_output_embeddings()`; override for families with extra steps (e.g. logit soft-capping)."""
+        norm = getattr(self.model.get_decoder(), "norm", None)
+        head = self.model.get_output_embeddings()
+        if norm is None or head is None:
+            raise NotImplementedError(f"{type(self).__name__} must override final_logits()")
+        return head(norm(hidden))
+
     def save_pretrained(self, folder: str) -> None:
         """Save weights (safetensors), config, tokenizer and image processor, reloadable by from_pretrained."""
         self.model.save_pretrained(folder, safe_serialization=True)

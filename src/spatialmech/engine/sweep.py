@@ -1,0 +1,433 @@
+"""Layer-by-layer patching sweeps that reuse shared computation (SPEC section 5).
+
+For a patch at layer l, the layers below l see exactly the clean (target) run, so the sweep runs the
+target once, keeps each decoder layer's input and the keyword arguments it was called with (masks,
+rotary embeddings, ...), and for every layer l runs only layers l..L-1 from the patched residual,
+then the final norm and LM head at the last position ("resume"). Patches of different layers are
+stacked along the batch as they start ("staggered"), so each decoder layer is called once per group.
+
+When the patch touches only the last position and attention is causal, every other position equals
+the clean run at every layer, so each layer recomputes just that one token against the clean run's
+cached keys/values ("suffix": a decode step). The engine uses it only after checking, from the masks
+the model itself built, that no earlier position can see the last one (Gemma's bidirectional image
+blocks, sliding windows and padding are all visible there); otherwise it resumes full sequences.
+
+Both paths must equal the naive loop (one patched forward per layer) to 1e-5; tests check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from spatialmech.engine.activations import Activations
+from spatialmech.engine.hooks import HookSession
+from spatialmech.engine.interventions import Intervention, Patch
+from spatialmech.engine.positions import PositionsLike, as_positions
+from spatialmech.engine.scoring import TokenSet, answer_probabilities
+from spatialmech.errors import UserInputError
+from spatialmech.models.base import BatchInputs, VLMAdapter
+
+SweepMethod = Literal["auto", "suffix", "resume", "naive"]
+# kwargs of a decoder layer the engine knows how to cut to the last position / repeat along the batch.
+_CACHE_KWARGS = ("cache", "past_key_values")
+_KNOWN_KWARGS = {"attention_mask", "position_embeddings", "position_ids", "use_cache", "cache_position", *_CACHE_KWARGS}
+
+
+@dataclass
+class SweepResult:
+    """Per layer, the patched run's last-position output.
+
+    layers:        the swept layers (index into the first axis below).
+    probabilities: (n_layers, batch, n_answers) P of each tracked answer (summed over its spellings),
+                   when `answers` were given.
+    logits:        (n_layers, batch, vocab) when `keep_logits`.
+    clean_logits / source_logits: (batch, vocab) of the unpatched target and source runs (with their
+                   own interventions), e.g. to keep only pairs the model gets right on both.
+    method:        how it was computed ("suffix", "resume" or "naive").
+    """
+
+    site: str
+    layers: list[int]
+    probabilities: torch.Tensor | None
+    logits: torch.Tensor | None
+    clean_logits: torch.Tensor
+    source_logits: torch.Tensor
+    method: str
+
+
+def layer_site(template: str, layer: int) -> str:
+    return template.replace("{l}", str(layer))
+
+
+def _resume_start(template: str, layer: int) -> int | None:
+    """First decoder layer to recompute for a patch at this site, or None if the site is not residual."""
+    if template == "lm.resid_pre.{l}":
+        return layer
+    if template == "lm.resid_post.{l}":
+        return layer + 1
+    return None
+
+
+class _PrefixKV:
+    """A stand-in KV cache for a one-token decode step: returns the clean run's prefix keys/values
+    (repeated over stacked patch copies) with the new token's appended; stores nothing, so one object
+    serves every layer and every copy."""
+
+    def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        self.prefix = prefix
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        keys, values = self.prefix[layer_idx]
+        copies = key_states.shape[0] // keys.shape[0]
+        if copies > 1:
+            keys, values = keys.repeat(copies, 1, 1, 1), values.repeat(copies, 1, 1, 1)
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
+    """Repeat every batch-leading tensor `copies` times along dim 0 (broadcast ones stay as they are)."""
+    if copies == 1:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0 or obj.shape[0] == 1:
+            return obj
+        if obj.shape[0] != batch:
+            raise _Unsupported(f"tensor argument with leading size {obj.shape[0]} (batch {batch})")
+        return obj.repeat(copies, *([1] * (obj.dim() - 1)))
+    if isinstance(obj, tuple):
+        return tuple(_repeat_batch(o, copies, batch) for o in obj)
+    if isinstance(obj, list):
+        return [_repeat_batch(o, copies, batch) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _repeat_batch(v, copies, batch) for k, v in obj.items()}
+    return obj
+
+
+class _Unsupported(Exception):
+    """The fast path cannot prove itself exact for this model/input; fall back to a slower exact one."""
+
+
+def _last_query(kwargs: dict[str, Any], seq_len: int, prefix: _PrefixKV) -> dict[str, Any]:
+    """A decoder layer's kwargs for a one-token step at the last position, from the full-prompt kwargs."""
+    out: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in _CACHE_KWARGS:
+            out[name] = prefix
+        elif name == "use_cache":
+            out[name] = False
+        elif name == "attention_mask":
+            if value is None:
+                out[name] = None
+            elif isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-2] == seq_len:
+                out[name] = value[..., -1:, :]
+            else:
+                raise _Unsupported(f"attention mask of type {type(value).__name__}")
+        elif name == "position_embeddings":
+            out[name] = _slice_rotary(value, seq_len)
+        elif name in ("position_ids", "cache_position"):
+            out[name] = value[..., -1:] if isinstance(value, torch.Tensor) else value
+        elif _mentions_length(value, seq_len):
+            raise _Unsupported(f"decoder-layer argument {name!r} depends on the sequence")
+        else:
+            out[name] = value
+    if not any(name in kwargs for name in _CACHE_KWARGS):
+        raise _Unsupported("decoder layers take no KV cache argument")
+    return out
+
+
+def _slice_rotary(value: Any, seq_len: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[-2] == seq_len:
+            return value[..., -1:, :]
+        raise _Unsupported(f"rotary embedding of shape {tuple(value.shape)}")
+    if isinstance(value, (tuple, list)):
+        return type(value)(_slice_rotary(v, seq_len) for v in value)
+    if isinstance(value, dict):
+        return {k: _slice_rotary(v, seq_len) for k, v in value.items()}
+    if value is None:
+        return None
+    raise _Unsupported(f"rotary embedding of type {type(value).__name__}")
+
+
+def _mentions_length(value: Any, seq_len: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return seq_len in value.shape
+    if isinstance(value, (tuple, list)):
+        return any(_mentions_length(v, seq_len) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_length(v, seq_len) for v in value.values())
+    return False
+
+
+def _last_key_hidden_from_prefix(mask: Any, seq_len: int) -> bool:
+    """True when no query before the last position attends to the last key (so it cannot change them)."""
+    if mask is None:
+        return True  # no mask = plain causal attention
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != seq_len:
+        return False
+    column = mask[..., : seq_len - 1, seq_len - 1]
+    if mask.dtype == torch.bool:
+        return not bool(column.any())
+    return bool((column <= torch.finfo(mask.dtype).min / 2).all())
+
+
+class PatchSweep:
+    """One sweep over a batch of (target, source) pairs; see `Engine.patch_sweep` for the contract."""
+
+    def __init__(
+        self,
+        adapter: VLMAdapter,
+        target: BatchInputs,
+        source: BatchInputs,
+        site: str,
+        target_positions: PositionsLike,
+        source_positions: PositionsLike | None,
+        layers: Sequence[int] | None,
+        target_interventions: Sequence[Intervention],
+        source_interventions: Sequence[Intervention],
+        max_tokens_per_call: int,
+    ):
+        if "{l}" not in site or not site.startswith("lm."):
+            raise UserInputError(f"sweep site {site!r} has no layer placeholder", "use e.g. 'lm.resid_pre.{l}' or 'lm.resid_post.{l}'")
+        if target.batch_size != source.batch_size:
+            raise UserInputError(
+                f"{target.batch_size} targets but {source.batch_size} sources", "pass one source per target (pairs)"
+            )
+        self.adapter = adapter
+        self.target, self.source, self.site = target, source, site
+        self.num_layers = adapter.num_layers
+        self.layers = list(range(self.num_layers)) if layers is None else [int(x) for x in layers]
+        for layer in self.layers:
+            adapter.parse_layer_site(layer_site(site, layer))  # validates the layer range
+        self.target_positions = as_positions(target_positions, target, "target positions")
+        self.source_positions = as_positions(
+            target_positions if source_positions is None else source_positions, source, "source positions"
+        )
+        for row, (t, s) in enumerate(zip(self.target_positions, self.source_positions)):
+            if t.numel() != s.numel():
+                raise UserInputError(
+                    f"pair {row}: {t.numel()} target positions but {s.numel()} source positions",
+                    "patch region A -> region B with the same number of positions in both",
+                )
+        self.target_interventions = list(target_interventions)
+        self.source_interventions = list(source_interventions)
+        self.max_tokens_per_call = max(1, int(max_tokens_per_call))
+
+    # ------------------------------------------------------------------ shared pieces
+    def source_values(self) -> tuple[torch.Tensor, Activations]:
+        """One source forward recording the swept site of every layer at the source positions."""
+        record = {layer_site(self.site, layer): self.source_positions for layer in self.layers}
+        with HookSession(self.adapter, self.source, self.source_interventions, record, record_device=None) as session:
+            logits = self.adapter.forward(self.source)
+        session.check_fired()
+        return logits, session.activations()
+
+    def _patch(self, layer: int, values: Activations) -> Patch:
+        return Patch(layer_site(self.site, layer), self.target_positions, values[layer_site(self.site, layer)])
+
+    def choose(self, method: str) -> str:
+        starts = [_resume_start(self.site, layer) for layer in self.layers]
+        if method == "naive":
+            return method
+        if any(s is None for s in starts) or not self._interventions_upstream(min(starts)):
+            if method != "auto":
+                raise UserInputError(
+                    f"method {method!r} needs a residual sweep site with target interventions upstream of the swept layers",
+                    "use method='auto' (falls back to the naive loop)",
+                )
+            return "naive"
+        last = self.target.seq_len - 1
+        last_only = all(p.numel() > 0 and bool((p == last).all()) for p in self.target_positions)
+        if method == "suffix" and not last_only:
+            raise UserInputError("method 'suffix' patches the last position only", "use method='auto' or 'resume'")
+        if method == "auto":
+            return "suffix" if last_only else "resume"
+        return method
+
+    def _interventions_upstream(self, first_start: int) -> bool:
+        """Target interventions must act before the first resumed layer (then the cached inputs hold them)."""
+        for intervention in self.target_interventions:
+            if not intervention.site.startswith("lm."):
+                continue
+            kind, layer = self.adapter.parse_layer_site(intervention.site)
+            if layer > first_start or (layer == first_start and kind != "resid_pre"):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ naive: one patched forward per layer
+    def run_naive(self, values: Activations) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        clean = self._forward(self.target, self.target_interventions)
+        per_layer = [self._forward(self.target, [*self.target_interventions, self._patch(layer, values)]) for layer in self.layers]
+        return clean, per_layer
+
+    def _forward(self, inputs: BatchInputs, interventions: Sequence[Intervention]) -> torch.Tensor:
+        with HookSession(self.adapter, inputs, interventions) as session:
+            logits = self.adapter.forward(inputs)
+        session.check_fired()
+        return logits
+
+    # ------------------------------------------------------------------ clean target run, keeping layer inputs
+    def clean_run(self, first_start: int, keep_last_only: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, dict], torch.Tensor, Any]:
+        """Target forward (with its interventions) that keeps, for layers >= first_start, each layer's input
+        and call kwargs, and the last layer's output. Returns (logits, inputs, kwargs, last_output, kv_cache)."""
+        layer_modules = self.adapter.decoder_layers()
+        inputs: dict[int, torch.Tensor] = {}
+        kwargs: dict[int, dict] = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep_input(index: int):
+            def hook(module: nn.Module, args: tuple, kw: dict) -> None:
+                hidden = args[0] if args else kw["hidden_states"]
+                inputs[index] = hidden[:, -1:].clone() if keep_last_only else hidden
+                kwargs[index] = {k: v for k, v in kw.items() if k != "hidden_states"}
+
+            return hook
+
+        def keep_output(module: nn.Module, args: tuple, output: Any) -> None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            outputs["last"] = hidden[:, -1:].clone() if keep_last_only else hidden
+
+        with HookSession(self.adapter, self.target, self.target_interventions) as session:
+            handles = [
+                layer_modules[j].register_forward_pre_hook(keep_input(j), with_kwargs=True)
+                for j in range(first_start, self.num_layers)
+            ]
+            handles.append(layer_modules[-1].register_forward_hook(keep_output))
+            try:
+                with torch.no_grad():
+                    out = self.adapter.model(**self.target.model_kwargs, use_cache=keep_last_only, logits_to_keep=1)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        session.check_fired()
+        logits = out.logits[:, -1, :]
+        kv = None
+        if keep_last_only:
+            kv = next((kw[name] for kw in kwargs.values() for name in _CACHE_KWARGS if kw.get(name) is not None), None)
+            if kv is None:
+                kv = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        self._check_final_logits(outputs["last"][:, -1], logits)
+        return logits, inputs, kwargs, outputs["last"], kv
+
+    def _check_final_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        with torch.no_grad():
+            mine = self.adapter.final_logits(hidden)
+        scale = 1.0 + float(logits.abs().max())
+        tolerance = 1e-4 if logits.dtype == torch.float32 else 2e-2
+        if mine.shape != logits.shape or float((mine.float() - logits.float()).abs().max()) > tolerance * scale:
+            raise RuntimeError(
+                f"{type(self.adapter).__name__}.final_logits does not reproduce the model's logits; "
+                "override it in the adapter (final norm, LM head, any soft-capping)"
+            )
+
+    # ------------------------------------------------------------------ resume / suffix
+    def run_fast(self, values: Activations, method: str) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+        starts = {layer: _resume_start(self.site, layer) for layer in self.layers}
+        first = min(starts.values())
+        last_only = method == "suffix"
+        clean_logits, layer_inputs, layer_kwargs, last_output, kv = self.clean_run(min(first, self.num_layers - 1), last_only)
+        seq_len, batch = self.target.seq_len, self.target.batch_size
+        layer_modules = self.adapter.decoder_layers()
+
+        if last_only:
+            try:
+                step_kwargs = self._suffix_kwargs(layer_kwargs, kv, first, seq_len)
+            except _Unsupported:
+                return self.run_fast(values, "resume")
+        else:
+            step_kwargs = layer_kwargs
+
+        def patched_state(layer: int) -> torch.Tensor:
+            start = starts[layer]
+            base = last_output if start == self.num_layers else layer_inputs[start]
+            state = base.clone()
+            site_values = values[layer_site(self.site, layer)]
+            for row, positions in enumerate(self.target_positions):
+                if positions.numel():
+                    index = torch.zeros_like(positions) if last_only else positions
+                    state[row, index.to(state.device)] = site_values[row].to(state.device, state.dtype)
+            return state
+
+        tokens_per_copy = batch * (1 if last_only else seq_len)
+        copies_per_call = max(1, self.max_tokens_per_call // tokens_per_copy)
+        order = sorted(self.layers, key=lambda layer: starts[layer])
+        results: dict[int, torch.Tensor] = {}
+        repeated: dict[tuple[int, int], dict] = {}
+        with torch.no_grad():
+            for group_start in range(0, len(order), copies_per_call):
+                group = order[group_start : group_start + copies_per_call]
+                hidden: torch.Tensor | None = None
+                members: list[int] = []
+                for j in range(starts[group[0]], self.num_layers + 1):
+                    new = [layer for layer in group if starts[layer] == j]
+                    if new:
+                        fresh = torch.cat([patched_state(layer) for layer in new])
+                        hidden = fresh if hidden is None else torch.cat([hidden, fresh])
+                        members.extend(new)
+                    if j == self.num_layers or hidden is None:
+                        continue
+                    copies = len(members)
+                    key = (j, copies)
+                    if key not in repeated:
+                        repeated = {k: v for k, v in repeated.items() if k[0] == j}
+                        repeated[key] = _repeat_batch(step_kwargs[j], copies, batch)
+                    out = layer_modules[j](hidden, **repeated[key])
+                    hidden = out[0] if isinstance(out, (tuple, list)) else out
+                assert hidden is not None
+                logits = self.adapter.final_logits(hidden[:, -1])
+                for copy, layer in enumerate(members):
+                    results[layer] = logits[copy * batch : (copy + 1) * batch]
+        return clean_logits, [results[layer] for layer in self.layers], method
+
+    def _suffix_kwargs(self, layer_kwargs: dict[int, dict], kv: Any, first: int, seq_len: int) -> dict[int, dict]:
+        """Per layer, kwargs for the one-token step, after proving that the step is exact."""
+        if kv is None or not hasattr(kv, "layers"):
+            raise _Unsupported("no KV cache from the clean run")
+        prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for j in range(first, self.num_layers):
+            layer = kv.layers[j]
+            keys, vals = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not isinstance(keys, torch.Tensor) or keys.shape[-2] != seq_len:
+                raise _Unsupported(f"layer {j} cache does not hold the whole prompt")
+            prefix[j] = (keys[..., : seq_len - 1, :], vals[..., : seq_len - 1, :])
+        stand_in = _PrefixKV(prefix)
+        out = {}
+        for j in range(first, self.num_layers):
+            if not _last_key_hidden_from_prefix(layer_kwargs[j].get("attention_mask"), seq_len):
+                raise _Unsupported(f"layer {j}: earlier positions attend to the last one")
+            out[j] = _last_query(layer_kwargs[j], seq_len, stand_in)
+        return out
+
+
+def run_patch_sweep(
+    sweep: PatchSweep,
+    method: SweepMethod,
+    answers: Sequence[Sequence[TokenSet]] | None,
+    keep_logits: bool,
+) -> SweepResult:
+    chosen = sweep.choose(method)
+    source_logits, values = sweep.source_values()
+    if chosen == "naive":
+        clean, per_layer = sweep.run_naive(values)
+    else:
+        clean, per_layer, chosen = sweep.run_fast(values, chosen)
+    stacked = torch.stack(per_layer) if per_layer else torch.zeros(0, sweep.target.batch_size, clean.shape[-1])
+    probabilities = None
+    if answers is not None:
+        if len(answers) != sweep.target.batch_size:
+            raise UserInputError(f"answers for {len(answers)} rows, batch has {sweep.target.batch_size}", "pass tracked answers per pair")
+        probabilities = torch.stack([answer_probabilities(logits, answers) for logits in stacked]) if per_layer else None
+    return SweepResult(
+        site=sweep.site,
+        layers=list(sweep.layers),
+        probabilities=probabilities,
+        logits=stacked if keep_logits or answers is None else None,
+        clean_logits=clean,
+        source_logits=source_logits,
+        method=chosen,
+    )
