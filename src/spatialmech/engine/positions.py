@@ -9,7 +9,6 @@ same positions address the residual stream and the projector output alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
@@ -17,7 +16,7 @@ from spatialmech.errors import UserInputError
 from spatialmech.models.base import BatchInputs, HookPoint
 
 # What callers may pass: per-row tensors/lists, or one tensor/list applied to every row.
-PositionsLike = Union[Sequence[torch.Tensor], Sequence[Sequence[int]], torch.Tensor, Sequence[int]]
+PositionsLike = Sequence[torch.Tensor] | Sequence[Sequence[int]] | torch.Tensor | Sequence[int]
 
 
 def as_positions(positions: PositionsLike, inputs: BatchInputs, what: str = "positions") -> list[torch.Tensor]:
