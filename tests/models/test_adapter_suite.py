@@ -166,6 +166,12 @@ def test_projector_out_is_lm_layer0_input_at_image_positions(tiny_adapter: VLMAd
     rows = batch.image_rows()
     gathered = torch.stack([values["lm.resid_pre.0"][b, batch.images[b][i].positions[t]] for b, i, t in rows])
     torch.testing.assert_close(values["projector.out"].to(gathered.dtype), gathered, rtol=1e-5, atol=1e-5)
+    # Not vacuous: image tokens carry the image (a zero-initialised projector would pass the above).
+    first = [k for k, (b, _, _) in enumerate(rows) if b == 0]
+    second = [k for k, (b, _, _) in enumerate(rows) if b == 1]
+    projected = values["projector.out"]
+    assert float(projected.abs().amax()) > 0
+    assert not torch.allclose(projected[first], projected[second])
 
 
 @contextmanager

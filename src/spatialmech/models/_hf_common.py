@@ -214,16 +214,21 @@ def decoder_layer_hook_point(adapter: VLMAdapter, site: str, layers: nn.ModuleLi
     In transformers 5.x a decoder layer returns the hidden-state tensor itself and is called with the
     hidden states as its first positional argument, so resid_pre is a pre-hook's first argument and
     resid_post the output. `self_attn` returns (output, weights): the hook reads the first element.
+
+    Sandwich-norm layers (Gemma2/3: `pre_feedforward_layernorm` + `post_feedforward_layernorm`) norm
+    each block's output before adding it to the residual; there the sites are those post-norms, so
+    that on every family resid_post = resid_pre + attn + mlp (what each block writes to the stream).
     """
     kind, layer = adapter.parse_layer_site(site)
     block = layers[layer]
+    sandwich = hasattr(block, "pre_feedforward_layernorm") and hasattr(block, "post_feedforward_layernorm")
     if kind == "resid_pre":
         return HookPoint(site, block, when="input")
     if kind == "resid_post":
         return HookPoint(site, block, when="output")
     if kind == "attn":
-        return HookPoint(site, block.self_attn, when="output")
-    return HookPoint(site, block.mlp, when="output")
+        return HookPoint(site, block.post_attention_layernorm if sandwich else block.self_attn, when="output")
+    return HookPoint(site, block.post_feedforward_layernorm if sandwich else block.mlp, when="output")
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int | None]:

@@ -1,0 +1,245 @@
+"""Gemma3 (vision): SigLIP tower, average-pooled to `mm_tokens_per_image` tokens (16x16 at 896 px,
+56 px per token), RMS-normed and projected into a Gemma3 LM.
+
+Family facts this adapter encodes:
+- The image slot: the chat template writes `<start_of_image>`; the processor turns each into
+  "\\n\\n<start_of_image>" + `<image_soft_token>` x mm_tokens_per_image + "<end_of_image>\\n\\n". We do
+  the same expansion (the HF processor class is not needed), and pass `token_type_ids` (1 at image
+  tokens), which Gemma3 uses to let image tokens attend to each other bidirectionally (native
+  behaviour, kept).
+- Gemma3's chat template has no system role: a system message is folded into the first user turn
+  (system text + blank line), which the template itself does.
+- The projector consumes SigLIP's raster patch grid and pools kernel x kernel blocks; `vision.out`
+  rows are regrouped so that each LM token's kernel**2 patches are consecutive (row-major).
+- Grid geometry comes from the config (`mm_tokens_per_image`, vision `image_size`, `patch_size`) and
+  the image processor's size, never from constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from spatialmech.errors import UserInputError
+from spatialmech.models import _hf_common as hf
+from spatialmech.models._taps import FlatTaps, pixel_shuffle_groups
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
+from spatialmech.models.tiny_tokenizer import train_tokenizer
+
+# The real gemma-3-*-it chat template.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}"
+    "{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = \"\" -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}"
+    "{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- else -%}{{ raise_exception(\"Invalid content type\") }}"
+    "{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
+)
+
+BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+GEMMA3_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, IMAGE_SOFT)
+
+
+def gemma3_tiny_tokenizer() -> Any:
+    return train_tokenizer(
+        GEMMA3_SPECIAL_TOKENS,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE_SOFT},
+    )
+
+
+class Adapter(VLMAdapter):
+    family = "gemma3"
+    model_types = ("gemma3",)
+    description = "Gemma3 (SigLIP pooled to mm_tokens_per_image, 16x16 at 896 px); paper's second model"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+    ) -> Adapter:
+        from transformers import Gemma3ForConditionalGeneration
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        model = hf.load_hf_model(
+            Gemma3ForConditionalGeneration, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
+        image_processor = hf.load_image_processor(Gemma3ImageProcessorPil, path_or_id)
+        return cls(model, tokenizer, image_processor, path_or_id)
+
+    @classmethod
+    def tiny(
+        cls,
+        seed: int = 0,
+        *,
+        tokens_per_side: int = 4,
+        pool_kernel: int = 2,
+        patch_size: int = 4,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        vision_depth: int = 1,
+        vision_width: int = 32,
+        num_heads: int = 4,
+    ) -> Adapter:
+        """Random tiny Gemma3: a (tokens_per_side * pool_kernel)^2 patch grid pooled to tokens_per_side^2."""
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        tokenizer = gemma3_tiny_tokenizer()
+        image_size = tokens_per_side * pool_kernel * patch_size
+        head_dim = hidden_size // num_heads
+        layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
+        config = Gemma3Config(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": hidden_size,
+                "intermediate_size": 2 * hidden_size,
+                "num_hidden_layers": num_layers,
+                "num_attention_heads": num_heads,
+                "num_key_value_heads": max(1, num_heads // 2),
+                "head_dim": head_dim,
+                "query_pre_attn_scalar": head_dim,
+                "sliding_window": 512,
+                "layer_types": layer_types,
+                "max_position_embeddings": 2048,
+                **hf.special_token_ids(tokenizer),
+            },
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "hidden_size": vision_width,
+                "intermediate_size": 2 * vision_width,
+                "num_hidden_layers": vision_depth,
+                "num_attention_heads": 2,
+                "image_size": image_size,
+                "patch_size": patch_size,
+                "vision_use_head": False,
+            },
+            mm_tokens_per_image=tokens_per_side**2,
+            boi_token_index=hf.token_id(tokenizer, BOI),
+            eoi_token_index=hf.token_id(tokenizer, EOI),
+            image_token_index=hf.token_id(tokenizer, IMAGE_SOFT),
+            **hf.special_token_ids(tokenizer),
+        )
+        torch.manual_seed(seed)
+        model = Gemma3ForConditionalGeneration(config)
+        # HF initialises the projection to zeros (real checkpoints overwrite it): a random tiny model
+        # would feed all-zero image tokens to the LM and every image would look the same.
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, config.initializer_range)
+        image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+        return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.text_config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def tokens_per_side(self) -> int:
+        side = math.isqrt(int(self.model.config.mm_tokens_per_image))
+        if side * side != int(self.model.config.mm_tokens_per_image):
+            raise UserInputError(
+                f"mm_tokens_per_image={self.model.config.mm_tokens_per_image} is not a square grid",
+                "use a Gemma3 checkpoint with a square token grid",
+            )
+        return side
+
+    @property
+    def patches_per_side(self) -> int:
+        vision = self.model.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+    def grid_spec(self) -> GridSpec:
+        """tokens_per_side from mm_tokens_per_image; pixels per token from the processor's input size."""
+        size = self.image_processor.size
+        height, width = int(size["height"]), int(size["width"])
+        if height != width or height % self.tokens_per_side:
+            raise UserInputError(
+                f"image processor size {height}x{width} does not split into a {self.tokens_per_side}-token square grid",
+                "use the checkpoint's own preprocessor_config.json",
+            )
+        return GridSpec(tokens_per_side=self.tokens_per_side, pixels_per_token=height // self.tokens_per_side)
+
+    # ------------------------------------------------------------------ inputs
+    def build_inputs(
+        self, images: Sequence[Sequence[Any]], prompts: Sequence[str], system: str | None = None
+    ) -> BatchInputs:
+        rows = hf.check_batch(images, prompts)
+        texts = [hf.render_chat(self.tokenizer, len(row), prompt, system) for row, prompt in zip(rows, prompts)]
+        n_tokens = self.tokens_per_side**2
+        full_image = f"\n\n{BOI}{IMAGE_SOFT * n_tokens}{EOI}\n\n"
+        expanded = []
+        for text, row in zip(texts, rows):
+            if text.count(BOI) != len(row) or IMAGE_SOFT in text:
+                raise UserInputError(
+                    f"prompt holds {text.count(BOI)} image slots for {len(row)} images",
+                    f"do not write {BOI} or {IMAGE_SOFT} in prompt text; pass images separately",
+                )
+            expanded.append(text.replace(BOI, full_image))
+        encoded = hf.tokenize_left_padded(self.tokenizer, expanded)
+        input_ids = encoded["input_ids"]
+        model_kwargs: dict[str, Any] = dict(encoded)
+        model_kwargs["token_type_ids"] = (input_ids == self.image_token_id).long()
+        flat = [image for row in rows for image in row]
+        if flat:
+            processed = self.image_processor(images=flat, do_pan_and_scan=False, return_tensors="pt")
+            model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
+        counts = [[n_tokens] * len(row) for row in rows]
+        positions = hf.split_image_positions(input_ids, self.image_token_id, counts)
+        side = self.tokens_per_side
+        image_tokens = [[hf.grid_image_tokens(pos, side, side) for pos in row_positions] for row_positions in positions]
+        return BatchInputs(model_kwargs, image_tokens, list(prompts))
+
+    # ------------------------------------------------------------------ hook sites
+    def hook_point(self, site: str) -> HookPoint:
+        if site in ("vision.out", "projector.out"):
+            kernel = self.patches_per_side // self.tokens_per_side
+            patches = self.patches_per_side
+            taps = FlatTaps.on(
+                self.model.model.multi_modal_projector, input_order=lambda shape: pixel_shuffle_groups(patches, kernel)
+            )
+            if site == "vision.out":
+                return HookPoint(site, taps.input, when="output", space="image_tokens", rows_per_lm_token=kernel**2)
+            return HookPoint(site, taps.output, when="output", space="image_tokens")
+        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
