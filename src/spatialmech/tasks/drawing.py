@@ -74,11 +74,11 @@ SHAPE_PAINTERS: dict[str, _Painter] = {
 }
 
 
-@lru_cache(maxsize=4096)
-def glyph(kind: str, color: Color, width: int, height: int) -> Image.Image:
-    """An RGBA tile of `kind` ("filled_square", a shape name or an icon name) of the given size."""
-    if kind == FILLED_SQUARE:
-        return Image.new("RGBA", (width, height), (*color, 255))
+MIN_MASTER_SIZE = 64  # icons and shapes are drawn once per power-of-two size >= 4x the box, then resized
+
+
+@lru_cache(maxsize=256)
+def _master(kind: str, color: Color, side: int) -> Image.Image:
     painter = SHAPE_PAINTERS.get(kind)
     if painter is None:
         from spatialmech.tasks.icons import ICON_PAINTERS
@@ -86,10 +86,22 @@ def glyph(kind: str, color: Color, width: int, height: int) -> Image.Image:
         painter = ICON_PAINTERS.get(kind)
     if painter is None:
         raise ValueError(f"no glyph named {kind!r}")
-    side = max(width, height) * SUPERSAMPLE
     canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     painter(ImageDraw.Draw(canvas), side, color)
-    return canvas.resize((width, height), Image.Resampling.LANCZOS)
+    return canvas.convert("RGBa")  # premultiplied, so each resize skips two full-size conversions
+
+
+@lru_cache(maxsize=4096)
+def glyph(kind: str, color: Color, width: int, height: int) -> Image.Image:
+    """An RGBA tile of `kind` ("filled_square", a shape name or an icon name) of the given size.
+
+    Drawn once per kind and colour at >= 4x the target size and downsampled (anti-aliased edges).
+    """
+    if kind == FILLED_SQUARE:
+        return Image.new("RGBA", (width, height), (*color, 255))
+    side = max(MIN_MASTER_SIZE, 1 << (SUPERSAMPLE * max(width, height) - 1).bit_length())
+    small = _master(kind, color, side).resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return small.convert("RGBA")
 
 
 def paste_glyph(image: Image.Image, kind: str, color: Color, box: tuple[int, int, int, int]) -> None:
