@@ -76,3 +76,51 @@ def test_text_only_batch_is_padding_invariant(adapter: Adapter) -> None:
     for row, prompt in enumerate(prompts):
         alone = adapter.forward(adapter.build_inputs([[]], [prompt]))
         torch.testing.assert_close(both[row], alone[0], rtol=0, atol=1e-5)
+
+
+def test_two_images_in_one_row_follow_prompt_order(adapter: Adapter) -> None:
+    images = [[Image.new("RGB", (112, 112), (255, 0, 0)), Image.new("RGB", (168, 56), (0, 0, 255))]]
+    batch = adapter.build_inputs(images, ["Which is red?"])
+    first, second = batch.images[0]
+    assert first.grid_shapes == [(4, 4)] and second.grid_shapes == [(2, 6)]
+    assert int(first.positions.max()) < int(second.positions.min())
+    grids = batch.model_kwargs["image_grid_thw"].tolist()
+    assert grids == [[1, 8, 8], [1, 4, 12]]
+    assert torch.isfinite(adapter.forward(batch)).all()
+
+
+def test_loads_real_checkpoint_layout(adapter: Adapter, tmp_path) -> None:
+    """A folder laid out like Qwen/Qwen2-VL-*-Instruct: the torchvision processor class named in
+    preprocessor_config.json, the chat template only in chat_template.json (a processor file)."""
+    import json
+
+    from spatialmech.models.registry import load_model
+
+    adapter.save_pretrained(str(tmp_path))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "min_pixels": 3136,
+                "max_pixels": 12845056,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "processor_class": "Qwen2VLProcessor",
+            }
+        )
+    )
+    template = (tmp_path / "chat_template.jinja").read_text()
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    loaded = load_model(str(tmp_path))
+    assert loaded.tokenizer.chat_template == template
+    grid = loaded.grid_spec()
+    assert (grid.tokens_per_side, grid.pixels_per_token) == (12, 28)  # SPEC Table 4 for Qwen
+    batch = loaded.build_inputs([[Image.new("RGB", (grid.image_size, grid.image_size))]], ["x"], SYNTHETIC_SYSTEM_PROMPT)
+    assert batch.images[0][0].grid_shapes == [(12, 12)]
