@@ -6,15 +6,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from spatialmech.models.base import VLMAdapter
 from spatialmech.models.registry import available_families
 
 FAMILIES = sorted(available_families())
-BUILD_SECONDS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -25,7 +22,4 @@ def family(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def tiny_adapter(family: str) -> VLMAdapter:
     """`Adapter.tiny()` of the family; shared by all tests of the session (tests must not modify it)."""
-    start = time.perf_counter()
-    adapter = available_families()[family].tiny()
-    BUILD_SECONDS[family] = time.perf_counter() - start
-    return adapter
+    return available_families()[family].tiny()
