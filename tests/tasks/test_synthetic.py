@@ -21,9 +21,10 @@ def pixels(image) -> np.ndarray:
 
 def dominant_colour(region: np.ndarray) -> tuple[int, int, int]:
     """Most common non-white colour of a pixel region."""
-    flat = [tuple(int(v) for v in p) for p in region.reshape(-1, 3)]
-    counts = Counter(p for p in flat if p != WHITE)
-    return counts.most_common(1)[0][0]
+    flat = region.reshape(-1, 3)
+    flat = flat[(flat != 255).any(axis=1)]
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    return tuple(int(v) for v in colours[counts.argmax()])
 
 
 @pytest.mark.parametrize(("name", "count"), [("squares", 480), ("shapes", 480), ("objects", 1344)])
