@@ -32,11 +32,10 @@ IMAGE_BREAK_TOKEN = "[IMG_BREAK]"
 IMAGE_END_TOKEN = "[IMG_END]"
 
 # Same layout as mistral-community/pixtral-12b's template: "<s>[INST]<system>\n\n[IMG]<text>[/INST]"
-# (the system message is folded into the last user turn); the answer follows [/INST] directly.
+# (the system message, a plain string, is folded into the last user turn); the answer follows [/INST].
 CHAT_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set system_message = messages[0]['content'] -%}"
-    "{%- else -%}{%- set system_message = messages[0]['content'] | map(attribute='text') | join('') -%}{%- endif -%}"
+    "{%- set system_message = messages[0]['content'] -%}"
     "{%- set loop_messages = messages[1:] -%}"
     "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}"
     "{{- bos_token -}}"
@@ -149,10 +148,22 @@ class Adapter(LlavaAdapterBase):
         for row, prompt in zip(rows, prompts):
             row_grids = grids[cursor : cursor + len(row)]
             cursor += len(row)
-            text = hf.render_chat(self.tokenizer, len(row), prompt, system)
+            text = _render_chat(self.tokenizer, len(row), prompt, system)
             texts.append(expand_placeholders(text, IMAGE_TOKEN, [_image_rows_text(r, c) for r, c in row_grids]))
             views.append([[View("image", FULL_IMAGE, r, c)] for r, c in row_grids])
         return self._finish_batch(texts, pixel_inputs, views, prompts)
+
+
+def _render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None) -> str:
+    """Like `_hf_common.render_chat`, but the system message is plain text: Mistral's templates write
+    `"[INST]" + system_message + "\n\n"`, which fails on a content list."""
+    if system is None or not getattr(tokenizer, "chat_template", None):
+        return hf.render_chat(tokenizer, num_images, prompt, system)
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": hf.user_content(num_images, prompt)},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _image_rows_text(n_rows: int, n_cols: int) -> str:
