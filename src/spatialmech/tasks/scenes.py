@@ -171,6 +171,7 @@ class ScenesTask(Task):
     description = "natural-looking scenes with clutter and occlusion; 'Using the key as the reference point, which side is the apple on?'"
     counterfactual_kinds = COUNTERFACTUAL_KINDS
     default_n = DEFAULT_N
+    nouns = SCENE_NOUNS  # every object category a scene may contain (named or clutter)
 
     def __init__(self, geometry: GridGeometry | None = None):
         self.geometry = geometry or QWEN

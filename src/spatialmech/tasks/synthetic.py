@@ -179,9 +179,11 @@ class GridTask(Task):
             fresh = random.Random(zlib.crc32(item.id.encode())).sample(unused, 2)
             cf_attrs = (fresh[0], attributes[REFERENCE_SLOT], fresh[1])
             cf = self.layout_item(cf_attrs, item.axis, OPPOSITE[item.relation], f"{item.id}#{kind}", geometry)
+            cf.meta["clean_id"] = item.id
             return [Counterfactual(kind, cf)]
         if kind == CF_REVERSED:
             cf = self.layout_item(attributes[::-1], item.axis, item.relation, f"{item.id}#{kind}", geometry)
+            cf.meta["clean_id"] = item.id
             return [Counterfactual(kind, cf)]
         if kind == CF_ALONE:
             out = []
