@@ -62,8 +62,13 @@ def run_experiment(
     data_root: str | None = None,
     model_label: str | None = None,
     progress: bool = True,
+    folder: str | None = None,
 ) -> Path:
-    """Run one experiment on an already-loaded adapter; return the path of its result.json."""
+    """Run one experiment on an already-loaded adapter; return the path of its result.json.
+
+    `folder` names the output folder under `out_root` (default: the experiment's name), so one run can
+    hold the same experiment twice (e.g. `criss-cross` and `criss-cross-strip`).
+    """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK
     if task_name not in module.TASKS:
@@ -81,6 +86,7 @@ def run_experiment(
         data_root=data_root,
         progress=progress,
         input_hashes=data_hashes(task_name, data_root),
+        folder=folder,
     )
     ctx.prepare()
     output = module.run(ctx)

@@ -69,10 +69,11 @@ class ExperimentContext:
     progress: bool = True
     started_at: str = field(default_factory=utc_now)
     input_hashes: dict[str, Any] = field(default_factory=dict)
+    folder: str | None = None  # output folder name under out_root (default: the experiment name)
 
     @property
     def out_dir(self) -> Path:
-        return self.out_root / self.experiment
+        return self.out_root / (self.folder or self.experiment)
 
     @property
     def units_dir(self) -> Path:
