@@ -14,6 +14,7 @@ asked about), `reference` = 1; `meta["draw_order"]` gives the painting order (oc
 
 from __future__ import annotations
 
+import copy
 import random
 from functools import lru_cache
 
@@ -278,14 +279,14 @@ class ScenesTask(Task):
         base_meta = {k: v for k, v in item.meta.items() if k in ("seed", "index")} | {"clean_id": item.id}
         order = item.meta["draw_order"]
         if kind == CF_OPPOSITE_QUERY:
-            objects = [SceneObject(**vars(o)) for o in item.objects]
+            objects = copy.deepcopy(item.objects)
             cf = self._item(
                 f"{item.id}#{kind}", item.axis, OPPOSITE[item.relation], objects, dict(item.background), order,
                 base_meta, subject=item.reference, reference=item.target,
             )
             return [Counterfactual(kind, cf)]
         if kind == CF_REVERSED:
-            objects = [SceneObject(**vars(o)) for o in item.objects]
+            objects = copy.deepcopy(item.objects)
             a, b = objects[item.target], objects[item.reference]
             a.box_px, b.box_px = b.box_px, a.box_px
             a.box_cells, b.box_cells = b.box_cells, a.box_cells
