@@ -1,0 +1,273 @@
+"""`criss-cross` (paper §5.2.2, Figs. 6-7): is an object's position carried by its own tokens or by its strip?
+
+Clean input: (c0, c1, c2) along an axis, e.g. "left of c1" -> c0. Counterfactual (`reversed`): the same
+image with the attributes reversed, (c2, c1, c0), same query. At one site (the embeddings
+`projector.out`, then `lm.resid_pre.{l}` for every layer) the two *end* regions are swapped between
+the runs: the clean run's region of object 0 gets the counterfactual run's values from its object-2
+region, and vice versa. The counterfactual's object-2 region shows c0, so in image space every
+attribute stays where it was, but it now arrives in tokens computed at the other end of the row. If
+those tokens carry the position, the answer flips to the attribute at the mirrored position (for
+"left of c1": c2).
+
+`--region object` swaps only the tokens whose centre lies in the object's box; `--region strip` swaps
+the object's whole strip (the band across the image along the other axis, `strip_tokens` wide =
+object + spacing, centred on the object). Paper (Qwen2-VL-7B): object-only swaps never flip; strip
+swaps flip from the embeddings up to ~layer 24.
+
+`sweep_batch` is the reusable core: `backup` calls it with vision-ablation interventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from spatialmech.engine import Engine, Intervention, Patch
+from spatialmech.errors import UserInputError
+from spatialmech.experiments import patching
+from spatialmech.experiments.common import Pair, encode_items
+from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.models.base import BatchInputs, ImageTokens
+from spatialmech.tasks.base import CF_REVERSED, Item
+from spatialmech.tasks.geometry import GridGeometry
+
+NAME = "criss-cross"
+DEFAULT_TASK = "squares"
+TASKS = ("squares", "shapes", "objects")
+REGIONS = ("object", "strip")
+MAPPINGS = ("swap", "aligned")
+SITE = "lm.resid_pre.{l}"
+EMBEDDINGS_SITE = "projector.out"
+EMBEDDINGS_LABEL = "emb"
+ANSWERS = ("clean", "flipped")
+LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
+FLIP_THRESHOLD = 0.5  # a layer "flips" when most pairs' patched top-1 is the flipped answer
+
+
+def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
+    region = options.get("region") or "object"
+    if region not in REGIONS:
+        raise UserInputError(f"--region {region!r} is not a criss-cross region", f"use one of {', '.join(REGIONS)}")
+    return {
+        **patching.base_config(options, adapter),
+        "region": region,
+        "counterfactual": CF_REVERSED,
+        "sites": [EMBEDDINGS_SITE, SITE],
+        "include_embeddings": bool(options.get("include_embeddings", True)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- regions
+def end_objects(item: Item) -> tuple[int, int]:
+    """Indices of the first and last object along the item's axis (by ordinal, else list order)."""
+    ordinals = [obj.ordinal.get(item.axis) for obj in item.objects]
+    if len(item.objects) < 2:
+        raise UserInputError(f"item {item.id} has {len(item.objects)} objects", "criss-cross needs at least two objects along an axis")
+    if all(o is not None for o in ordinals):
+        order = sorted(range(len(ordinals)), key=lambda i: ordinals[i])
+        return order[0], order[-1]
+    return 0, len(item.objects) - 1
+
+
+def _fraction(item: Item, box_px: Sequence[float]) -> tuple[float, float, float, float]:
+    width, height = item.image_size
+    x0, y0, x1, y1 = box_px
+    return (x0 / width, y0 / height, x1 / width, y1 / height)
+
+
+def strip_box(item: Item, index: int) -> tuple[float, float, float, float]:
+    """The strip of object `index` as an image-fraction box: the band across the whole image along the
+    other axis, centred on the object. Grid tasks record its cells (`meta["strip_cells"]`, `strip_tokens`
+    wide); otherwise it is the object's box widened by the grid's spacing (half on each side)."""
+    if not item.grid:
+        raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
+    geometry = GridGeometry.from_dict(item.grid)
+    cells = (item.meta or {}).get("strip_cells")
+    if cells is not None:
+        return _fraction(item, geometry.cells_to_px(tuple(cells[index])))
+    width, height = item.image_size
+    x0, y0, x1, y1 = item.objects[index].box_px
+    half = geometry.spacing_tokens * geometry.pixels_per_token / 2
+    if item.axis == "horizontal":
+        return _fraction(item, (max(0, x0 - half), 0, min(width, x1 + half), height))
+    return _fraction(item, (0, max(0, y0 - half), width, min(height, y1 + half)))
+
+
+def region_box(item: Item, index: int, region: str) -> tuple[float, float, float, float]:
+    if region == "object":
+        return item.box_fraction(index)
+    if region == "strip":
+        return strip_box(item, index)
+    raise UserInputError(f"unknown region {region!r}", f"use one of {', '.join(REGIONS)}")
+
+
+def box_positions(tokens: ImageTokens, box: Sequence[float]) -> torch.Tensor:
+    """LM positions of the (main-view) tokens centred in `box`, ordered by grid cell (row, then column),
+    so that two equal-shaped regions correspond token by token."""
+    selected = tokens.positions_in_box(box)
+    cell = {int(p): (int(r), int(c)) for p, r, c in zip(tokens.positions, tokens.rows, tokens.cols)}
+    return torch.tensor(sorted(selected.tolist(), key=lambda p: cell[p]), dtype=torch.long)
+
+
+def end_regions(inputs: BatchInputs, items: Sequence[Item], region: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per row, LM positions of the first and of the last object's region (object box or strip)."""
+    firsts, lasts = [], []
+    for row, item in enumerate(items):
+        tokens = inputs.images[row][0]
+        first, last = end_objects(item)
+        firsts.append(box_positions(tokens, region_box(item, first, region)))
+        lasts.append(box_positions(tokens, region_box(item, last, region)))
+    return firsts, lasts
+
+
+def swap_positions(
+    clean: BatchInputs, counter: BatchInputs, pairs: Sequence[Pair], region: str, mapping: str = "swap"
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(target positions in the clean run, source positions in the counterfactual run), row by row.
+
+    "swap": clean A <- counter B and clean B <- counter A (the criss-cross); "aligned": each region from
+    the same region of the counterfactual (a plain interchange at the same place; a control, and the
+    identity when the counterfactual is the clean input itself).
+    """
+    if mapping not in MAPPINGS:
+        raise UserInputError(f"unknown region mapping {mapping!r}", f"use one of {', '.join(MAPPINGS)}")
+    clean_a, clean_b = end_regions(clean, [p.clean for p in pairs], region)
+    counter_a, counter_b = end_regions(counter, [p.counter for p in pairs], region)
+    targets, sources = [], []
+    for row, pair in enumerate(pairs):
+        sizes = {len(clean_a[row]), len(clean_b[row]), len(counter_a[row]), len(counter_b[row])}
+        if len(sizes) != 1 or 0 in sizes:
+            raise UserInputError(
+                f"pair {pair.clean.id}: the two end {region} regions cover different or no token counts "
+                f"(clean {len(clean_a[row])}/{len(clean_b[row])}, counterfactual {len(counter_a[row])}/{len(counter_b[row])})",
+                "criss-cross swaps equal-sized token regions; use a grid task (squares, shapes, objects)",
+            )
+        targets.append(torch.cat([clean_a[row], clean_b[row]]))
+        if mapping == "swap":
+            sources.append(torch.cat([counter_b[row], counter_a[row]]))
+        else:
+            sources.append(torch.cat([counter_a[row], counter_b[row]]))
+    return targets, sources
+
+
+# ---------------------------------------------------------------------------------------- answers
+def tracked_answers(pair: Pair) -> dict[str, str]:
+    """clean = the clean answer; flipped = the attribute at the mirror image of the answer's position
+    (what the query answers if the two end objects traded positions; the counterfactual's answer)."""
+    clean = pair.clean
+    first, last = end_objects(clean)
+    mirror = {first: last, last: first}
+    flipped = clean.objects[mirror[clean.target]].attribute if clean.target in mirror else pair.counter.answer
+    return {"clean": clean.answer, "flipped": flipped}
+
+
+# ---------------------------------------------------------------------------------------- the sweep
+def encode_pairs(adapter: Any, task: Any, pairs: Sequence[Pair]) -> tuple[BatchInputs, BatchInputs]:
+    """Model inputs of the clean items and of their counterfactuals (row b of each = pair b)."""
+    return encode_items(adapter, task, [p.clean for p in pairs]), encode_items(adapter, task, [p.counter for p in pairs])
+
+
+def sweep_batch(
+    engine: Engine,
+    task: Any,
+    pairs: Sequence[Pair],
+    *,
+    region: str,
+    layers: Sequence[int],
+    include_embeddings: bool = True,
+    target_interventions: Sequence[Intervention] = (),
+    source_interventions: Sequence[Intervention] = (),
+    clean_inputs: BatchInputs | None = None,
+    counter_inputs: BatchInputs | None = None,
+    mapping: str = "swap",
+) -> dict[str, Any]:
+    """Criss-cross one batch of (clean, reversed) pairs at the embeddings and every layer in `layers`.
+
+    Returns `{"layers": ["emb", l0, ...], "pairs": [one `patching.pair_record` per pair], "method": ...}`;
+    each record has, per layer label, P and top-1 hit of the tracked answers ("clean", "flipped").
+
+    For `backup`: `target_interventions` act on every clean run (the unpatched one and each patched
+    one), `source_interventions` on the counterfactual run the swapped values are read from. Both must
+    be built for `clean_inputs` / `counter_inputs` (pass the inputs you built them for; otherwise they
+    are encoded here with `encode_pairs`). Per site, target interventions apply before the swap, so an
+    ablation of `projector.out` is overwritten at the swapped tokens by the (ablated) counterfactual
+    values; an intervention at `lm.resid_pre.0` over the same tokens would instead overwrite the
+    embedding-level swap. Target interventions at or before layer min(layers) keep the fast sweep;
+    later ones fall back to the engine's exact naive loop.
+    """
+    adapter = engine.adapter
+    if clean_inputs is None or counter_inputs is None:
+        clean_inputs, counter_inputs = encode_pairs(adapter, task, pairs)
+    targets, sources = swap_positions(clean_inputs, counter_inputs, pairs, region, mapping)
+    words = [tracked_answers(p) for p in pairs]
+    per_label: list[torch.Tensor] = []
+    labels: list[Any] = []
+    method = "none"
+    if include_embeddings:
+        source_values = engine.cache(counter_inputs, {EMBEDDINGS_SITE: sources}, interventions=source_interventions)
+        swap = Patch(EMBEDDINGS_SITE, targets, source_values[EMBEDDINGS_SITE])
+        per_label.append(engine.logits(clean_inputs, [*target_interventions, swap])[None])
+        labels.append(EMBEDDINGS_LABEL)
+    if layers:
+        result = engine.patch_sweep(
+            clean_inputs, counter_inputs, targets, sources, site=SITE, layers=list(layers), keep_logits=True,
+            target_interventions=target_interventions, source_interventions=source_interventions,
+        )
+        per_label.append(result.logits)
+        labels.extend(int(layer) for layer in layers)
+        clean_logits, counter_logits, method = result.clean_logits, result.source_logits, result.method
+    else:
+        clean_logits = engine.logits(clean_inputs, target_interventions)
+        counter_logits = engine.logits(counter_inputs, source_interventions)
+    if not per_label:
+        raise UserInputError("criss-cross with no layers and no embeddings has nothing to patch", "pass --layers or keep the embeddings")
+    logits = torch.cat([x.to(clean_logits.device) for x in per_label])
+    records = patching.batch_records(adapter, pairs, words, logits, clean_logits, counter_logits)
+    return {"layers": labels, "pairs": records, "method": method}
+
+
+def layer_labels(config: dict[str, Any]) -> list[Any]:
+    return ([EMBEDDINGS_LABEL] if config.get("include_embeddings", True) else []) + list(config["layers"])
+
+
+def plot_x(labels: Sequence[Any]) -> list[int]:
+    """x positions for the figure: the embeddings at -1, layers at their index."""
+    return [-1 if label == EMBEDDINGS_LABEL else int(label) for label in labels]
+
+
+def flip_summary(labels: Sequence[Any], flip_rate: Sequence[float]) -> dict[str, Any]:
+    flips = [label for label, rate in zip(labels, flip_rate) if rate > FLIP_THRESHOLD]
+    return {"flip_rate": list(flip_rate), "max_flip_rate": max(flip_rate) if flip_rate else 0.0, "flip_layers": flips}
+
+
+def run(ctx: ExperimentContext) -> ExperimentOutput:
+    task = patching.load_task(ctx)
+    region = ctx.config["region"]
+    pairs, report = patching.select_pairs(ctx, task, CF_REVERSED)
+    layers = list(ctx.config["layers"])
+    include_embeddings = bool(ctx.config.get("include_embeddings", True))
+    engine = Engine(ctx.adapter)
+
+    def batch(group: Sequence[Pair]) -> dict[str, Any]:
+        return sweep_batch(engine, task, group, region=region, layers=layers, include_embeddings=include_embeddings)
+
+    records = patching.run_batches(ctx, pairs, batch, f"criss-cross {region} {ctx.task_name}")
+    labels = layer_labels(ctx.config)
+    curves, top1 = patching.summarise(records, ANSWERS)
+    title = (f"criss-cross ({region} tokens swapped): {patching.model_name(ctx)}, {ctx.task_name}, "
+             f"n={len(records)} pairs; layer -1 = embeddings")
+    figures = patching.figure(ctx, plot_x(labels), curves, LEGEND, title)
+    metrics = {
+        "region": region,
+        "n_pairs": len(records),
+        "layers": labels,
+        "curves": curves,
+        "top1": top1,
+        **flip_summary(labels, top1["flipped"]),
+        "top1_unchanged": patching.unchanged_rate(records),
+        "pairs": report,
+    }
+    tables = {"curves": patching.curve_rows(labels, curves, top1), "pairs": patching.pair_rows(records, ANSWERS)}
+    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": LEGEND})

@@ -1,0 +1,263 @@
+"""What the layer-patching experiments share (`last-token`, `criss-cross`, `backup`).
+
+A patching experiment takes counterfactual pairs of one kind, keeps the pairs the model answers
+correctly on both inputs (SPEC section 4; switchable off for untrained test models), runs them in
+batches of `ctx.batch_size` (one resumable unit per batch), and tracks a few answers per layer:
+`iia` (mean probability of the answer, summed over its spelling variants) and `top1` (fraction of
+pairs whose patched top-1 token is that answer). This module holds that pipeline; each experiment
+only says which counterfactual kind it uses, which answers it tracks and how it patches one batch.
+
+A batch function returns one JSON-able record per pair (see `pair_record`), with one row per layer
+label; `summarise` averages them into the curves of the result.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spatialmech.engine.scoring import answer_probabilities, top1_correct
+from spatialmech.errors import UserInputError
+from spatialmech.experiments.common import Pair, answer_ids, filter_correct_pairs, make_pairs
+from spatialmech.experiments.runner import ExperimentContext, chunks, parse_layers
+from spatialmech.report.figures import plot_layer_curves
+from spatialmech.tasks.base import Item, Task
+
+DEFAULT_PAIRS = 50  # the paper's pairs per setting
+BatchFn = Callable[[Sequence[Pair]], Mapping[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------- config
+def base_config(options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
+    """n (kept pairs), swept layers and whether to keep only correctly answered pairs.
+
+    `filter_correct` is not a CLI option: tests pass `filter_correct=False` in `options` to run on
+    untrained tiny models, whose pairs would all be dropped.
+    """
+    n = options.get("n")
+    if n is not None and int(n) < 1:
+        raise UserInputError(f"--n {n} must be at least 1", "pass a positive number of pairs")
+    layers = options.get("layers")
+    if not isinstance(layers, list):
+        layers = parse_layers(layers, adapter.num_layers)
+    return {
+        "n": DEFAULT_PAIRS if n is None else int(n),
+        "layers": [int(layer) for layer in layers],
+        "filter_correct": bool(options.get("filter_correct", True)),
+    }
+
+
+def load_task(ctx: ExperimentContext) -> Task:
+    """The context's task, drawn on the model's own token grid."""
+    from spatialmech.tasks import get_task
+
+    return get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+
+
+# ---------------------------------------------------------------------------------------- pairs
+def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
+    """Every item's counterfactual pair, shuffled from the seed, alternating horizontal and vertical
+    items so that the first n pairs (and so the kept pairs) cover both axes evenly."""
+    rng = random.Random(seed)
+    by_axis: dict[str, list[Item]] = {}
+    for item in task.items(None, seed=seed):
+        by_axis.setdefault(item.axis, []).append(item)
+    queues = []
+    for axis in sorted(by_axis):
+        items = list(by_axis[axis])
+        rng.shuffle(items)
+        queues.append(items)
+    ordered: list[Item] = []
+    for index in range(max((len(q) for q in queues), default=0)):
+        ordered.extend(q[index] for q in queues if index < len(q))
+    return make_pairs(task, ordered, kind)
+
+
+def select_pairs(ctx: ExperimentContext, task: Task, kind: str) -> tuple[list[Pair], dict[str, Any]]:
+    """The experiment's pairs and the filter report, saved as the unit `pairs` (so --resume reuses it).
+
+    With `filter_correct`, the first `n` candidates the model gets right on both inputs; otherwise the
+    first `n` candidates. No kept pair at all is an error: every curve would be empty.
+    """
+    n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
+    candidates = candidate_pairs(task, kind, ctx.seed)
+    by_id = {pair.clean.id: pair for pair in candidates}
+
+    def compute() -> dict[str, Any]:
+        if filtering:
+            kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size)
+        else:
+            kept = candidates[:n]
+            report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
+                      "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
+        report = {**report, "requested": n, "filter_correct": filtering, "counterfactual": kind}
+        return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
+
+    unit = ctx.unit("pairs", compute)
+    pairs = [by_id[item_id] for item_id in unit["clean_ids"]]
+    if not pairs:
+        report = unit["report"]
+        raise UserInputError(
+            f"the model answered none of {report['candidates']} {ctx.task_name} pairs correctly on both the clean and "
+            f"the counterfactual input, so there is nothing to patch",
+            "check the model with `spatialmech eval` first (a trained model of the right family is needed)",
+        )
+    return pairs, unit["report"]
+
+
+def run_batches(ctx: ExperimentContext, pairs: Sequence[Pair], batch_fn: BatchFn, desc: str) -> list[dict[str, Any]]:
+    """Run `batch_fn` on batches of `ctx.batch_size` pairs, one resumable unit per batch; all records."""
+    groups = chunks(list(pairs), ctx.batch_size)
+    iterator: Any = enumerate(groups)
+    if ctx.progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=len(groups), desc=desc, unit="batch", leave=False)
+    records: list[dict[str, Any]] = []
+    for index, group in iterator:
+        unit = ctx.unit(f"batch-{index:05d}", lambda group=group: batch_fn(group))
+        records.extend(unit["pairs"])
+    return records
+
+
+# ---------------------------------------------------------------------------------------- scoring
+def tracked_scores(
+    logits: torch.Tensor, answers: Sequence[Sequence[Sequence[int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For logits (..., batch, vocab) and answers[row][k] token sets: probabilities and top-1 hits,
+    both (..., batch, k)."""
+    flat = logits.reshape(-1, logits.shape[-2], logits.shape[-1])
+    probs = torch.stack([answer_probabilities(step, answers) for step in flat])
+    hits = torch.stack(
+        [torch.stack([top1_correct(step, [row[k] for row in answers]) for k in range(len(answers[0]))], dim=-1) for step in flat]
+    )
+    shape = (*logits.shape[:-1], len(answers[0]))
+    return probs.reshape(shape), hits.reshape(shape)
+
+
+def pair_record(
+    pair: Pair,
+    answers: Mapping[str, str],
+    probabilities: torch.Tensor,
+    top1: torch.Tensor,
+    predictions: Sequence[str],
+    clean_probabilities: torch.Tensor,
+    counter_probabilities: torch.Tensor,
+    clean_prediction: str,
+    counter_prediction: str,
+) -> dict[str, Any]:
+    """One pair's result: per layer label, P and top-1 hit of each tracked answer and the patched top-1
+    token, plus the unpatched runs. probabilities / top1: (n_layer_labels, n_answers), `answers` order."""
+    keys = list(answers)
+    return {
+        "clean_id": pair.clean.id,
+        "counter_id": pair.counter.id,
+        "axis": pair.clean.axis,
+        "relation": pair.clean.relation,
+        "answers": dict(answers),
+        "iia": [[float(p) for p in row] for row in probabilities.tolist()],
+        "top1": [[int(bool(h)) for h in row] for row in top1.tolist()],
+        "predictions": list(predictions),
+        "clean_run": {k: float(p) for k, p in zip(keys, clean_probabilities.tolist())},
+        "counter_run": {k: float(p) for k, p in zip(keys, counter_probabilities.tolist())},
+        "clean_prediction": clean_prediction,
+        "counter_prediction": counter_prediction,
+    }
+
+
+def batch_records(
+    adapter: Any,
+    pairs: Sequence[Pair],
+    words: Sequence[Mapping[str, str]],
+    patched_logits: torch.Tensor,
+    clean_logits: torch.Tensor,
+    counter_logits: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """Records of a batch from its patched logits (n_layer_labels, batch, vocab) and unpatched runs."""
+    answers = answer_sets(adapter, pairs, words)
+    probabilities, hits = tracked_scores(patched_logits, answers)
+    clean_p, _ = tracked_scores(clean_logits, answers)
+    counter_p, _ = tracked_scores(counter_logits, answers)
+    patched_top = [decode(adapter, step) for step in patched_logits]
+    clean_top, counter_top = decode(adapter, clean_logits), decode(adapter, counter_logits)
+    return [
+        pair_record(pair, words[row], probabilities[:, row], hits[:, row], [step[row] for step in patched_top],
+                    clean_p[row], counter_p[row], clean_top[row], counter_top[row])
+        for row, pair in enumerate(pairs)
+    ]
+
+
+def decode(adapter: Any, logits: torch.Tensor) -> list[str]:
+    """The top-1 token of each row, as text."""
+    return [adapter.tokenizer.decode([int(t)]) for t in logits.argmax(-1).tolist()]
+
+
+def answer_sets(adapter: Any, pairs: Sequence[Pair], words: Sequence[Mapping[str, str]]) -> list[list[list[int]]]:
+    """Per pair, the token-id sets of its tracked answer words (in the mapping's order): an item's own
+    answer variants where the word is the clean or counterfactual answer, SPEC's spelling set otherwise."""
+    out = []
+    for pair, tracked in zip(pairs, words):
+        out.append([answer_ids(adapter, pair.counter if word == pair.counter.answer else pair.clean, word)
+                    for word in tracked.values()])
+    return out
+
+
+# ---------------------------------------------------------------------------------------- results
+def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Mean P (iia) and top-1 rate per answer key per layer label, over pairs."""
+    n = len(records)
+    n_layers = len(records[0]["iia"]) if records else 0
+    curves = {key: [sum(r["iia"][i][k] for r in records) / n for i in range(n_layers)] for k, key in enumerate(keys)}
+    top1 = {key: [sum(r["top1"][i][k] for r in records) / n for i in range(n_layers)] for k, key in enumerate(keys)}
+    return curves, top1
+
+
+def unchanged_rate(records: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Per layer label, the fraction of pairs whose patched top-1 token is the unpatched clean run's."""
+    n = len(records)
+    n_layers = len(records[0]["predictions"]) if records else 0
+    return [sum(r["predictions"][i] == r["clean_prediction"] for r in records) / n for i in range(n_layers)]
+
+
+def curve_rows(layer_labels: Sequence[Any], curves: Mapping[str, Sequence[float]], top1: Mapping[str, Sequence[float]]) -> list[dict[str, Any]]:
+    """curves.csv: one row per (layer, answer)."""
+    return [
+        {"layer": label, "answer": key, "iia": round(curves[key][i], 6), "top1": round(top1[key][i], 6)}
+        for i, label in enumerate(layer_labels)
+        for key in curves
+    ]
+
+
+def pair_rows(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """pairs.csv: the kept pairs, their tracked answer words and what the unpatched runs predicted."""
+    rows = []
+    for index, record in enumerate(records):
+        row = {"pair": index, "clean_id": record["clean_id"], "counter_id": record["counter_id"],
+               "axis": record["axis"], "relation": record["relation"]}
+        row.update({f"answer_{key}": record["answers"][key] for key in keys})
+        row["clean_prediction"] = record["clean_prediction"]
+        row["counter_prediction"] = record["counter_prediction"]
+        row.update({f"clean_p_{key}": round(record["clean_run"][key], 6) for key in keys})
+        rows.append(row)
+    return rows
+
+
+def model_name(ctx: ExperimentContext) -> str:
+    model_id = str(ctx.adapter.model_id)
+    path = Path(model_id)
+    return path.name if path.is_dir() else model_id
+
+
+def figure(
+    ctx: ExperimentContext,
+    x: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    legend: Mapping[str, str],
+    title: str,
+) -> list[str]:
+    """iia_curves.png/.svg: one line per tracked answer (legend text from `legend`)."""
+    return plot_layer_curves(list(x), {legend.get(k, k): v for k, v in curves.items()}, ctx.figure_path("iia_curves"), title)

@@ -1,0 +1,149 @@
+"""`last-token` patching on tiny random models of three families whose token grid fits 3 objects.
+
+Untrained models answer nothing right, so runs here set `filter_correct=False`. What is checked: the
+result contract; that patching a run with itself is the clean run exactly; that layer 0 changes nothing
+(the next-token position holds the same template token in both runs) while later layers do; resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from spatialmech.engine import Engine
+from spatialmech.errors import UserInputError
+from spatialmech.experiments import last_token, patching
+from spatialmech.experiments.commands import run_experiment
+from spatialmech.experiments.common import Pair, make_pairs
+from spatialmech.experiments.runner import load_result
+from spatialmech.models import adapter_class
+from spatialmech.tasks import get_task
+from spatialmech.tasks.base import CF_OPPOSITE_QUERY
+
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "paligemma")
+BUNDLED = Path(__file__).resolve().parents[2] / "src" / "spatialmech" / "assets" / "bundled_model"
+SAME = 1e-7  # probabilities of runs that must be equal (float32 noise is ~1e-9 here)
+MOVED = 1e-6  # a real patch on these tiny models moves tracked probabilities by 1e-6..1e-3
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def adapter(request):
+    model = adapter_class(request.param).tiny(0)
+    assert model.grid_spec().tokens_per_side >= 5
+    return model
+
+
+def _squares(adapter):
+    return get_task("squares", geometry=adapter.grid_spec())
+
+
+def _csv(path):
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _run(adapter, out, **kwargs):
+    options = {"n": 4, "filter_correct": False, **kwargs.pop("options", {})}
+    return run_experiment("last-token", adapter, out_root=out, options=options, batch_size=2, progress=False, **kwargs)
+
+
+def test_result_schema_tables_and_figure(adapter, tmp_path):
+    result = load_result(_run(adapter, tmp_path).parent)
+    metrics = result["metrics"]
+    assert result["experiment"] == "last-token" and result["task"] == "squares"
+    assert result["config"]["counterfactual"] == CF_OPPOSITE_QUERY and result["config"]["filter_correct"] is False
+    layers = list(range(adapter.num_layers))
+    assert metrics["layers"] == layers and metrics["n_pairs"] == 4
+    assert set(metrics["curves"]) == set(metrics["top1"]) == set(last_token.ANSWERS)
+    for key in last_token.ANSWERS:
+        assert len(metrics["curves"][key]) == len(layers)
+        assert all(0.0 <= p <= 1.0 for p in metrics["curves"][key] + metrics["top1"][key])
+    assert len(metrics["dominant"]) == len(layers) and len(metrics["top1_unchanged"]) == len(layers)
+    assert metrics["pairs"]["kept"] == 4 and metrics["pairs"]["filter_correct"] is False
+    folder = tmp_path / "last-token"
+    curves = _csv(folder / "curves.csv")
+    assert list(curves[0]) == ["layer", "answer", "iia", "top1"] and len(curves) == len(layers) * 3
+    assert [(int(r["layer"]), r["answer"]) for r in curves[:3]] == [(0, key) for key in last_token.ANSWERS]
+    pairs = _csv(folder / "pairs.csv")
+    assert len(pairs) == 4 and {r["relation"] for r in pairs} <= {"left", "right", "above", "below"}
+    assert {r["axis"] for r in pairs} == {"horizontal", "vertical"}  # both axes
+    assert result["figures"] == ["iia_curves.png", "iia_curves.svg"]
+    assert all((folder / name).stat().st_size > 0 for name in result["figures"])
+    # the curves are the mean of the per-pair records saved in the units
+    units = [json.loads(p.read_text()) for p in sorted((folder / "units").glob("batch-*.json"))]
+    records = [r for unit in units for r in unit["pairs"]]
+    mean = sum(r["iia"][-1][0] for r in records) / len(records)
+    assert metrics["curves"]["c0_clean"][-1] == pytest.approx(mean, abs=1e-12)
+
+
+def test_tracked_answers_are_clean_ordering_and_attribute():
+    task = get_task("squares")
+    for pair in make_pairs(task, task.items(12, seed=3), CF_OPPOSITE_QUERY):
+        words = last_token.tracked_answers(pair)
+        assert words["c0_clean"] == pair.clean.answer and words["c3_attribute"] == pair.counter.answer
+        slot = pair.counter.target  # the counterfactual answer's ordinal position
+        assert slot != pair.clean.target and words["c2_ordering"] == pair.clean.objects[slot].attribute
+        assert words["c3_attribute"] not in pair.clean.meta["attributes"]
+        assert len(set(words.values())) == 3
+
+
+def test_patching_a_run_with_itself_is_the_clean_run(adapter):
+    task = _squares(adapter)
+    pairs = [Pair(item, item, "identity") for item in task.items(4, seed=1)]
+    out = last_token.sweep_batch(Engine(adapter), task, pairs, list(range(adapter.num_layers)))
+    for record in out["pairs"]:
+        for layer_probs, prediction in zip(record["iia"], record["predictions"]):
+            assert prediction == record["clean_prediction"]  # top-1 agreement 1.0
+            for k, key in enumerate(last_token.ANSWERS):
+                assert layer_probs[k] == pytest.approx(record["clean_run"][key], abs=SAME)
+
+
+def test_curves_move_only_once_the_last_token_differs(adapter):
+    task = _squares(adapter)
+    pairs = make_pairs(task, task.items(4, seed=2), CF_OPPOSITE_QUERY)
+    out = last_token.sweep_batch(Engine(adapter), task, pairs, list(range(adapter.num_layers)))
+
+    def change(layer: int) -> float:
+        return max(abs(r["iia"][layer][k] - r["clean_run"][key]) for r in out["pairs"] for k, key in enumerate(last_token.ANSWERS))
+
+    assert change(0) < SAME  # layer 0 input at the next-token position: the same template token in both runs
+    assert change(adapter.num_layers - 1) > MOVED
+
+
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path):
+    adapter = adapter_class("qwen2-vl").tiny(0)
+    first = load_result(_run(adapter, tmp_path).parent)
+    folder = tmp_path / "last-token"
+    kept_unit = folder / "units" / "batch-00000.json"
+    stamp = kept_unit.stat().st_mtime_ns
+    (folder / "result.json").unlink()
+    (folder / "units" / "batch-00001.json").unlink()
+    resumed = load_result(_run(adapter, tmp_path, resume=True).parent)
+    assert resumed["metrics"] == first["metrics"]
+    assert kept_unit.stat().st_mtime_ns == stamp  # the finished unit was reused, not recomputed
+    assert (folder / "units" / "batch-00001.json").is_file()
+
+
+def test_bad_options_are_user_errors():
+    adapter = adapter_class("qwen2-vl").tiny(0)
+    with pytest.raises(UserInputError, match="layers"):
+        last_token.config_from({"layers": "7"}, adapter)
+    with pytest.raises(UserInputError, match="at least 1"):
+        last_token.config_from({"n": 0}, adapter)
+    with pytest.raises(UserInputError, match="does not run on task"):
+        run_experiment("last-token", adapter, out_root="unused", task="scenes", options={})
+    assert patching.base_config({}, adapter) == {"n": 50, "layers": [0, 1], "filter_correct": True}
+
+
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not trained yet")
+def test_cli_on_the_bundled_model(tmp_path, capsys):
+    from spatialmech.cli import main
+
+    code = main(["run", "last-token", "--n", "2", "--layers", "0,1", "--out", str(tmp_path), "--batch-size", "2"])
+    assert code == 0, capsys.readouterr().err
+    result = load_result(tmp_path / "last-token")
+    assert result["metrics"]["layers"] == [0, 1] and result["metrics"]["pairs"]["filter_correct"] is True
+    assert 1 <= result["metrics"]["n_pairs"] <= 2
