@@ -22,7 +22,7 @@ import torch
 
 from spatialmech.engine.scoring import answer_probabilities, top1_correct
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import Pair, answer_ids, filter_correct_pairs, make_pairs
+from spatialmech.experiments.common import LogitsFn, Pair, answer_ids, filter_correct_pairs, make_pairs
 from spatialmech.experiments.runner import ExperimentContext, chunks, parse_layers
 from spatialmech.report.figures import plot_layer_curves
 from spatialmech.tasks.base import Item, Task
@@ -77,10 +77,13 @@ def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
     return make_pairs(task, ordered, kind)
 
 
-def select_pairs(ctx: ExperimentContext, task: Task, kind: str) -> tuple[list[Pair], dict[str, Any]]:
+def select_pairs(
+    ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None
+) -> tuple[list[Pair], dict[str, Any]]:
     """The experiment's pairs and the filter report, saved as the unit `pairs` (so --resume reuses it).
 
-    With `filter_correct`, the first `n` candidates the model gets right on both inputs; otherwise the
+    With `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
+    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the
     first `n` candidates. No kept pair at all is an error: every curve would be empty.
     """
     n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
@@ -89,7 +92,7 @@ def select_pairs(ctx: ExperimentContext, task: Task, kind: str) -> tuple[list[Pa
 
     def compute() -> dict[str, Any]:
         if filtering:
-            kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size)
+            kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
         else:
             kept = candidates[:n]
             report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
