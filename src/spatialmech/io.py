@@ -196,7 +196,11 @@ def open_image(path: str | os.PathLike, what: str = "image"):
             return image.convert("RGB")
     except UserInputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses even to open it: far over our limit too
+        raise UserInputError(
+            f"{what} {file} is over the {MAX_IMAGE_PIXELS:,}-pixel limit ({exc})", "downscale it before use"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserInputError(
             f"{what} {file} is corrupt or truncated ({exc})", "replace it with a complete copy"
         ) from exc
