@@ -66,6 +66,8 @@ def render_command(args: argparse.Namespace) -> int:
     geometry = _geometry_for(args)
     task = get_task(args.task, geometry=geometry, data_root=args.data)
     out = io.ensure_writable_dir(args.out)
+    # items.jsonl is written last; drop an earlier render's, so a failed render never looks complete.
+    (out / "items.jsonl").unlink(missing_ok=True)
     items = task.items(args.n, seed=args.seed)
     rows = []
     for index, item in enumerate(items):
