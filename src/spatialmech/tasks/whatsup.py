@@ -73,6 +73,7 @@ def find_data_file(root: str | Path, name: str, what: str) -> Path:
     for folder in SEARCH_FOLDERS:
         candidate = base / folder / name
         if candidate.is_file():
+            io.resolve_under(base, Path(folder) / name, what=what)  # a symlink out of the data root is refused
             return candidate
     raise UserInputError(f"{what} {name} not found in {base} or {base / 'data'}", "download it into the data folder")
 
