@@ -80,7 +80,7 @@ def _fraction(item: Item, box_px: Sequence[float]) -> tuple[float, float, float,
 def strip_box(item: Item, index: int) -> tuple[float, float, float, float]:
     """The strip of object `index` as an image-fraction box: the band across the whole image along the
     other axis, centred on the object. Grid tasks record its cells (`meta["strip_cells"]`, `strip_tokens`
-    wide); otherwise it is the object's box widened by the grid's spacing (half on each side)."""
+    wide); otherwise it is the object's box widened by the grid's spacing (spacing // 2 tokens before it)."""
     if not item.grid:
         raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
     geometry = GridGeometry.from_dict(item.grid)
@@ -89,10 +89,12 @@ def strip_box(item: Item, index: int) -> tuple[float, float, float, float]:
         return _fraction(item, geometry.cells_to_px(tuple(cells[index])))
     width, height = item.image_size
     x0, y0, x1, y1 = item.objects[index].box_px
-    half = geometry.spacing_tokens * geometry.pixels_per_token / 2
+    # as the grid tasks do: spacing // 2 tokens before the object, the rest after
+    before = (geometry.spacing_tokens // 2) * geometry.pixels_per_token
+    after = geometry.spacing_tokens * geometry.pixels_per_token - before
     if item.axis == "horizontal":
-        return _fraction(item, (max(0, x0 - half), 0, min(width, x1 + half), height))
-    return _fraction(item, (0, max(0, y0 - half), width, min(height, y1 + half)))
+        return _fraction(item, (max(0, x0 - before), 0, min(width, x1 + after), height))
+    return _fraction(item, (0, max(0, y0 - before), width, min(height, y1 + after)))
 
 
 def region_box(item: Item, index: int, region: str) -> tuple[float, float, float, float]:
