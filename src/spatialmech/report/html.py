@@ -373,7 +373,7 @@ def gallery(run: Run, behavior_png: tuple[Path, str] | None) -> str:
     """The main figures up front: one per finished step (behavior: the per-task summary)."""
     cells = []
     if behavior_png is not None:
-        cells.append(f"<figure>{_img(*behavior_png, 'behavior')}<figcaption><a href='#behavior'>behavior</a></figcaption></figure>")
+        cells.append(f"<figure>{_img(*behavior_png, 'behavior')}<figcaption><a href='#behavior-section'>behavior</a></figcaption></figure>")
     for entry in run.entries:
         if entry.experiment == "behavior":
             continue
@@ -453,7 +453,7 @@ def behavior_section(run: Run, entries: list[Entry], behavior_png: tuple[Path, s
                     + _paper_columns(paper.BEHAVIOR[m].get(task, "–") for m in models) + "</tr>")
     head = "<tr><th>task</th><th>accuracy</th><th>n</th><th>chance</th>" + "".join(f"<th class=paper>{_esc(m)}</th>" for m in models) + "</tr>"
     figure = f"<div class=figs>{_img(*behavior_png, 'behavior accuracy')}</div>" if behavior_png else ""
-    intro = ("<h2 id='behavior'>behavior <span class=small>(paper Table 1: accuracy per task; "
+    intro = ("<h2 id='behavior-section'>behavior <span class=small>(paper Table 1: accuracy per task; "
              "forced-choice tasks are scored strictly, in both option orders)</span></h2>")
     details = "".join(f"<details><summary>{_esc(e.folder)} details</summary>{step_section(run, e, 'h3')}</details>" for e in entries)
     return intro + figure + f"<table>{head}{''.join(rows)}</table>" + details

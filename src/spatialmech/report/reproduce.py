@@ -197,26 +197,40 @@ def format_seconds(seconds: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ resume
-def finished_result_matches(out_root: Path, step: StepRecord, config: Mapping[str, Any], adapter: Any, seed: int,
-                            data_root: str | None) -> bool:
-    """True when OUT/<folder>/result.json is this step's finished result: same weights, task, config,
-    seed and data. Anything else is rerun (with the experiment's own unit-level resume)."""
+def _run_identity(step: StepRecord, config: Mapping[str, Any], adapter: Any, seed: int, data_root: str | None) -> dict[str, Any]:
+    """What a step's result and run_config.json must match to be this run's: weights, task, config, seed, data
+    (the fields `ExperimentContext.prepare` writes to run_config.json)."""
     from spatialmech.experiments.commands import data_hashes
-    from spatialmech.experiments.runner import RESULT_FILE, model_fingerprint
+    from spatialmech.experiments.runner import model_fingerprint
 
-    path = out_root / step.folder / RESULT_FILE
-    if not path.is_file():
-        return False
-    try:
-        result = read_json(path, "result file")
-    except UserInputError:
-        return False
-    expected = json.loads(json.dumps(to_jsonable({
-        "experiment": step.experiment, "task": step.task, "config": dict(config),
-        "model_fingerprint": model_fingerprint(adapter), "inputs": data_hashes(step.task, data_root),
+    return json.loads(json.dumps(to_jsonable({
+        "experiment": step.experiment, "model": model_fingerprint(adapter), "task": step.task, "config": dict(config),
+        "seed": seed, "inputs": data_hashes(step.task, data_root),
     })))
-    actual = {key: result.get(key) for key in expected}
-    return actual == expected and (result.get("provenance") or {}).get("seed") == seed
+
+
+def _read_or_none(path: Path) -> Any:
+    try:
+        return read_json(path, "result file") if path.is_file() else None
+    except UserInputError:
+        return None
+
+
+def resume_state(out_root: Path, step: StepRecord, identity: Mapping[str, Any]) -> str:
+    """'finished' (its result.json is this run's: reuse it), 'partial' (units of this run: continue them)
+    or 'fresh' (nothing of this run there: start it from scratch)."""
+    from spatialmech.experiments.runner import RESULT_FILE
+
+    folder = out_root / step.folder
+    result = _read_or_none(folder / RESULT_FILE)
+    if result is not None:
+        seen = {"experiment": result.get("experiment"), "model": result.get("model_fingerprint"), "task": result.get("task"),
+                "config": result.get("config"), "seed": (result.get("provenance") or {}).get("seed"), "inputs": result.get("inputs")}
+        if seen == dict(identity):
+            return "finished"
+    if _read_or_none(folder / "run_config.json") == dict(identity):
+        return "partial"
+    return "fresh"
 
 
 # ------------------------------------------------------------------------------------------ manifest
@@ -314,6 +328,7 @@ def reproduce(
     seconds_per_forward = time_forward(adapter, args.batch_size)
     header["seconds_per_forward"] = seconds_per_forward
     configs: dict[str, dict[str, Any] | None] = {}
+    resume_from: dict[str, bool] = {}  # --resume: continue this step's saved units (else start it fresh)
     for step, record in zip(plan, records):
         try:
             module = experiment_module(step.experiment)
@@ -322,8 +337,11 @@ def reproduce(
             task_size, forced = _task_facts(record.task, adapter, args.data)
             forwards = estimate_forwards(step.experiment, configs[step.folder], adapter.num_layers, task_size, forced)
             record.estimated_seconds = forwards * seconds_per_forward
-            if args.resume and finished_result_matches(out_root, record, configs[step.folder], adapter, args.seed, args.data):
-                record.status, record.estimated_seconds = "reused", 0.0
+            if args.resume:
+                state = resume_state(out_root, record, _run_identity(record, configs[step.folder], adapter, args.seed, args.data))
+                resume_from[step.folder] = state == "partial"
+                if state == "finished":
+                    record.status, record.estimated_seconds = "reused", 0.0
         except ModuleNotFoundError as exc:
             configs[step.folder] = None
             record.status, record.error = "failed", f"experiment module missing from this install ({exc.name})"
@@ -357,7 +375,7 @@ def reproduce(
         try:
             run_experiment(
                 step.experiment, adapter, out_root=out_root, task=record.task, options=dict(record.options),
-                seed=args.seed, resume=bool(args.resume), batch_size=args.batch_size, data_root=args.data,
+                seed=args.seed, resume=resume_from.get(step.folder, False), batch_size=args.batch_size, data_root=args.data,
                 model_label=str(args.model), progress=progress, folder=step.folder,
             )
             record.status = "done"
