@@ -7,11 +7,11 @@ one `VLMAdapter` subclass named `Adapter`.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 from spatialmech.errors import UserInputError
+from spatialmech.io import read_json
 from spatialmech.models.base import VLMAdapter
 
 # family name -> module (relative to spatialmech.models) holding its `Adapter` class.
@@ -83,10 +83,7 @@ def _read_config(path_or_id: str, trust_remote_code: bool) -> dict[str, Any]:
         config_file = folder / "config.json"
         if not config_file.is_file():
             raise UserInputError(f"model folder {folder} has no config.json", "pass a Hugging Face checkpoint folder")
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserInputError(f"{config_file} is not valid JSON ({exc.msg})", "replace it with a complete copy") from exc
+        config = read_json(config_file, "model config")
         if not isinstance(config, dict):
             raise UserInputError(f"{config_file} is not a JSON object", "replace it with a Hugging Face config.json")
         if config.get("auto_map") and not trust_remote_code:
