@@ -46,7 +46,7 @@ def load_hf_model(
             f"weights of model {path_or_id!r} are corrupt or truncated ({_first_line(exc)})",
             "download or copy the checkpoint again",
         ) from exc
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # anything else transformers raises on a checkpoint's files (bad field types...)
         raise UserInputError(
             f"model {path_or_id!r} does not load ({_first_line(exc)})",
             "check that the folder is a complete checkpoint of a supported family",
@@ -64,7 +64,7 @@ def load_tokenizer(path_or_id: str, *, trust_remote_code: bool) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a malformed tokenizer file fails in many ways (TypeError, KeyError, tokenizers' own)
         raise UserInputError(
             f"cannot load the tokenizer of model {path_or_id!r} ({_first_line(exc)})",
             "pass a checkpoint folder that includes its tokenizer files",
@@ -109,7 +109,7 @@ def load_image_processor(processor_cls: Any, path_or_id: str) -> Any:
     """A specific (PIL/numpy backend) image processor class, so nothing needs torchvision."""
     try:
         return processor_cls.from_pretrained(path_or_id)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a malformed preprocessor_config.json fails in many ways (AttributeError, TypeError...)
         raise UserInputError(
             f"cannot load the image processor of model {path_or_id!r} ({_first_line(exc)})",
             "pass a checkpoint folder that includes preprocessor_config.json",
@@ -144,7 +144,30 @@ def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None
     if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": user_content(num_images, prompt)})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # the template is the checkpoint's Jinja code: syntax errors, raise_exception(...)
+        raise UserInputError(
+            f"the model's chat template fails to render ({type(exc).__name__}: {_first_line(exc)})",
+            "use the checkpoint's original chat template (tokenizer_config.json or chat_template.jinja)",
+        ) from exc
+
+
+def image_slot_error(found: int, expected: int, placeholder: str) -> UserInputError:
+    """The one-line error for a rendered prompt whose image slots do not match its images.
+
+    Fewer slots than images: the checkpoint's chat template has no place for images (e.g. a text-only
+    template); more: the prompt text itself contains the placeholder.
+    """
+    if found < expected:
+        return UserInputError(
+            f"the model's chat template put {found} image slots ({placeholder}) in a prompt with {expected} images",
+            "use the checkpoint's original chat template, which places an image slot for each image",
+        )
+    return UserInputError(
+        f"prompt holds {found} image slots for {expected} images",
+        f"do not write {placeholder} in prompt text; pass images separately",
+    )
 
 
 def check_batch(images: Sequence[Sequence[Any]], prompts: Sequence[str]) -> list[list[Any]]:
