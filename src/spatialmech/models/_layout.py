@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spatialmech.models._hf_common import image_slot_error
 from spatialmech.models.base import ImageTokens
 
 Box = tuple[float, float, float, float]
@@ -98,7 +99,7 @@ def expand_placeholders(text: str, placeholder: str, expansions: Sequence[str]) 
     """Replace the k-th `placeholder` of a rendered chat by `expansions[k]` (one per image, in order)."""
     parts = text.split(placeholder)
     if len(parts) - 1 != len(expansions):
-        raise RuntimeError(f"the chat template produced {len(parts) - 1} {placeholder!r} slots for {len(expansions)} images")
+        raise image_slot_error(len(parts) - 1, len(expansions), placeholder)
     out = [parts[0]]
     for expansion, rest in zip(expansions, parts[1:]):
         out.extend([expansion, rest])

@@ -211,11 +211,10 @@ class Adapter(VLMAdapter):
         full_image = f"\n\n{BOI}{IMAGE_SOFT * n_tokens}{EOI}\n\n"
         expanded = []
         for text, row in zip(texts, rows):
-            if text.count(BOI) != len(row) or IMAGE_SOFT in text:
-                raise UserInputError(
-                    f"prompt holds {text.count(BOI)} image slots for {len(row)} images",
-                    f"do not write {BOI} or {IMAGE_SOFT} in prompt text; pass images separately",
-                )
+            if IMAGE_SOFT in text:
+                raise hf.image_slot_error(len(row) + 1, len(row), IMAGE_SOFT)
+            if text.count(BOI) != len(row):
+                raise hf.image_slot_error(text.count(BOI), len(row), BOI)
             expanded.append(text.replace(BOI, full_image))
         encoded = hf.tokenize_left_padded(self.tokenizer, expanded)
         input_ids = encoded["input_ids"]

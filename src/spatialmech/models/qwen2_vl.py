@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -237,10 +236,7 @@ class Adapter(VLMAdapter):
     def _expand_image_slots(text: str, num_images: int, counts: Iterator[int]) -> str:
         pieces = text.split(IMAGE_PAD)
         if len(pieces) - 1 != num_images:
-            raise UserInputError(
-                f"prompt holds {len(pieces) - 1} image slots for {num_images} images",
-                f"do not write {IMAGE_PAD} in prompt text; pass images separately",
-            )
+            raise hf.image_slot_error(len(pieces) - 1, num_images, IMAGE_PAD)
         out = pieces[0]
         for piece in pieces[1:]:
             out += IMAGE_PAD * next(counts) + piece
