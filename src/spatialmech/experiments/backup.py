@@ -1,0 +1,125 @@
+"""`backup` (paper §5.3.2, Fig. 9): the LM backbone's backup ordering mechanism.
+
+Object-token criss-cross patching (`criss-cross --region object`: the clean run's first and last
+objects' tokens get the `reversed` counterfactual run's tokens of the opposite end) performed *under*
+the vision ablation of `ablate-vision`: both the clean and the counterfactual run have their objects
+replaced by the same objects rendered alone at the centre and their background by a blank image, at
+the LM input (each run with its own alone/blank sources). With the vision encoder's position signal
+gone, whatever position the object tokens carry was written by the LM itself; the paper finds that
+object-only swaps, which never flip the answer normally, now flip it at middle layers (Qwen2-VL-7B
+layers ~11-20).
+
+At the embeddings (and layer 0's input, which is the same thing at image positions) the swap is a
+no-op under the ablation: the counterfactual's last object *is* the clean first object rendered alone,
+token for token. Any flip must come from what the LM layers wrote onto those tokens.
+
+Pairs are kept when the model answers correctly on *both ablated* inputs (`filter_correct`); an
+untrained or tiny model may keep few; the result records how many and why the rest were dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from spatialmech.engine import Engine
+from spatialmech.errors import UserInputError
+from spatialmech.experiments import criss_cross, patching
+from spatialmech.experiments.ablate_vision import PARTS, SITE, SourceTokens, VisionAblation
+from spatialmech.experiments.common import Pair
+from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.io import read_json
+from spatialmech.tasks.base import CF_REVERSED, Task
+
+NAME = "backup"
+DEFAULT_TASK = "squares"
+TASKS = ("squares", "shapes", "objects")
+REGION = "object"
+LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
+
+
+def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
+    return {
+        **patching.base_config(options, adapter),
+        "region": REGION,
+        "counterfactual": CF_REVERSED,
+        "sites": [criss_cross.EMBEDDINGS_SITE, criss_cross.SITE],
+        "include_embeddings": bool(options.get("include_embeddings", True)),
+        "ablation": {
+            "site": SITE,
+            "parts": list(PARTS),
+            "object_source": "the same object rendered alone at the image centre",
+            "background_source": "a blank white image, token at the same grid cell",
+            "applied_to": "both the clean and the counterfactual run, each with its own sources",
+        },
+    }
+
+
+def backup_batch(
+    engine: Engine,
+    task: Task,
+    pairs: Sequence[Pair],
+    ablation: VisionAblation,
+    *,
+    layers: Sequence[int],
+    include_embeddings: bool = True,
+    mapping: str = "swap",
+) -> dict[str, Any]:
+    """Object criss-cross of one batch of pairs with the vision ablation on both runs.
+
+    `mapping="aligned"` with pairs whose counterfactual is the clean item itself is the identity
+    (every layer must reproduce the ablated clean run); the experiment uses the criss-cross `"swap"`.
+    """
+    clean_inputs, counter_inputs = criss_cross.encode_pairs(engine.adapter, task, pairs)
+    return criss_cross.sweep_batch(
+        engine, task, pairs, region=REGION, layers=layers, include_embeddings=include_embeddings,
+        target_interventions=ablation.interventions(clean_inputs, [p.clean for p in pairs]),
+        source_interventions=ablation.interventions(counter_inputs, [p.counter for p in pairs]),
+        clean_inputs=clean_inputs, counter_inputs=counter_inputs, mapping=mapping,
+    )
+
+
+def run(ctx: ExperimentContext) -> ExperimentOutput:
+    task = patching.load_task(ctx)
+    engine = Engine(ctx.adapter)
+    ablation = VisionAblation(engine, task, PARTS, source_tokens=SourceTokens(engine, task))
+    try:
+        pairs, report = patching.select_pairs(ctx, task, CF_REVERSED, logits_fn=ablation.logits)
+    except UserInputError as exc:  # no pair kept (the saved `pairs` unit says why): say it in terms of the ablation
+        if not (ctx.units_dir / "pairs.json").is_file():
+            raise
+        report = read_json(ctx.units_dir / "pairs.json", "saved unit")["report"]
+        raise UserInputError(
+            f"under the vision ablation the model answered none of {report['candidates']} {ctx.task_name} pairs correctly "
+            f"on both the clean and the counterfactual input ({report['dropped_both_wrong']} both wrong, "
+            f"{report['dropped_clean_wrong']} clean wrong, {report['dropped_counterfactual_wrong']} counterfactual wrong)",
+            "backup needs a model that keeps some accuracy under the ablation: `spatialmech run ablate-vision` shows it",
+        ) from exc
+    layers = list(ctx.config["layers"])
+    include_embeddings = bool(ctx.config.get("include_embeddings", True))
+
+    def batch(group: Sequence[Pair]) -> dict[str, Any]:
+        return backup_batch(engine, task, group, ablation, layers=layers, include_embeddings=include_embeddings)
+
+    records = patching.run_batches(ctx, pairs, batch, f"backup {ctx.task_name}")
+    labels = criss_cross.layer_labels(ctx.config)
+    curves, top1 = patching.summarise(records, criss_cross.ANSWERS)
+    title = (f"backup: object criss-cross under vision ablation: {patching.model_name(ctx)}, {ctx.task_name}, "
+             f"n={len(records)} pairs; layer -1 = embeddings")
+    figures = patching.figure(ctx, criss_cross.plot_x(labels), curves, LEGEND, title)
+    unpatched = {
+        key: sum(r["clean_run"][key] for r in records) / len(records) for key in criss_cross.ANSWERS
+    }
+    metrics = {
+        "region": REGION,
+        "n_pairs": len(records),
+        "kept_pairs": report.get("kept", len(records)),
+        "layers": labels,
+        "curves": curves,
+        "top1": top1,
+        **criss_cross.flip_summary(labels, top1["flipped"]),
+        "ablated_clean_run": unpatched,
+        "pairs": report,
+    }
+    tables = {"curves": patching.curve_rows(labels, curves, top1), "pairs": patching.pair_rows(records, criss_cross.ANSWERS)}
+    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": LEGEND})
