@@ -46,10 +46,11 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of `path` for writing; rename it over `path` only on success."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         binary = "b" in mode
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
             yield handle
@@ -57,12 +58,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise UserInputError(
             f"could not write {target} ({exc.strerror or exc})", "free disk space or choose another --out folder"
         ) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -125,23 +128,27 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], column
 # ----------------------------------------------------------------------------------------- reading
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Parse a JSON file, with one-line errors for missing, empty and malformed files."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str | None = None) -> Any:
+    """Parse a JSON file, with one-line errors for missing, empty and malformed files.
+
+    `fix` replaces the default advice for an unreadable, empty or malformed file (e.g. for files we
+    wrote ourselves, where the fix is to recompute them rather than to find a good copy).
+    """
     file = Path(path)
     if not file.is_file():
         raise UserInputError(f"{what} {file} does not exist", "check the path (or --data folder)")
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{what} {file} cannot be read ({exc})", "replace it with a valid UTF-8 JSON file") from exc
+        raise UserInputError(f"{what} {file} cannot be read ({exc})", fix or "replace it with a valid UTF-8 JSON file") from exc
     if not text.strip():
-        raise UserInputError(f"{what} {file} is empty", "replace it with a complete copy")
+        raise UserInputError(f"{what} {file} is empty", fix or "replace it with a complete copy")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserInputError(
             f"{what} {file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-            "replace it with a complete, uncorrupted copy",
+            fix or "replace it with a complete, uncorrupted copy",
         ) from exc
 
 
