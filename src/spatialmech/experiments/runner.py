@@ -87,7 +87,7 @@ class ExperimentContext:
         manifest = {"experiment": self.experiment, "model": model_fingerprint(self.adapter), "task": self.task_name,
                     "config": to_jsonable(self.config), "seed": self.seed, "inputs": to_jsonable(self.input_hashes)}
         if self.resume and manifest_path.is_file():
-            previous = read_json(manifest_path, "run manifest")
+            previous = read_json(manifest_path, "run manifest", fix="rerun without --resume to start this experiment afresh")
             if previous != json.loads(json.dumps(manifest)):
                 raise UserInputError(
                     f"--resume: {self.out_dir} was started with a different model, task, config or seed",
@@ -103,7 +103,7 @@ class ExperimentContext:
             raise ValueError(f"unit key {key!r} must be letters, digits, '_', '.', '=', '-'")
         path = self.units_dir / f"{key}.json"
         if path.is_file():
-            return read_json(path, "saved unit")
+            return read_json(path, "saved unit", fix="delete it to recompute that unit, or rerun without --resume")
         value = to_jsonable(dict(compute()))
         write_json(path, value)
         return json.loads(json.dumps(value))
