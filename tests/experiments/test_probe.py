@@ -41,6 +41,15 @@ def _run(adapter, out, n=8, **kwargs):
     return run_experiment("probe", adapter, out_root=out, options={"n": n, **kwargs.pop("options", {})}, batch_size=4, progress=False, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def finished(adapter, tmp_path_factory):
+    """One finished run per family (with --save-probe), shared by the read-only tests below."""
+    root = tmp_path_factory.mktemp("probe-run")
+    saved = root / "copy.safetensors"
+    result = load_result(_run(adapter, root, options={"save_probe": str(saved)}).parent)
+    return root, result, saved
+
+
 def test_token_labels_follow_the_drawing(adapter):
     task = get_task("squares", geometry=adapter.grid_spec())
     geometry = task.geometry
@@ -63,9 +72,8 @@ def test_token_labels_follow_the_drawing(adapter):
         assert set(objects.tolist()) <= {-1, 0, 1, 2}
 
 
-def test_result_contract_and_probe_file(adapter, tmp_path):
-    saved = tmp_path / "copy.safetensors"
-    result = load_result(_run(adapter, tmp_path, options={"save_probe": str(saved)}).parent)
+def test_result_contract_and_probe_file(adapter, finished):
+    root, result, saved = finished
     metrics = result["metrics"]
     assert result["experiment"] == "probe" and result["task"] == "squares"
     assert result["config"]["site"] == "projector.out" and result["config"]["epochs"] == 200
@@ -79,7 +87,7 @@ def test_result_contract_and_probe_file(adapter, tmp_path):
         assert metrics["n_train_tokens"][axis] == 6 * 3 * k * k
         assert metrics["n_test_object_tokens"][axis] == 2 * 3 * k * k
     assert metrics["chance"] == pytest.approx(1 / 3)
-    out = tmp_path / "probe"
+    out = root / "probe"
     for name in result["figures"]:
         assert (out / name).is_file()
     assert {"probe_heatmaps_horizontal.png", "probe_heatmaps_vertical.png", "probe_accuracy.png"} <= set(result["figures"])
@@ -97,14 +105,14 @@ def test_result_contract_and_probe_file(adapter, tmp_path):
         assert loaded.probes["vertical"].weight.shape == (adapter.hidden_size, 3)
 
 
-def test_result_numbers_are_what_the_saved_probe_gives(adapter, tmp_path):
+def test_result_numbers_are_what_the_saved_probe_gives(adapter, finished):
     """Recompute test accuracy and strip agreement from the stored features with the saved probe."""
-    result = load_result(_run(adapter, tmp_path).parent)
-    probes = load_probes(tmp_path / "probe" / probe.PROBE_FILE).probes
+    root, result, _ = finished
+    probes = load_probes(root / "probe" / probe.PROBE_FILE).probes
     task = get_task("squares", geometry=adapter.grid_spec())
     images = probe.select_images(task.items(), 8, seed=0)
     for axis in probe.AXES:
-        store = ActivationStore(tmp_path / "probe" / "units" / f"features-{axis}")
+        store = ActivationStore(root / "probe" / "units" / f"features-{axis}")
         assert store.num_items == 8
         _, test_idx = probe.split_indices(8, 2, seed=0)
         right = total = agree = strip_total = 0
@@ -124,8 +132,8 @@ def test_result_numbers_are_what_the_saved_probe_gives(adapter, tmp_path):
         assert result["metrics"]["background_agreement"][axis] == agree / strip_total
 
 
-def test_resume_after_interruption_gives_the_same_result(adapter, tmp_path, monkeypatch):
-    reference = load_result(_run(adapter, tmp_path / "a").parent)
+def test_resume_after_interruption_gives_the_same_result(adapter, finished, tmp_path, monkeypatch):
+    _, reference, _ = finished
     calls = {"n": 0}
     real_cache = Engine.cache
 
@@ -145,6 +153,7 @@ def test_resume_after_interruption_gives_the_same_result(adapter, tmp_path, monk
     resumed = load_result(_run(adapter, tmp_path / "b", resume=True).parent)
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["data"] == reference["data"]
+    assert resumed["config"] == {**reference["config"], "save_probe": None}
 
 
 def test_whatsup_probe_runs_on_the_horizontal_axis_only(tmp_path):

@@ -270,7 +270,6 @@ def pooled_features(engine: Engine, task: Any, items: Sequence[Item], prompt: st
 def fit_axis_probes(ctx: ExperimentContext, engine: Engine, task: Any, probe_items: Sequence[Item]) -> dict[str, Any]:
     """Baseline-filter the probe items (strict), pool their features, fit one 2-class probe per axis."""
     config = ctx.config
-    kept: list[Item] = []
     report = {"candidates": len(probe_items), "kept": 0, "dropped_baseline_wrong": 0, "dropped_no_order": 0}
     features: list[dict[str, Any]] = []
     for index, group in enumerate(chunks(list(probe_items), UNIT_ITEMS)):
@@ -290,7 +289,6 @@ def fit_axis_probes(ctx: ExperimentContext, engine: Engine, task: Any, probe_ite
                     report["dropped_no_order"] += 1
                 else:
                     features.append(row)
-        kept.extend(right)
     report["kept"] = len(features)
 
     training = ProbeTraining.from_config(config)
