@@ -1,0 +1,130 @@
+"""`MODEL_CARD.md` of the bundled model, written from its `training_log.json` (never by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spatialmech.io import atomic_write_text
+
+
+def _curve(history: list[dict[str, Any]], key: str, points: int = 8) -> str:
+    """A compact loss curve: mean of `key` over equal windows of the history."""
+    if not history:
+        return "(no steps)"
+    size = max(1, len(history) // points)
+    cells = []
+    for start in range(0, len(history), size):
+        window = history[start : start + size]
+        values = [row[key] for row in window if row.get(key) is not None]
+        if values:
+            cells.append(f"{window[0]['step']}-{window[-1]['step']}: {sum(values) / len(values):.3f}")
+    return "; ".join(cells)
+
+
+def _timing_rows(timings: dict[str, Any]) -> list[str]:
+    rows = ["| stage | wall seconds | steps | s/step | where a step's time goes (seconds, whole stage) |", "|---|---|---|---|---|"]
+    for stage in ("vision", "cache", "language", "evaluate"):
+        entry = timings.get(stage)
+        if not entry:
+            continue
+        parts = entry.get("parts", {})
+        detail = ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
+        if stage == "cache":
+            detail = f"render {entry.get('render_seconds', 0):.0f}; {entry.get('images')} images, {entry.get('megabytes')} MB of features"
+        rows.append(
+            f"| {stage} | {entry.get('seconds', 0):.0f} | {entry.get('steps', '')} | {entry.get('seconds_per_step', '')} | {detail} |"
+        )
+    return rows
+
+
+def render_model_card(log: dict[str, Any]) -> str:
+    config = log["config"]
+    arch = config["architecture"]
+    held_out = log.get("held_out", {})
+    total_seconds = sum(v.get("seconds", 0) for v in log["timings"].values() if isinstance(v, dict))
+    lines = [
+        "# spatialmech bundled model: tiny Qwen2-VL",
+        "",
+        "A complete `Qwen2VLForConditionalGeneration` checkpoint (safetensors, fp32) with its own offline-trained",
+        "byte-level BPE tokenizer and the real Qwen2-VL chat template. It loads through the ordinary Qwen2-VL",
+        "adapter (`spatialmech.models.load_model`), exactly like a downloaded checkpoint. It was produced by",
+        f"`spatialmech train-default --out DIR --seed {log['seed']}` (this card and `training_log.json` are written by that command).",
+        "",
+        "## Held-out accuracy (`spatialmech eval --task T`)",
+        "",
+        "| task | accuracy | n | chance |",
+        "|---|---|---|---|",
+    ]
+    for task, metrics in held_out.items():
+        lines.append(f"| {task} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['chance']:.2f} |")
+    lines += [
+        "",
+        "Evaluation items are the tasks' own items (`eval --task T` with its defaults: every item of the grid",
+        f"tasks, {config['eval_n'].get('scenes')} `scenes` items of seed {config['eval_seed']}); none of their images was seen in training:",
+        "",
+        "- squares / shapes / objects: training images are random layouts (2-3 objects of the task's 2x2-token",
+        "  glyphs anywhere on a row or column, random gaps, any reference object), and every layout equal to the",
+        "  tasks' fixed evaluation layout (3 objects centred, 2 tokens apart) is rejected while sampling;",
+        "- scenes: training scenes come from seeds >= 100000 (`data.SCENES_TRAIN_SEED_BASE`), evaluation uses seed 0;",
+        "  forced-choice questions are scored strictly (right under both option orders).",
+        "",
+        "## Architecture",
+        "",
+        f"- Vision tower: Qwen2-VL ViT, depth {arch['vision_depth']}, width {arch['vision_embed_dim']}, {arch['vision_heads']} heads,",
+        "  14 px patches, 2x2 patch merger (the projector) -> 28 px per LM token. Images are resized to 336x336 px",
+        "  (min_pixels = max_pixels), so the LM sees the paper's 12x12 token grid (Qwen geometry).",
+        f"- Language model: {arch['text_layers']} layers, width {arch['text_hidden']}, {arch['text_heads']} heads"
+        f" ({arch['text_kv_heads']} KV heads), MLP {arch['text_intermediate']}, M-RoPE sections {arch['mrope_section']},"
+        f" rope base {arch['text_rope_theta']}.",
+        f"- Parameters: {log['parameters']['total']:,} (vision tower incl. merger {log['parameters']['vision_tower']:,},"
+        f" LM incl. head {log['parameters']['language_model']:,}); weights file {log['weights_megabytes']} MB.",
+        "- Tokenizer: byte-level BPE trained offline; every prompt and answer word of every task is a single",
+        "  token with and without a leading space (`tasks/vocabulary.py`).",
+        "",
+        "## Training recipe",
+        "",
+        f"1. Vision stage ({config['vision_steps']} steps, batch {config['vision_batch']}, AdamW lr {config['vision_lr']}):"
+        " the vision tower and merger learn",
+        "   from dense per-token labels on rendered images of all tasks: what occupies each LM-token cell",
+        "   (background or which colour/shape/object), and for object cells which object is the nearest neighbour",
+        "   on each side along its row/column (a dense relational caption). The linear heads are discarded.",
+        f"2. Cache: the vision blocks are frozen; their output (`vision.out`) is computed once for {config['cache_images']}",
+        "   training images.",
+        f"3. Language stage ({config['language_steps']} steps of {config['language_images']} images with all their questions, AdamW lr {config['language_lr']}):"
+        " projector (merger) and",
+        "   LM learn to answer the questions (cross-entropy on the answer token only) from the cached features,",
+        "   called with the same chat template, system prompt and M-RoPE positions as at evaluation. The",
+        "   question-independent prefix (system turn + image) runs once per image and its keys/values serve",
+        "   every question about that image (same logits as the full forward pass, about a third of the cost).",
+        f"   Curriculum: the first {config['two_object_fraction']:.0%} of steps use two-object images, then two- and three-object images.",
+        "",
+        f"Seed {log['seed']}; the data of every step is a pure function of (seed, stage, step), so runs are",
+        f"deterministic and resumable (`--resume`, checkpoints every {config['checkpoint_every']} steps). Threads: {config['threads']}.",
+        "",
+        "## Timings (this run)",
+        "",
+        *_timing_rows(log["timings"]),
+        "",
+        f"Total: {total_seconds / 60:.1f} minutes.",
+        "",
+        "## Loss curves (mean over windows of steps)",
+        "",
+        f"- vision (identity + neighbour cross-entropy): {_curve(log['history']['vision'], 'loss')}",
+        f"- language (answer cross-entropy): {_curve(log['history']['language'], 'loss')}",
+        f"- language batch accuracy: {_curve(log['history']['language'], 'accuracy')}",
+        "",
+        "The full per-step history, configuration and package versions are in `training_log.json`.",
+        "",
+        "## Limitations",
+        "",
+        "A few million parameters trained for minutes on synthetic images: it knows only these tasks' words and",
+        "pictures. It exists so that every experiment of spatialmech runs out of the box and asks the paper's",
+        "questions of a real Qwen2-VL; its numbers are not the 7B model's.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(path: Path, log: dict[str, Any]) -> Path:
+    return atomic_write_text(path, render_model_card(log))
