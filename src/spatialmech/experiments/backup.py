@@ -36,6 +36,8 @@ DEFAULT_TASK = "squares"
 TASKS = ("squares", "shapes", "objects")
 REGION = "object"
 LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
+# Paper, Fig. 9 (Qwen2-VL-7B, 28 layers): object-only swaps flip at layers ~11-20 under the ablation.
+PAPER_FLIP_LAYERS, PAPER_NUM_LAYERS = (11, 20), 28
 
 
 def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
@@ -79,6 +81,26 @@ def backup_batch(
     )
 
 
+def paper_range_scaled(num_layers: int) -> tuple[int, int]:
+    """The paper's flip layers mapped onto a model of `num_layers` layers by relative depth."""
+    first, last = PAPER_FLIP_LAYERS
+    scale = num_layers / PAPER_NUM_LAYERS
+    return int(first * scale), max(int(first * scale), min(num_layers - 1, round(last * scale)))
+
+
+def plot_curves(ctx: ExperimentContext, labels: Sequence[Any], curves: dict[str, list[float]],
+                top1: dict[str, list[float]], title: str) -> list[str]:
+    """iia_curves.png/.svg: P(clean), P(flipped) and the flip rate per layer, the paper's range shaded."""
+    from spatialmech.report.figures import plot_layer_curves
+
+    lines = {LEGEND[key]: curves[key] for key in criss_cross.ANSWERS}
+    lines["flip rate (top-1 is the flipped answer)"] = top1["flipped"]
+    start, end = paper_range_scaled(ctx.adapter.num_layers)
+    shade = [(start, end, f"paper: flips at layers 11-20 of 28, scaled to {ctx.adapter.num_layers}")]
+    return plot_layer_curves(criss_cross.plot_x(labels), lines, ctx.figure_path("iia_curves"), title,
+                             ylabel="mean P (IIA) / top-1 rate", shade=shade)
+
+
 def run(ctx: ExperimentContext) -> ExperimentOutput:
     task = patching.load_task(ctx)
     engine = Engine(ctx.adapter)
@@ -106,7 +128,7 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
     curves, top1 = patching.summarise(records, criss_cross.ANSWERS)
     title = (f"backup: object criss-cross under vision ablation: {patching.model_name(ctx)}, {ctx.task_name}, "
              f"n={len(records)} pairs; layer -1 = embeddings")
-    figures = patching.figure(ctx, criss_cross.plot_x(labels), curves, LEGEND, title)
+    figures = plot_curves(ctx, labels, curves, top1, title)
     unpatched = {
         key: sum(r["clean_run"][key] for r in records) / len(records) for key in criss_cross.ANSWERS
     }
