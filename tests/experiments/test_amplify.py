@@ -18,7 +18,7 @@ from spatialmech.engine import Engine, image_positions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import amplify
 from spatialmech.experiments.commands import run_experiment
-from spatialmech.experiments.common import encode_items
+from spatialmech.experiments.common import encode_items, score_items
 from spatialmech.experiments.probing import LinearProbe, image_key, load_probes, save_probes
 from spatialmech.experiments.runner import load_result
 from spatialmech.models import adapter_class
@@ -102,6 +102,12 @@ def test_saved_probe_file_gives_the_same_interventions(tmp_path):
     from_file = engine.logits(inputs, amplify.amplification_interventions(adapter, inputs, items, path, 2.0))
     from_memory = engine.logits(inputs, amplify.amplification_interventions(adapter, inputs, items, probes, 2.0, "add"))
     assert torch.equal(from_file, from_memory)  # the file's variant ("add") is the default
+    task = get_task("scenes", geometry=adapter.grid_spec())
+    scored = score_items(adapter, task, items, logits_fn=amplify.amplification_logits(adapter, path, 2.0))
+    unsteered = score_items(adapter, task, items)
+    assert [s.p_answer for s in scored] != [s.p_answer for s in unsteered]
+    same = score_items(adapter, task, items, logits_fn=amplify.amplification_logits(adapter, path, 0.0))
+    assert [s.p_answer for s in same] == [s.p_answer for s in unsteered]
 
 
 def test_intervention_errors(tmp_path):

@@ -185,6 +185,17 @@ def amplification_interventions(
     return steers
 
 
+def amplification_logits(adapter: Any, probe_file: str | Path | ProbeFile | Mapping[str, LinearProbe], alpha: float,
+                         variant: str | None = None):
+    """A `logits_fn(inputs, items)` for `common.score_items` that scores with amplification applied."""
+    engine = Engine(adapter)
+
+    def logits(inputs: BatchInputs, items: Sequence[Item]) -> torch.Tensor:
+        return engine.logits(inputs, amplification_interventions(adapter, inputs, items, probe_file, alpha, variant))
+
+    return logits
+
+
 def random_directions(hidden: int, seed: int, axis: str, classes: Sequence[str]) -> LinearProbe:
     """The control: hidden x 2 standard-normal directions with unit columns (zero bias), seeded per axis."""
     generator = torch.Generator().manual_seed(int(seed) * 1000 + (0 if axis == "horizontal" else 1))
