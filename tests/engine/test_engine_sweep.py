@@ -53,8 +53,8 @@ def swap_positions(inputs):
 
 
 @pytest.mark.parametrize("kind", ["resid_pre", "resid_post"])
-@pytest.mark.parametrize("selector", ["last", "swap"])
-def test_sweep_equals_raw_naive_loop(adapter, kind, selector):
+@pytest.mark.parametrize(("selector", "method"), [("last", "auto"), ("swap", "auto"), ("swap", "resume")])
+def test_sweep_equals_raw_naive_loop(adapter, kind, selector, method):
     pairs = make_pairs(adapter, 3, seed=1)
     engine = Engine(adapter)
     if selector == "last":
@@ -62,8 +62,11 @@ def test_sweep_equals_raw_naive_loop(adapter, kind, selector):
     else:
         target_pos, _ = swap_positions(pairs.target)
         _, source_pos = swap_positions(pairs.source)
-    result = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, site=f"lm.{kind}.{{l}}", keep_logits=True)
-    assert result.method == ("suffix" if selector == "last" else "resume")
+    result = engine.patch_sweep(
+        pairs.target, pairs.source, target_pos, source_pos, site=f"lm.{kind}.{{l}}", keep_logits=True, method=method
+    )
+    # both selectors leave the text before the image alone, so the prefix is reused unless told not to
+    assert result.method == ("resume" if method == "resume" else "suffix")
     expected = naive_raw_sweep(adapter, pairs, kind, target_pos, source_pos)
     torch.testing.assert_close(result.logits, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(result.clean_logits, adapter.forward(pairs.target), atol=ATOL, rtol=0)
@@ -88,7 +91,7 @@ def test_sweep_with_ablations_and_tracked_answers_equals_engine_naive(qwen):
     )
     fast = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, **kwargs)
     naive = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, method="naive", **kwargs)
-    assert (fast.method, naive.method) == ("resume", "naive")
+    assert (fast.method, naive.method) == ("suffix", "naive")
     torch.testing.assert_close(fast.logits, naive.logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(fast.probabilities, naive.probabilities, atol=ATOL, rtol=0)
     assert fast.probabilities.shape == (qwen.num_layers, 4, 3)
@@ -97,6 +100,21 @@ def test_sweep_with_ablations_and_tracked_answers_equals_engine_naive(qwen):
     late = [Ablate("lm.resid_post.2", last_position(pairs.target), "zero")]
     fallback = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, target_interventions=late, keep_logits=True)
     assert fallback.method == "naive"
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "gemma3"])
+def test_patch_inside_the_image_reuses_the_prefix_only_under_causal_attention(family, request):
+    """Patching the right half of the image: Qwen is causal, so everything before it is reused; Gemma's
+    image tokens attend to each other both ways, so the left half changes too and the sweep must resume
+    whole sequences. Both must equal the naive loop."""
+    adapter = request.getfixturevalue({"qwen2-vl": "qwen", "gemma3": "gemma"}[family])
+    pairs = make_pairs(adapter, 2, seed=7)
+    right_half = [p[p.numel() // 2 :] for p in image_positions(pairs.target)]
+    engine = Engine(adapter)
+    fast = engine.patch_sweep(pairs.target, pairs.source, right_half, keep_logits=True)
+    naive = engine.patch_sweep(pairs.target, pairs.source, right_half, keep_logits=True, method="naive")
+    assert fast.method == ("suffix" if family == "qwen2-vl" else "resume")
+    torch.testing.assert_close(fast.logits, naive.logits, atol=ATOL, rtol=0)
 
 
 def test_layer_subset_and_last_layer_output(gemma):
@@ -145,8 +163,8 @@ def test_sweep_input_errors(qwen):
         engine.patch_sweep(pairs.target, pairs.source, last, site="lm.resid_pre.0")
     with pytest.raises(UserInputError, match="does not exist"):
         engine.patch_sweep(pairs.target, pairs.source, last, layers=[qwen.num_layers])
-    with pytest.raises(UserInputError, match="last position only"):
-        engine.patch_sweep(pairs.target, pairs.source, image_positions(pairs.target), method="suffix")
+    with pytest.raises(UserInputError, match="leaves position 0 alone"):
+        engine.patch_sweep(pairs.target, pairs.source, [torch.tensor([0, 5])] * 2, method="suffix")
     single = qwen.build_inputs([[pairs.source_images[0]]], [pairs.prompts[0]])
     with pytest.raises(UserInputError, match="one source per target"):
         engine.patch_sweep(pairs.target, single, last)
@@ -161,3 +179,24 @@ def test_patch_object_is_what_the_sweep_applies(qwen):
     values = engine.cache(pairs.source, "lm.resid_pre.1", positions)["lm.resid_pre.1"]
     direct = engine.logits(pairs.target, [Patch("lm.resid_pre.1", positions, values)])
     torch.testing.assert_close(sweep.logits[0], direct, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_unpadded_batch_builds_the_causal_rows_itself(qwen, attention):
+    """Without padding the model passes no mask (plain causal); recomputing a suffix of several tokens
+    needs the causal rows spelled out, in the form the attention implementation expects."""
+    pairs = make_pairs(qwen, 2, seed=8)
+    same_prompt = [pairs.prompts[0]] * 2
+    target = qwen.build_inputs([[im] for im in pairs.target_images], same_prompt)
+    source = qwen.build_inputs([[im] for im in pairs.source_images], same_prompt)
+    assert bool(target.model_kwargs["attention_mask"].all())
+    qwen.model.set_attn_implementation(attention)
+    try:
+        engine = Engine(qwen)
+        positions = image_positions(target)
+        fast = engine.patch_sweep(target, source, positions, keep_logits=True)
+        naive = engine.patch_sweep(target, source, positions, keep_logits=True, method="naive")
+    finally:
+        qwen.model.set_attn_implementation("sdpa")
+    assert fast.method == "suffix"
+    torch.testing.assert_close(fast.logits, naive.logits, atol=ATOL, rtol=0)

@@ -6,11 +6,12 @@ rotary embeddings, ...), and for every layer l runs only layers l..L-1 from the 
 then the final norm and LM head at the last position ("resume"). Patches of different layers are
 stacked along the batch as they start ("staggered"), so each decoder layer is called once per group.
 
-When the patch touches only the last position and attention is causal, every other position equals
-the clean run at every layer, so each layer recomputes just that one token against the clean run's
-cached keys/values ("suffix": a decode step). The engine uses it only after checking, from the masks
-the model itself built, that no earlier position can see the last one (Gemma's bidirectional image
-blocks, sliding windows and padding are all visible there); otherwise it resumes full sequences.
+Positions before the first patched one are unchanged at every layer when attention is causal, so
+the engine recomputes only the suffix from the first patched position, against the clean run's cached
+keys/values for the prefix ("suffix"; for a last-token patch that is one token per layer, a decode
+step). It does so only after checking, from the masks the model itself built, that no earlier position
+can see a later one (Gemma's bidirectional image blocks, sliding windows and padding all show there),
+and that the KV cache holds the whole prompt; otherwise it resumes full sequences ("resume").
 
 Both paths must equal the naive loop (one patched forward per layer) to 1e-5; tests check it.
 """
@@ -74,12 +75,13 @@ def _resume_start(template: str, layer: int) -> int | None:
 
 
 class _PrefixKV:
-    """A stand-in KV cache for a one-token decode step: returns the clean run's prefix keys/values
-    (repeated over stacked patch copies) with the new token's appended; stores nothing, so one object
-    serves every layer and every copy."""
+    """A stand-in KV cache for recomputing a suffix: returns the clean run's prefix keys/values (repeated
+    over stacked patch copies) with the suffix's appended; stores nothing, so one object serves every
+    layer and every copy."""
 
     def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
         self.prefix = prefix
+        self.device = next(iter(prefix.values()))[0].device
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         keys, values = self.prefix[layer_idx]
@@ -112,8 +114,8 @@ class _Unsupported(Exception):
     """The fast path cannot prove itself exact for this model/input; fall back to a slower exact one."""
 
 
-def _last_query(kwargs: dict[str, Any], seq_len: int, prefix: _PrefixKV) -> dict[str, Any]:
-    """A decoder layer's kwargs for a one-token step at the last position, from the full-prompt kwargs."""
+def _suffix_step_kwargs(kwargs: dict[str, Any], seq_len: int, first: int, prefix: _PrefixKV, attention: str) -> dict[str, Any]:
+    """A decoder layer's kwargs for recomputing positions first..seq_len-1 only, from the full-prompt kwargs."""
     out: dict[str, Any] = {}
     for name, value in kwargs.items():
         if name in _CACHE_KWARGS:
@@ -121,16 +123,11 @@ def _last_query(kwargs: dict[str, Any], seq_len: int, prefix: _PrefixKV) -> dict
         elif name == "use_cache":
             out[name] = False
         elif name == "attention_mask":
-            if value is None:
-                out[name] = None
-            elif isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-2] == seq_len:
-                out[name] = value[..., -1:, :]
-            else:
-                raise _Unsupported(f"attention mask of type {type(value).__name__}")
+            out[name] = _suffix_mask(value, seq_len, first, attention, prefix.device)
         elif name == "position_embeddings":
-            out[name] = _slice_rotary(value, seq_len)
+            out[name] = _slice_rotary(value, seq_len, first)
         elif name in ("position_ids", "cache_position"):
-            out[name] = value[..., -1:] if isinstance(value, torch.Tensor) else value
+            out[name] = value[..., first:] if isinstance(value, torch.Tensor) else value
         elif _mentions_length(value, seq_len):
             raise _Unsupported(f"decoder-layer argument {name!r} depends on the sequence")
         else:
@@ -140,15 +137,32 @@ def _last_query(kwargs: dict[str, Any], seq_len: int, prefix: _PrefixKV) -> dict
     return out
 
 
-def _slice_rotary(value: Any, seq_len: int) -> Any:
+def _suffix_mask(mask: Any, seq_len: int, first: int, attention: str, device: torch.device) -> Any:
+    """Rows first.. of the layer's mask; without a mask (plain causal), build the causal rows explicitly,
+    since attention kernels align an implicit causal mask to the top-left when queries < keys."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-2] == seq_len:
+        return mask[..., first:, :]
+    if mask is not None:
+        raise _Unsupported(f"attention mask of type {type(mask).__name__}")
+    if seq_len - first == 1:
+        return None  # one query at the end attends to every key
+    allowed = torch.arange(seq_len, device=device)[None, :] <= torch.arange(first, seq_len, device=device)[:, None]
+    if attention == "sdpa":
+        return allowed[None, None]
+    if attention == "eager":
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    raise _Unsupported(f"no explicit causal mask for attention implementation {attention!r}")
+
+
+def _slice_rotary(value: Any, seq_len: int, first: int) -> Any:
     if isinstance(value, torch.Tensor):
         if value.dim() >= 2 and value.shape[-2] == seq_len:
-            return value[..., -1:, :]
+            return value[..., first:, :]
         raise _Unsupported(f"rotary embedding of shape {tuple(value.shape)}")
     if isinstance(value, (tuple, list)):
-        return type(value)(_slice_rotary(v, seq_len) for v in value)
+        return type(value)(_slice_rotary(v, seq_len, first) for v in value)
     if isinstance(value, dict):
-        return {k: _slice_rotary(v, seq_len) for k, v in value.items()}
+        return {k: _slice_rotary(v, seq_len, first) for k, v in value.items()}
     if value is None:
         return None
     raise _Unsupported(f"rotary embedding of type {type(value).__name__}")
@@ -164,16 +178,16 @@ def _mentions_length(value: Any, seq_len: int) -> bool:
     return False
 
 
-def _last_key_hidden_from_prefix(mask: Any, seq_len: int) -> bool:
-    """True when no query before the last position attends to the last key (so it cannot change them)."""
+def _prefix_blind_to_suffix(mask: Any, seq_len: int, first: int) -> bool:
+    """True when no query before `first` attends to a key at or after it (so the suffix cannot change them)."""
     if mask is None:
         return True  # no mask = plain causal attention
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != seq_len:
         return False
-    column = mask[..., : seq_len - 1, seq_len - 1]
+    block = mask[..., :first, first:]
     if mask.dtype == torch.bool:
-        return not bool(column.any())
-    return bool((column <= torch.finfo(mask.dtype).min / 2).all())
+        return not bool(block.any())
+    return bool((block <= torch.finfo(mask.dtype).min / 2).all())
 
 
 class PatchSweep:
@@ -241,13 +255,16 @@ class PatchSweep:
                     "use method='auto' (falls back to the naive loop)",
                 )
             return "naive"
-        last = self.target.seq_len - 1
-        last_only = all(p.numel() > 0 and bool((p == last).all()) for p in self.target_positions)
-        if method == "suffix" and not last_only:
-            raise UserInputError("method 'suffix' patches the last position only", "use method='auto' or 'resume'")
+        if method == "suffix" and self.suffix_start() == 0:
+            raise UserInputError("method 'suffix' needs a patch that leaves position 0 alone", "use method='auto' or 'resume'")
         if method == "auto":
-            return "suffix" if last_only else "resume"
+            return "suffix" if self.suffix_start() > 0 else "resume"
         return method
+
+    def suffix_start(self) -> int:
+        """First patched position over the batch: everything before it is the clean run at every layer."""
+        firsts = [int(p.min()) for p in self.target_positions if p.numel()]
+        return min(firsts) if firsts else self.target.seq_len - 1
 
     def _interventions_upstream(self, first_start: int) -> bool:
         """Target interventions must act before the first resumed layer (then the cached inputs hold them)."""
@@ -272,9 +289,11 @@ class PatchSweep:
         return logits
 
     # ------------------------------------------------------------------ clean target run, keeping layer inputs
-    def clean_run(self, first_start: int, keep_last_only: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, dict], torch.Tensor, Any]:
+    def clean_run(self, first_start: int, keep_from: int) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, dict], torch.Tensor, Any]:
         """Target forward (with its interventions) that keeps, for layers >= first_start, each layer's input
-        and call kwargs, and the last layer's output. Returns (logits, inputs, kwargs, last_output, kv_cache)."""
+        (positions keep_from.. only) and call kwargs, and the last layer's output; with keep_from > 0 it
+        also keeps the KV cache. Returns (logits, inputs, kwargs, last_output, kv_cache)."""
+        use_cache = keep_from > 0
         layer_modules = self.adapter.decoder_layers()
         inputs: dict[int, torch.Tensor] = {}
         kwargs: dict[int, dict] = {}
@@ -283,14 +302,14 @@ class PatchSweep:
         def keep_input(index: int):
             def hook(module: nn.Module, args: tuple, kw: dict) -> None:
                 hidden = args[0] if args else kw["hidden_states"]
-                inputs[index] = hidden[:, -1:].clone() if keep_last_only else hidden
+                inputs[index] = hidden[:, keep_from:].clone() if keep_from else hidden
                 kwargs[index] = {k: v for k, v in kw.items() if k != "hidden_states"}
 
             return hook
 
         def keep_output(module: nn.Module, args: tuple, output: Any) -> None:
             hidden = output[0] if isinstance(output, (tuple, list)) else output
-            outputs["last"] = hidden[:, -1:].clone() if keep_last_only else hidden
+            outputs["last"] = hidden[:, keep_from:].clone() if keep_from else hidden
 
         with HookSession(self.adapter, self.target, self.target_interventions) as session:
             handles = [
@@ -300,14 +319,14 @@ class PatchSweep:
             handles.append(layer_modules[-1].register_forward_hook(keep_output))
             try:
                 with torch.no_grad():
-                    out = self.adapter.model(**self.target.model_kwargs, use_cache=keep_last_only, logits_to_keep=1)
+                    out = self.adapter.model(**self.target.model_kwargs, use_cache=use_cache, logits_to_keep=1)
             finally:
                 for handle in handles:
                     handle.remove()
         session.check_fired()
         logits = out.logits[:, -1, :]
         kv = None
-        if keep_last_only:
+        if use_cache:
             kv = next((kw[name] for kw in kwargs.values() for name in _CACHE_KWARGS if kw.get(name) is not None), None)
             if kv is None:
                 kv = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -329,14 +348,14 @@ class PatchSweep:
     def run_fast(self, values: Activations, method: str) -> tuple[torch.Tensor, list[torch.Tensor], str]:
         starts = {layer: _resume_start(self.site, layer) for layer in self.layers}
         first = min(starts.values())
-        last_only = method == "suffix"
-        clean_logits, layer_inputs, layer_kwargs, last_output, kv = self.clean_run(min(first, self.num_layers - 1), last_only)
+        offset = self.suffix_start() if method == "suffix" else 0
+        clean_logits, layer_inputs, layer_kwargs, last_output, kv = self.clean_run(min(first, self.num_layers - 1), offset)
         seq_len, batch = self.target.seq_len, self.target.batch_size
         layer_modules = self.adapter.decoder_layers()
 
-        if last_only:
+        if offset:
             try:
-                step_kwargs = self._suffix_kwargs(layer_kwargs, kv, first, seq_len)
+                step_kwargs = self._suffix_kwargs(layer_kwargs, kv, first, seq_len, offset)
             except _Unsupported:
                 return self.run_fast(values, "resume")
         else:
@@ -349,11 +368,11 @@ class PatchSweep:
             site_values = values[layer_site(self.site, layer)]
             for row, positions in enumerate(self.target_positions):
                 if positions.numel():
-                    index = torch.zeros_like(positions) if last_only else positions
+                    index = positions - offset
                     state[row, index.to(state.device)] = site_values[row].to(state.device, state.dtype)
             return state
 
-        tokens_per_copy = batch * (1 if last_only else seq_len)
+        tokens_per_copy = batch * (seq_len - offset)
         copies_per_call = max(1, self.max_tokens_per_call // tokens_per_copy)
         order = sorted(self.layers, key=lambda layer: starts[layer])
         results: dict[int, torch.Tensor] = {}
@@ -384,8 +403,8 @@ class PatchSweep:
                     results[layer] = logits[copy * batch : (copy + 1) * batch]
         return clean_logits, [results[layer] for layer in self.layers], method
 
-    def _suffix_kwargs(self, layer_kwargs: dict[int, dict], kv: Any, first: int, seq_len: int) -> dict[int, dict]:
-        """Per layer, kwargs for the one-token step, after proving that the step is exact."""
+    def _suffix_kwargs(self, layer_kwargs: dict[int, dict], kv: Any, first: int, seq_len: int, offset: int) -> dict[int, dict]:
+        """Per layer, kwargs for recomputing positions offset.. only, after proving that this is exact."""
         if kv is None or not hasattr(kv, "layers"):
             raise _Unsupported("no KV cache from the clean run")
         prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -394,13 +413,14 @@ class PatchSweep:
             keys, vals = getattr(layer, "keys", None), getattr(layer, "values", None)
             if not isinstance(keys, torch.Tensor) or keys.shape[-2] != seq_len:
                 raise _Unsupported(f"layer {j} cache does not hold the whole prompt")
-            prefix[j] = (keys[..., : seq_len - 1, :], vals[..., : seq_len - 1, :])
+            prefix[j] = (keys[..., :offset, :], vals[..., :offset, :])
         stand_in = _PrefixKV(prefix)
+        attention = str(self.adapter.model.config.get_text_config()._attn_implementation)
         out = {}
         for j in range(first, self.num_layers):
-            if not _last_key_hidden_from_prefix(layer_kwargs[j].get("attention_mask"), seq_len):
-                raise _Unsupported(f"layer {j}: earlier positions attend to the last one")
-            out[j] = _last_query(layer_kwargs[j], seq_len, stand_in)
+            if not _prefix_blind_to_suffix(layer_kwargs[j].get("attention_mask"), seq_len, offset):
+                raise _Unsupported(f"layer {j}: positions before {offset} attend to later ones")
+            out[j] = _suffix_step_kwargs(layer_kwargs[j], seq_len, offset, stand_in, attention)
         return out
 
 

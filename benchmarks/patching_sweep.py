@@ -1,0 +1,243 @@
+"""Layer-by-layer patching sweeps: spatialmech's engine vs (a) the naive raw-hook loop, (b) nnsight 0.8.
+
+Two sweeps of the paper, over every layer x N pairs of the Squares task:
+- last-token: clean item <- counterfactual (other colours, opposite query), last position (Fig. 3);
+- strip: clean item <- its colour-reversed counterfactual, left and right strips swapped (criss-cross).
+Site: the residual stream entering layer l (`lm.resid_pre.{l}`, l = 0 is the embeddings).
+
+(a) naive: raw `register_forward_(pre_)hook`s, one batch-1 forward per (pair, layer), plus one batch-1
+    source forward per pair recording every layer.
+(b) nnsight 0.8: all pairs in one batch; one trace of the sources saving every layer at the source
+    positions, then one trace per layer that writes them into the targets.
+Engine: `Engine.patch_sweep` on the same batch.
+
+Every method's per-layer logits are compared with (a)'s; ratios are wall-clock times measured in this
+run. Usage: python benchmarks/patching_sweep.py [--models bundled mid] [--pairs 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import describe, dumps, load_benchmark_model, machine_info, save_result  # noqa: E402
+
+from spatialmech.engine import Engine  # noqa: E402
+from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs, VLMAdapter  # noqa: E402
+from spatialmech.tasks.base import CF_OPPOSITE_QUERY, CF_REVERSED, Item  # noqa: E402
+from spatialmech.tasks.geometry import GridGeometry  # noqa: E402
+
+SYSTEM = SYNTHETIC_SYSTEM_PROMPT
+
+
+@dataclass
+class SweepPairs:
+    kind: str
+    target: BatchInputs
+    source: BatchInputs
+    target_positions: list[torch.Tensor]
+    source_positions: list[torch.Tensor]
+    singles: list[tuple[BatchInputs, BatchInputs, torch.Tensor, torch.Tensor]]  # batch-1 versions
+
+
+def strip_positions(inputs: BatchInputs, row: int, item: Item, geometry: GridGeometry, slots: tuple[int, int]) -> torch.Tensor:
+    """LM positions of the strips of the objects in `slots` (in that order)."""
+    table = inputs.images[row][0].cell_positions()
+    parts = []
+    for slot in slots:
+        r0, c0, r1, c1 = geometry.strip_cells(item.objects[slot].box_cells, item.axis)
+        parts.append(table[r0:r1, c0:c1].reshape(-1))
+    return torch.cat(parts)
+
+
+def build_pairs(adapter: VLMAdapter, n: int, kind: str) -> SweepPairs:
+    from spatialmech.tasks.synthetic import SquaresTask
+
+    geometry = GridGeometry.from_grid_spec(adapter.grid_spec())
+    task = SquaresTask(geometry)
+    items = task.items(n=n, seed=0)
+    cf_kind = CF_OPPOSITE_QUERY if kind == "last" else CF_REVERSED
+    sources = [task.counterfactuals(item, cf_kind)[0].item for item in items]
+    t_images = [[task.image(i)] for i in items]
+    s_images = [[task.image(i)] for i in sources]
+    target = adapter.build_inputs(t_images, [i.prompt for i in items], SYSTEM)
+    source = adapter.build_inputs(s_images, [i.prompt for i in sources], SYSTEM)
+
+    def positions(inputs: BatchInputs, row: int, item: Item, reverse: bool) -> torch.Tensor:
+        if kind == "last":
+            return torch.tensor([inputs.seq_len - 1])
+        slot_of = {o.ordinal[item.axis]: k for k, o in enumerate(item.objects)}
+        first, last = slot_of[0], slot_of[2]
+        return strip_positions(inputs, row, item, geometry, (last, first) if reverse else (first, last))
+
+    t_pos = [positions(target, r, it, False) for r, it in enumerate(items)]
+    s_pos = [positions(source, r, it, True) for r, it in enumerate(sources)]
+    singles = []
+    for row, (item, cf) in enumerate(zip(items, sources)):
+        t1 = adapter.build_inputs([t_images[row]], [item.prompt], SYSTEM)
+        s1 = adapter.build_inputs([s_images[row]], [cf.prompt], SYSTEM)
+        singles.append((t1, s1, positions(t1, 0, item, False), positions(s1, 0, cf, True)))
+    return SweepPairs(kind, target, source, t_pos, s_pos, singles)
+
+
+# ------------------------------------------------------------------------------------------ (a) naive
+
+
+def naive_raw_hooks(adapter: VLMAdapter, pairs: SweepPairs) -> torch.Tensor:
+    """One batch-1 forward per (pair, layer) with raw hooks; (layers, pairs, vocab)."""
+    model = adapter.model
+    layers = model.model.language_model.layers
+    out = []
+    with torch.no_grad():
+        for target, source, t_pos, s_pos in pairs.singles:
+            captured: dict[int, torch.Tensor] = {}
+            handles = [
+                layer.register_forward_pre_hook(lambda m, args, j=j: captured.__setitem__(j, args[0][0, s_pos].clone()))
+                for j, layer in enumerate(layers)
+            ]
+            model(**source.model_kwargs, use_cache=False, logits_to_keep=1)
+            for handle in handles:
+                handle.remove()
+            per_layer = []
+            for j, layer in enumerate(layers):
+
+                def patch(m, args, j=j):
+                    hidden = args[0].clone()
+                    hidden[0, t_pos] = captured[j]
+                    return (hidden, *args[1:])
+
+                handle = layer.register_forward_pre_hook(patch)
+                per_layer.append(model(**target.model_kwargs, use_cache=False, logits_to_keep=1).logits[0, -1])
+                handle.remove()
+            out.append(torch.stack(per_layer))
+    return torch.stack(out, dim=1)
+
+
+# ------------------------------------------------------------------------------------------ (b) nnsight
+
+
+def nnsight_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> torch.Tensor:
+    from nnsight import NNsight
+
+    model = NNsight(adapter.model)
+    layers = model.model.language_model.layers
+    n_layers = adapter.num_layers
+    s_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(pairs.source_positions)])
+    s_cols = torch.cat(pairs.source_positions)
+    t_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(pairs.target_positions)])
+    t_cols = torch.cat(pairs.target_positions)
+    saved: list[Any] = []
+    outs: list[Any] = []
+    with torch.no_grad():
+        with model.trace(**pairs.source.model_kwargs, use_cache=False, logits_to_keep=1):
+            for j in range(n_layers):
+                saved.append(layers[j].input[s_rows, s_cols].save())
+        for j in range(n_layers):
+            with model.trace(**pairs.target.model_kwargs, use_cache=False, logits_to_keep=1):
+                layers[j].input[t_rows, t_cols] = saved[j]
+                outs.append(model.output.logits[:, -1].save())
+    return torch.stack([torch.as_tensor(o) for o in outs])
+
+
+# ------------------------------------------------------------------------------------------ engine
+
+
+def engine_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> tuple[torch.Tensor, str]:
+    result = Engine(adapter).patch_sweep(
+        pairs.target, pairs.source, pairs.target_positions, pairs.source_positions, site="lm.resid_pre.{l}", keep_logits=True
+    )
+    return result.logits, result.method
+
+
+def timed(fn, *args) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str]) -> dict[str, Any]:
+    adapter, description = load_benchmark_model(name)
+    info: dict[str, Any] = {"model": name, "description": description, "architecture": describe(adapter), "sweeps": {}}
+    print(f"\n== {name}: {description}", flush=True)
+    for kind in kinds:
+        pairs = build_pairs(adapter, n_pairs, kind)
+        with torch.no_grad():  # warm-up: allocator and lazy inits, same for every method
+            adapter.forward(pairs.singles[0][0])
+        row: dict[str, Any] = {
+            "pairs": n_pairs,
+            "layers": adapter.num_layers,
+            "seq_len": pairs.target.seq_len,
+            "positions_per_pair": int(pairs.target_positions[0].numel()),
+        }
+        results: dict[str, torch.Tensor] = {}
+        for method in methods:
+            load = os.getloadavg()[0]
+            if method == "engine":
+                (logits, how), seconds = timed(engine_sweep, adapter, pairs)
+                row["engine_path"] = how
+            elif method == "naive":
+                logits, seconds = timed(naive_raw_hooks, adapter, pairs)
+            else:
+                logits, seconds = timed(nnsight_sweep, adapter, pairs)
+            results[method] = logits
+            row[f"{method}_seconds"] = round(seconds, 3)
+            row[f"{method}_load_average"] = round(load, 2)
+            print(f"  {kind:5s} {method:7s} {seconds:9.2f} s  (load {load:.1f})", flush=True)
+        if "naive" in results:
+            for method in ("engine", "nnsight"):
+                if method in results:
+                    row[f"{method}_max_abs_diff_vs_naive"] = float((results[method] - results["naive"]).abs().max())
+        if "engine" in results:
+            for method in ("naive", "nnsight"):
+                if method in results:
+                    row[f"speedup_vs_{method}"] = round(row[f"{method}_seconds"] / row["engine_seconds"], 2)
+        info["sweeps"][kind] = row
+        print(
+            f"  {kind}: engine path {row.get('engine_path')}; "
+            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("speedup", "engine_max", "nnsight_max"))),
+            flush=True,
+        )
+    return info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["bundled", "mid"], choices=["bundled", "mid"])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--sweeps", nargs="+", default=["last", "strip"], choices=["last", "strip"])
+    parser.add_argument("--methods", nargs="+", default=["engine", "nnsight", "naive"], choices=["engine", "nnsight", "naive"])
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"benchmark": "patching_sweep", "machine": machine_info(), "config": vars(args), "models": []}
+    targets = {"speedup_vs_naive": 3.0, "speedup_vs_nnsight": 2.0}
+    for name in args.models:
+        result["models"].append(run_model(name, args.pairs, args.sweeps, args.methods))
+    checks = []
+    for model in result["models"]:
+        for kind, row in model["sweeps"].items():
+            for key, target in targets.items():
+                if key in row:
+                    checks.append({"model": model["model"], "sweep": kind, "metric": key, "value": row[key], "target": target, "met": row[key] >= target})
+            for key in ("engine_max_abs_diff_vs_naive",):
+                if key in row:
+                    checks.append({"model": model["model"], "sweep": kind, "metric": key, "value": row[key], "target": 1e-5, "met": row[key] <= 1e-5})
+    result["checks"] = checks
+    path = save_result("patching_sweep", result)
+    print("\nratios (engine speed-up, same run):")
+    for check in checks:
+        print(f"  {check['model']:8s} {check['sweep']:5s} {check['metric']:30s} {check['value']:<12.4g} target {check['target']}  {'MET' if check['met'] else 'NOT MET'}")
+    print(f"saved {path}")
+    print(dumps(result["machine"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
