@@ -41,11 +41,18 @@ def data_hashes(task_name: str, data_root: str | None) -> dict[str, Any]:
 
     if data_root is None:
         return {"data_root": None}
+    from spatialmech.tasks.whatsup import SEARCH_FOLDERS
+
     root = Path(data_root)
-    hashes = {p.name: file_sha256(p) for p in sorted(root.glob("*.json")) if p.is_file()}
-    annotations = root / "annotations" / "instances_val2017.json"
-    if annotations.is_file():
-        hashes[str(annotations.relative_to(root))] = file_sha256(annotations)
+    hashes: dict[str, str] = {}
+    # The loaders look in the root and in data/ (the What'sUp repository layout); key by the name they
+    # look for, so results from either layout compare. The first folder wins, as in the loaders.
+    for folder in SEARCH_FOLDERS:
+        base = root / folder
+        for path in sorted(base.glob("*.json")) + sorted(base.glob("annotations/*.json")):
+            name = str(path.relative_to(base))
+            if path.is_file() and name not in hashes:
+                hashes[name] = file_sha256(path)
     return {"data_root": str(root.resolve()), "files": hashes}
 
 
