@@ -29,11 +29,14 @@ _UNIT_KEY = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
 
 def model_fingerprint(adapter: Any) -> dict[str, Any]:
-    """Identify the model a result came from: id, family, and a hash of its config and weights files."""
+    """Identify the model a result came from: id, family, and a hash of its weights, config, tokenizer,
+    image processor and chat template files (the same weights behind another prompt format or image
+    size give other results, so they count as another model)."""
     digest = hashlib.sha256()
     folder = Path(str(adapter.model_id))
     if folder.is_dir():
-        for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
+        files = {p for pattern in ("*.safetensors", "*.json", "*.jinja", "*.model", "*.txt") for p in folder.glob(pattern)}
+        for path in sorted(p for p in files if p.is_file()):
             digest.update(path.name.encode())
             digest.update(file_sha256(path).encode())
     else:  # in-memory (tiny test) models: hash the config and parameter shapes + sums
