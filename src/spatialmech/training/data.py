@@ -25,7 +25,7 @@ from spatialmech.tasks import get_task
 from spatialmech.tasks.base import Item, SceneObject
 from spatialmech.tasks.geometry import QWEN, GridGeometry
 from spatialmech.tasks.synthetic import AXES, RELATIONS_OF_AXIS, GridTask, render_objects
-from spatialmech.tasks.vocabulary import answer_variants
+from spatialmech.tasks.vocabulary import SCENE_NOUNS, answer_variants
 
 GRID_TASKS = ("squares", "shapes", "objects")
 SCENES_TASK = "scenes"
@@ -63,8 +63,7 @@ class ClassVocabulary:
 def class_vocabulary(tasks: tuple[str, ...]) -> ClassVocabulary:
     entries: list[str] = []
     for name in tasks:
-        task = get_task(name, geometry=QWEN)
-        attributes = getattr(task, "attributes", ()) or getattr(task, "nouns", ())
+        attributes = SCENE_NOUNS if name == SCENES_TASK else get_task(name, geometry=QWEN).attributes
         entries.extend(f"{name}:{attribute}" for attribute in attributes)
     return ClassVocabulary(entries)
 
@@ -230,8 +229,6 @@ class TrainingSource:
         self.seed = seed
         self.vocabulary = class_vocabulary(tasks)
         self._tasks = {name: get_task(name, geometry=geometry) for name in tasks}
-        self._scene_pool: list[Item] = []
-        self._scene_seed = SCENES_TRAIN_SEED_BASE + seed * 1000
 
     def sample(self, rng: random.Random, max_objects: int = 3, task: str | None = None) -> TrainingImage:
         name = task or rng.choice(self.tasks)
@@ -251,17 +248,17 @@ class TrainingSource:
         )
 
     def _scene_image(self, rng: random.Random) -> TrainingImage:
+        """A scenes item from the training seed stream (never the evaluation seeds), both option orders."""
         task = self._tasks[SCENES_TASK]
-        if not self._scene_pool:
-            self._scene_pool = list(task.items(256, seed=self._scene_seed))
-            self._scene_seed += 1
-        item = self._scene_pool.pop(rng.randrange(len(self._scene_pool)))
+        item = task.make_item(SCENES_TRAIN_SEED_BASE + self.seed, rng.randrange(10**9))
         cells, neighbours = dense_labels(item, self.vocabulary, self.geometry, with_neighbours=False)
+        swapped = item.meta.get("prompt_swapped")
+        questions = [(item.prompt, item.answer)] + ([(swapped, item.answer)] if swapped else [])
         return TrainingImage(
             task=SCENES_TASK,
             image=task.image(item),
             cell_labels=cells,
             neighbour_labels=neighbours,
-            questions=[(item.prompt, item.answer)],
-            n_objects=len(item.objects),
+            questions=questions,
+            n_objects=2,  # two named objects (clutter is not asked about)
         )
