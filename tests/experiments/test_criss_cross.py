@@ -193,3 +193,9 @@ def test_cli_on_the_bundled_model(tmp_path, capsys, region):
     assert code == 0, capsys.readouterr().err
     metrics = load_result(tmp_path / "criss-cross")["metrics"]
     assert metrics["region"] == region and metrics["layers"] == ["emb", 0, 1] and 1 <= metrics["n_pairs"] <= 2
+
+
+def test_flip_summary():
+    summary = criss_cross.flip_summary(["emb", 0, 1, 2], [0.9, 0.6, 0.5, 0.1])
+    assert summary == {"flip_rate": [0.9, 0.6, 0.5, 0.1], "max_flip_rate": 0.9, "flip_layers": ["emb", 0], "last_flip_layer": 0}
+    assert criss_cross.flip_summary(["emb"], [0.0])["last_flip_layer"] is None

@@ -147,3 +147,13 @@ def test_cli_on_the_bundled_model(tmp_path, capsys):
     result = load_result(tmp_path / "last-token")
     assert result["metrics"]["layers"] == [0, 1] and result["metrics"]["pairs"]["filter_correct"] is True
     assert 1 <= result["metrics"]["n_pairs"] <= 2
+
+
+def test_phases_read_the_curves_as_the_paper_does():
+    dominant = ["c0_clean"] * 3 + ["c2_ordering"] * 2 + ["c3_attribute"] * 2
+    assert last_token.phases(list(range(7)), dominant) == {
+        "clean_layers": [0, 1, 2], "ordering_layers": [3, 4], "attribute_from_layer": 5,
+    }
+    assert last_token.phases([0, 1], ["c3_attribute", "c0_clean"])["attribute_from_layer"] is None
+    curves = {"c0_clean": [0.9, 0.1], "c2_ordering": [0.05, 0.2], "c3_attribute": [0.05, 0.7]}
+    assert last_token.dominant_answers(curves) == ["c0_clean", "c3_attribute"]

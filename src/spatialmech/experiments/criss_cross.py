@@ -240,8 +240,10 @@ def plot_x(labels: Sequence[Any]) -> list[int]:
 
 
 def flip_summary(labels: Sequence[Any], flip_rate: Sequence[float]) -> dict[str, Any]:
+    """Per-layer flip rate (patched top-1 = flipped answer), its maximum, and the layers where most pairs flip."""
     flips = [label for label, rate in zip(labels, flip_rate) if rate > FLIP_THRESHOLD]
-    return {"flip_rate": list(flip_rate), "max_flip_rate": max(flip_rate) if flip_rate else 0.0, "flip_layers": flips}
+    return {"flip_rate": list(flip_rate), "max_flip_rate": max(flip_rate) if flip_rate else 0.0, "flip_layers": flips,
+            "last_flip_layer": flips[-1] if flips else None}
 
 
 def run(ctx: ExperimentContext) -> ExperimentOutput:

@@ -81,6 +81,21 @@ def dominant_answers(curves: dict[str, list[float]]) -> list[str]:
     return [max(keys, key=lambda k: curves[k][i]) for i in range(n_layers)]
 
 
+def phases(layers: list[int], dominant: list[str]) -> dict[str, Any]:
+    """The paper's reading of the curves: where the ordering answer leads, and from which layer on the
+    counterfactual attribute leads for good (None if it does not lead at the last layer)."""
+    attribute_from = None
+    for layer, answer in reversed(list(zip(layers, dominant))):
+        if answer != "c3_attribute":
+            break
+        attribute_from = layer
+    return {
+        "clean_layers": [layer for layer, answer in zip(layers, dominant) if answer == "c0_clean"],
+        "ordering_layers": [layer for layer, answer in zip(layers, dominant) if answer == "c2_ordering"],
+        "attribute_from_layer": attribute_from,
+    }
+
+
 def run(ctx: ExperimentContext) -> ExperimentOutput:
     task = patching.load_task(ctx)
     pairs, report = patching.select_pairs(ctx, task, CF_OPPOSITE_QUERY)
@@ -90,12 +105,14 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
     curves, top1 = patching.summarise(records, ANSWERS)
     title = f"last-token patching: {patching.model_name(ctx)}, {ctx.task_name}, n={len(records)} pairs"
     figures = patching.figure(ctx, layers, curves, LEGEND, title)
+    dominant = dominant_answers(curves)
     metrics = {
         "n_pairs": len(records),
         "layers": layers,
         "curves": curves,
         "top1": top1,
-        "dominant": dominant_answers(curves),
+        "dominant": dominant,
+        **phases(layers, dominant),
         "top1_unchanged": patching.unchanged_rate(records),
         "pairs": report,
     }
