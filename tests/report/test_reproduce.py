@@ -137,3 +137,16 @@ def test_full_plan_uses_the_paper_sizes() -> None:
     for step in build_plan(quick=False):
         assert step.options["n"] is None  # None = each experiment's paper default
     assert json.dumps([s.options for s in build_plan(quick=True)])  # plain JSON options
+
+
+def test_time_estimate_grows_with_the_work() -> None:
+    from spatialmech.report.reproduce import TaskFacts, estimate_forwards
+
+    squares, scenes = TaskFacts(480), TaskFacts(500, forced_choice=True, unbounded=True)
+    assert estimate_forwards("behavior", {"n": None}, 8, scenes) == 1000  # strict: two orders per item
+    assert estimate_forwards("behavior", {"n": 48}, 8, squares) == 48
+    for experiment in ("last-token", "criss-cross", "backup"):
+        small = estimate_forwards(experiment, {"n": 8, "layers": list(range(8))}, 8, squares)
+        assert small < estimate_forwards(experiment, {"n": 50, "layers": list(range(8))}, 8, squares)
+        assert small < estimate_forwards(experiment, {"n": 8, "layers": list(range(28))}, 28, squares)
+    assert estimate_forwards("amplify", {"n": None, "alphas": list(range(16))}, 8, scenes) == 300 * (1 + 4 + 4 * 15)

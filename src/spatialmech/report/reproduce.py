@@ -44,8 +44,10 @@ QUICK_SIZES: dict[str, int] = {
     "criss-cross": 8,
     "ablate-vision": 24,
     "backup": 8,
-    "amplify": 64,
+    "amplify": 32,
 }
+# A --quick amplify sweeps a few alphas (the full run: the paper's 0..15).
+QUICK_ALPHAS = [0, 2, 4, 8]
 
 
 class ReproduceFailed(SpatialmechError):
@@ -75,6 +77,7 @@ class StepRecord:
     status: str = "pending"  # pending | running | done | reused | failed
     estimated_seconds: float | None = None
     seconds: float | None = None
+    cpu_seconds: float | None = None  # process CPU time (all threads): comparable across busy machines
     error: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -94,6 +97,7 @@ def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, 
     def opts(experiment: str, **extra: Any) -> dict[str, Any]:
         return {"n": chosen.get(experiment), **extra}
 
+    amplify = opts("amplify", alphas=list(QUICK_ALPHAS)) if quick else opts("amplify")
     steps = [Step(f"behavior-{task}", "behavior", task, opts("behavior"), f"accuracy on {task}")
              for task in (*SYNTHETIC_TASKS, *data_tasks)]
     steps += [
@@ -105,10 +109,10 @@ def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, 
         Step("criss-cross-strip", "criss-cross", "squares", opts("criss-cross", region="strip"), "swap whole strips"),
         Step("ablate-vision", "ablate-vision", None, opts("ablate-vision"), "object-alone + blank-background ablation"),
         Step("backup", "backup", "squares", opts("backup"), "object-token swaps under the vision ablation"),
-        Step("amplify", "amplify", "scenes", opts("amplify"), "ordering amplification on scenes"),
+        Step("amplify", "amplify", "scenes", amplify, "ordering amplification on scenes"),
     ]
     if "coco-spatial" in data_tasks:
-        steps.append(Step("amplify-coco-spatial", "amplify", "coco-spatial", opts("amplify"), "ordering amplification on COCO-spatial"))
+        steps.append(Step("amplify-coco-spatial", "amplify", "coco-spatial", amplify, "ordering amplification on COCO-spatial"))
     return steps
 
 
@@ -143,46 +147,63 @@ def _config_n(config: Mapping[str, Any], default: int) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def estimate_forwards(experiment: str, config: Mapping[str, Any], num_layers: int, task_size: int, forced_choice: bool) -> float:
-    """A step's cost in single-item forward passes (a rough model of each experiment's work).
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the time estimate needs to know about a step's task."""
 
-    Patching sweeps: the engine reuses the clean/source runs, so a layer costs about half a forward
-    per pair on average; pair filtering scores clean and counterfactual inputs (~3 forwards per kept
-    pair for a model that gets most pairs right).
+    size: int  # items in the task (an unbounded generator: its default count)
+    forced_choice: bool = False  # strict two-order scoring: two forwards per item
+    task_count: int = 1  # "all" = the three grid tasks
+    unbounded: bool = False  # generated on demand (scenes)
+
+
+def estimate_forwards(experiment: str, config: Mapping[str, Any], num_layers: int, task: TaskFacts) -> float:
+    """A step's cost in single-item forward passes: a model of each experiment's work, calibrated on
+    CPU time per step of quick runs on the bundled model's architecture.
+
+    Patching sweeps reuse the clean/source runs, so a layer costs about 0.6 of a forward per pair (the
+    last-token patch recomputes one token per layer: ~0.1); keeping only correctly answered pairs
+    scores clean and counterfactual inputs (~3 forwards per kept pair for a model that is mostly right).
     """
     layers = len(config.get("layers") or []) or num_layers
-    strict = 2 if forced_choice else 1
+    strict = 2 if task.forced_choice else 1
+    filtering = 3 if config.get("filter_correct", True) else 0
     if experiment == "behavior":
-        return _config_n(config, task_size) * strict
+        return _config_n(config, task.size) * strict
     if experiment == "last-token":
-        n = _config_n(config, 50)
-        return n * (3 + 2 + 0.3 * layers)
-    if experiment in ("criss-cross", "backup"):
-        n = _config_n(config, 50)
-        extra = 4 if experiment == "backup" else 0  # rendering + encoding the ablation's replacement images
-        return n * (3 + 2 + extra + 0.6 * layers)
+        return _config_n(config, 50) * (filtering + 2 + 0.1 * layers)
+    if experiment == "criss-cross":
+        return _config_n(config, 50) * (filtering + 2 + 0.6 * (layers + 1))
+    if experiment == "backup":  # plus the ablation's alone/blank images, for both runs
+        return _config_n(config, 50) * (1.5 * filtering + 4 + 0.6 * (layers + 1))
     if experiment == "probe":
-        return _config_n(config, 120) * 1.2 + 30
-    if experiment == "ablate-vision":
-        return _config_n(config, 480) * 6
-    if experiment == "amplify":
-        n = _config_n(config, 500)
+        images = config.get("images_per_axis") or _config_n(config, 120)
+        return 2 * 1.2 * int(images) + 5
+    if experiment == "ablate-vision":  # four conditions per item
+        items = _config_n(config, 0) * task.task_count or task.size
+        return 4 * items
+    if experiment == "amplify":  # probe features + probe-item scoring + baseline + 2 directions x alphas
+        n = _config_n(config, 300 if task.unbounded else task.size // 2)
         alphas = len(config.get("alphas") or range(16))
-        return n * strict * (2 + alphas * 2) * 0.5
+        return n * (1 + 2 * strict + 2 * strict * (alphas - 1))
     return 100.0
 
 
-def time_forward(adapter: Any, batch_size: int) -> float:
-    """Seconds per item of one encode+forward on `batch_size` squares items (after a 1-item warm-up)."""
+def time_forward(adapter: Any, batch_size: int, repeats: int = 2) -> float:
+    """Seconds per item of encode+forward on a batch of squares items: the best of `repeats` timings
+    after a warm-up batch (the first forward of a process pays one-off allocation costs)."""
     from spatialmech.experiments.common import encode_items
     from spatialmech.tasks import get_task
 
     task = get_task("squares", geometry=adapter.grid_spec())
     items = task.items(max(1, min(batch_size, 8)), seed=0)
-    adapter.forward(encode_items(adapter, task, items[:1]))
-    start = time.perf_counter()
     adapter.forward(encode_items(adapter, task, items))
-    return (time.perf_counter() - start) / len(items)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        adapter.forward(encode_items(adapter, task, items))
+        best = min(best, time.perf_counter() - start)
+    return best / len(items)
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -334,8 +355,8 @@ def reproduce(
             module = experiment_module(step.experiment)
             record.task = step.task or module.DEFAULT_TASK
             configs[step.folder] = module.config_from(dict(record.options), adapter)
-            task_size, forced = _task_facts(record.task, adapter, args.data)
-            forwards = estimate_forwards(step.experiment, configs[step.folder], adapter.num_layers, task_size, forced)
+            forwards = estimate_forwards(step.experiment, configs[step.folder], adapter.num_layers,
+                                         task_facts(record.task, adapter, args.data))
             record.estimated_seconds = forwards * seconds_per_forward
             if args.resume:
                 state = resume_state(out_root, record, _run_identity(record, configs[step.folder], adapter, args.seed, args.data))
@@ -371,7 +392,7 @@ def reproduce(
             f"elapsed {format_seconds(time.time() - wall_start)}, ~{format_seconds(remaining * pace)} left")
         record.status, record.started_at = "running", utc_now()
         manifest.save()
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         try:
             run_experiment(
                 step.experiment, adapter, out_root=out_root, task=record.task, options=dict(record.options),
@@ -388,6 +409,7 @@ def reproduce(
             record.status, record.error = "failed", _one_line(exc)
             log(f"  FAILED: {record.error}")
         record.seconds = time.time() - start
+        record.cpu_seconds = time.process_time() - cpu_start
         record.finished_at = utc_now()
         if record.status == "done":
             spent += record.seconds
@@ -407,16 +429,16 @@ def reproduce(
     return report
 
 
-def _task_facts(task_name: str, adapter: Any, data_root: str | None) -> tuple[int, bool]:
-    """(number of items, forced-choice?) of a task, for the time estimate ("all": the three grid tasks)."""
+def task_facts(task_name: str, adapter: Any, data_root: str | None) -> TaskFacts:
+    """Size and scoring of a task, for the time estimate ("all": the three grid tasks)."""
     from spatialmech.tasks import get_task
 
     if task_name == "all":
-        sizes = [_task_facts(name, adapter, data_root)[0] for name in ("squares", "shapes", "objects")]
-        return sum(sizes), False
-
+        parts = [task_facts(name, adapter, data_root) for name in ("squares", "shapes", "objects")]
+        return TaskFacts(sum(p.size for p in parts), False, len(parts))
     task = get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root)
     first = task.items(1, seed=0)
     forced = bool(first and first[0].options and (first[0].meta or {}).get("prompt_swapped"))
-    size = len(task) if hasattr(task, "__len__") else getattr(task, "default_n", None)
-    return int(size if size is not None else len(task.items(None, seed=0))), forced
+    if hasattr(task, "__len__"):
+        return TaskFacts(len(task), forced)
+    return TaskFacts(int(getattr(task, "default_n", 0) or 0), forced, unbounded=True)
