@@ -1,0 +1,85 @@
+"""Training data: held out from evaluation by construction, with labels that describe the image."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from spatialmech.tasks import get_task
+from spatialmech.tasks.geometry import QWEN
+from spatialmech.training.data import (
+    GRID_TASKS,
+    IGNORE,
+    SCENES_TRAIN_SEED_BASE,
+    SIDES,
+    TrainingSource,
+    class_vocabulary,
+    dense_labels,
+    grid_questions,
+    nearest_neighbour,
+    random_grid_item,
+)
+
+
+def _layout(item) -> tuple:
+    return (item.axis, tuple(tuple(o.box_px) for o in item.objects))
+
+
+def test_no_training_layout_is_an_evaluation_image() -> None:
+    """Grid tasks evaluate on one fixed layout; training never draws it (any colours/objects)."""
+    rng = random.Random(0)
+    for name in GRID_TASKS:
+        task = get_task(name, geometry=QWEN)
+        evaluation_layouts = {_layout(item) for item in task.items()}
+        assert len(evaluation_layouts) == 2  # one horizontal and one vertical layout
+        training = [random_grid_item(task, rng, 3) for _ in range(3000)]
+        assert not evaluation_layouts & {_layout(item) for item in training}
+        # the constraint is not vacuous: training covers many other 3-object layouts
+        assert len({_layout(item) for item in training}) > 200
+
+
+def test_questions_ask_for_the_nearest_neighbour_on_the_asked_side() -> None:
+    rng = random.Random(1)
+    task = get_task("squares", geometry=QWEN)
+    for _ in range(50):
+        item = random_grid_item(task, rng, rng.randint(2, 3))
+        questions = grid_questions(task, item)
+        assert len(questions) == 2 * (len(item.objects) - 1)
+        order = sorted(range(len(item.objects)), key=lambda i: item.objects[i].box_px[0 if item.axis == "horizontal" else 1])
+        for prompt, answer in questions:
+            reference = next(o for o in item.objects if f" {o.attribute.lower()} square" in prompt)
+            slot = order.index(item.objects.index(reference))
+            step = -1 if ("left" in prompt or "above" in prompt) else 1
+            assert item.objects[order[slot + step]].attribute == answer
+
+
+def test_dense_labels_mark_object_cells_and_their_neighbours() -> None:
+    task = get_task("objects", geometry=QWEN)
+    vocabulary = class_vocabulary(GRID_TASKS)
+    item = task.items(1, seed=0)[0]  # horizontal canonical layout: objects in slots 0, 1, 2
+    cells, neighbours = dense_labels(item, vocabulary, QWEN)
+    assert (cells > 0).sum() == 3 * 4  # three 2x2-token objects
+    for index, obj in enumerate(item.objects):
+        row0, col0, row1, col1 = obj.box_cells
+        assert (cells[row0:row1, col0:col1] == vocabulary.of("objects", obj.attribute)).all()
+        for side_index, side in enumerate(SIDES):
+            j = nearest_neighbour(item.objects, index, side)
+            expected = 0 if j is None else vocabulary.of("objects", item.objects[j].attribute)
+            assert (neighbours[row0:row1, col0:col1, side_index] == expected).all()
+    assert (neighbours[cells == 0] == IGNORE).all()  # background cells are not told about neighbours
+
+
+def test_scenes_training_items_come_from_seeds_disjoint_from_evaluation() -> None:
+    source = TrainingSource(("scenes",), seed=0)
+    evaluation_ids = {item.id for item in get_task("scenes").items(50, seed=0)}
+    rng = random.Random(0)
+    for _ in range(5):
+        example = source.sample(rng)
+        assert example.task == "scenes"
+        assert len(example.questions) == 2  # both option orders of the forced-choice question
+        assert example.questions[0][1] == example.questions[1][1]
+        assert example.cell_labels.max() > 0
+    assert SCENES_TRAIN_SEED_BASE > 1000
+    assert all(str(SCENES_TRAIN_SEED_BASE) not in item_id for item_id in evaluation_ids)
+    assert np.all(example.neighbour_labels == IGNORE)
