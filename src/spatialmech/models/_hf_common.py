@@ -180,6 +180,20 @@ def check_batch(images: Sequence[Sequence[Any]], prompts: Sequence[str]) -> list
     return [[_as_rgb(image) for image in row] for row in images]
 
 
+def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) -> Any:
+    """`adapter.image_processor(images=images, **kwargs)`, with an image the processor cannot take
+    (an extreme aspect ratio, a side that rounds to zero patches) as a one-line error, not a crash."""
+    try:
+        return adapter.image_processor(images=images, **kwargs)
+    except ValueError as exc:
+        flat = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
+        sizes = ", ".join(sorted({f"{image.width}x{image.height}" for image in flat if hasattr(image, "width")}))
+        raise UserInputError(
+            f"the image processor of model {adapter.model_id} cannot take images of {sizes} pixels ({_first_line(exc)})",
+            "use photos with a less extreme aspect ratio (crop or pad them)",
+        ) from exc
+
+
 def _as_rgb(image: Any) -> Any:
     from PIL import Image
 

@@ -222,7 +222,7 @@ class Adapter(VLMAdapter):
         model_kwargs["token_type_ids"] = (input_ids == self.image_token_id).long()
         flat = [image for row in rows for image in row]
         if flat:
-            processed = self.image_processor(images=flat, do_pan_and_scan=False, return_tensors="pt")
+            processed = hf.process_images(self, flat, do_pan_and_scan=False, return_tensors="pt")
             model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
         counts = [[n_tokens] * len(row) for row in rows]
         positions = hf.split_image_positions(input_ids, self.image_token_id, counts)

@@ -217,7 +217,7 @@ class Adapter(VLMAdapter):
         tile_layouts: list[list[tuple[int, int]]] = [[] for _ in rows]
         tokens_per_side = 0
         if any(rows):
-            processed = self.image_processor(images=rows, return_row_col_info=True, return_tensors="pt")
+            processed = hf.process_images(self, rows, return_row_col_info=True, return_tensors="pt")
             pixel_values = processed["pixel_values"]
             model_kwargs["pixel_values"] = pixel_values.to(self.model.dtype)
             model_kwargs["pixel_attention_mask"] = processed["pixel_attention_mask"]

@@ -179,7 +179,7 @@ class Adapter(VLMAdapter):
         flat_views: list[list[View]] = []
         if flat:
             # InternVLProcessor always asks for dynamic tiling; so do we.
-            processed = self.image_processor(images=flat, crop_to_patches=True, return_tensors="pt")
+            processed = hf.process_images(self, flat, crop_to_patches=True, return_tensors="pt")
             pixel_values = processed["pixel_values"]
             model_kwargs["pixel_values"] = pixel_values.to(self.model.dtype)
             tokens_per_side = self._tokens_per_side(int(pixel_values.shape[-1]))

@@ -201,7 +201,7 @@ class Adapter(LlavaAdapterBase):
         pixel_inputs: dict[str, torch.Tensor] = {}
         flat_views: list[list[View]] = []
         if flat:
-            pixel_values = self.image_processor(images=flat, return_tensors="pt")["pixel_values"]
+            pixel_values = hf.process_images(self, flat, return_tensors="pt")["pixel_values"]
             pixel_inputs["pixel_values"] = pixel_values.to(self.model.dtype)
             crop_h, crop_w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
             n_rows, n_cols = crop_h // self.patch_size, crop_w // self.patch_size

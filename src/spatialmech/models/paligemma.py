@@ -166,7 +166,7 @@ class Adapter(VLMAdapter):
         model_kwargs["position_ids"] = mask.long().cumsum(-1).clamp(min=1)  # 1-based, padding-aware
         flat = [image for row in rows for image in row]
         if flat:
-            processed = self.image_processor(images=flat, return_tensors="pt")
+            processed = hf.process_images(self, flat, return_tensors="pt")
             model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
         counts = [[n_tokens] * len(row) for row in rows]
         positions = hf.split_image_positions(encoded["input_ids"], self.image_token_id, counts)

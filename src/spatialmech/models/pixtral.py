@@ -140,7 +140,7 @@ class Adapter(LlavaAdapterBase):
         grids: list[tuple[int, int]] = []
         if flat:
             patch = {"height": self.patch_size, "width": self.patch_size}
-            processed = self.image_processor(images=flat, patch_size=patch, return_tensors="pt")
+            processed = hf.process_images(self, flat, patch_size=patch, return_tensors="pt")
             pixel_inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
             pixel_inputs["image_sizes"] = processed["image_sizes"]
             grids = [(int(h) // self.patch_size, int(w) // self.patch_size) for h, w in processed["image_sizes"].tolist()]

@@ -202,7 +202,7 @@ class Adapter(VLMAdapter):
         model_kwargs: dict[str, Any] = {}
         grids: list[tuple[int, int]] = []  # (rows, cols) of LM tokens per image
         if flat:
-            processed = self.image_processor(images=flat, return_tensors="pt")
+            processed = hf.process_images(self, flat, return_tensors="pt")
             grid_thw = processed["image_grid_thw"]
             model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
             model_kwargs["image_grid_thw"] = grid_thw
