@@ -223,3 +223,12 @@ def test_data_file_symlinked_outside(file, data, tiny_model, tmp_path, capsys):
     (data / file).symlink_to(outside)
     result = _run_task(_task_for(file), data, tiny_model, tmp_path / "out", capsys)
     assert_bad_input(result, "escapes the data root")
+
+
+def test_coco_image_of_extreme_aspect_ratio(data, tiny_model, tmp_path, capsys):
+    """A valid photo the model's processor cannot take (Qwen2-VL refuses aspect ratios over 200)."""
+    Image.new("RGB", (2, 500), (200, 30, 30)).save(data / COCO_IMAGE, format="JPEG")
+    out = tmp_path / "out"
+    result = run_cli(["eval", "--model", tiny_model, "--task", "coco-spatial", "--data", data, "--out", out], capsys)
+    assert_bad_input(result, "2x500", "aspect ratio")
+    assert_no_partial_result(out)
