@@ -150,3 +150,23 @@ def test_time_estimate_grows_with_the_work() -> None:
         assert small < estimate_forwards(experiment, {"n": 50, "layers": list(range(8))}, 8, squares)
         assert small < estimate_forwards(experiment, {"n": 8, "layers": list(range(28))}, 28, squares)
     assert estimate_forwards("amplify", {"n": None, "alphas": list(range(16))}, 8, scenes) == 300 * (1 + 4 + 4 * 15)
+
+
+def test_an_interrupted_rerun_never_shows_the_old_results(quick_run: Path, tmp_path: Path, tiny_model_dir: Path, loaded_tiny) -> None:
+    """A new run (no --resume) over an old one, stopped by Ctrl-C after its first step: the report shows
+    that one step and marks the rest missing; none of the old run's numbers remain."""
+    run = _copy_run(quick_run, tmp_path)
+
+    def interrupt_at_second_step(message: str) -> None:
+        if message.startswith("[2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(reproduce_args(tiny_model_dir, run), sizes=TINY_SIZES, extra_options=TINY_OPTIONS,
+                  adapter=loaded_tiny, progress=False, log=interrupt_at_second_step)
+    finished = [p.parent.name for p in run.glob("*/result.json")]
+    assert finished == ["behavior-squares"]
+    html = (run / "report.html").read_text(encoding="utf-8")
+    total = len(build_plan(quick=True))
+    assert f"INCOMPLETE: {total - 1} of {total}" in html
+    assert "data-src='amplify'" not in html and "MISSING: amplify (not run)" in html

@@ -103,7 +103,7 @@ def load_run(run_dir: str | Path) -> Run:
             elif result is not None:
                 status = status if status in FINISHED else "done"  # result.json is written last: the step finished
             else:
-                status = {"running": "interrupted", "pending": "not run"}.get(status, "result.json missing")
+                status = {"running": "interrupted", "interrupted": "interrupted", "pending": "not run"}.get(status, "result.json missing")
             entries.append(Entry(step["folder"], step["experiment"], step.get("task"), status, result, step.get("what", ""),
                                  step.get("error"), step.get("seconds"), step.get("estimated_seconds")))
         planned = {e.folder for e in entries}

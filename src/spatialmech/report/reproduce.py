@@ -30,7 +30,7 @@ from typing import Any
 from spatialmech.errors import SpatialmechError, UserInputError
 from spatialmech.io import ensure_writable_dir, read_json, to_jsonable, write_json
 from spatialmech.provenance import utc_now
-from spatialmech.report.html import MANIFEST_FILE, build_report
+from spatialmech.report.html import MANIFEST_FILE, REPORT_FILE, build_report
 
 SYNTHETIC_TASKS = ("squares", "shapes", "objects", "scenes")
 DATA_TASKS = ("whatsup", "coco-spatial")
@@ -285,6 +285,15 @@ def check_resumable(out_root: Path, header: Mapping[str, Any]) -> None:
             )
 
 
+def refresh_report(out_root: Path) -> None:
+    """Rewrite report.html from what is on disk now (so a crash leaves an accurate, incomplete report);
+    if it cannot be built yet (e.g. a resumed folder still holds another model's result), remove it."""
+    try:
+        build_report(out_root)
+    except UserInputError:
+        (out_root / REPORT_FILE).unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------ run
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -370,6 +379,7 @@ def reproduce(
             configs[step.folder] = None
             record.status, record.error = "failed", _one_line(exc)
     manifest.save()
+    refresh_report(out_root)  # from now on report.html always shows this run's state, never an older run's
 
     total = sum(r.estimated_seconds or 0.0 for r in records if r.status == "pending")
     log(f"reproduce: {len(plan)} steps on {args.model} ({'quick' if args.quick else 'full, paper sizes'}), "
@@ -401,9 +411,10 @@ def reproduce(
             )
             record.status = "done"
         except KeyboardInterrupt:
-            record.status, record.error = "pending", "interrupted"
+            record.status, record.error = "interrupted", "interrupted by the user"
             record.seconds = time.time() - start
             manifest.save()
+            refresh_report(out_root)
             raise
         except Exception as exc:  # one failing experiment must not stop the others
             record.status, record.error = "failed", _one_line(exc)
@@ -416,6 +427,7 @@ def reproduce(
             estimated_done += record.estimated_seconds or 0.0
             log(f"  done in {format_seconds(record.seconds)}")
         manifest.save()
+        refresh_report(out_root)
 
     header["finished_at"] = utc_now()
     header["seconds"] = time.time() - wall_start
