@@ -170,3 +170,15 @@ def test_an_interrupted_rerun_never_shows_the_old_results(quick_run: Path, tmp_p
     total = len(build_plan(quick=True))
     assert f"INCOMPLETE: {total - 1} of {total}" in html
     assert "data-src='amplify'" not in html and "MISSING: amplify (not run)" in html
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spatialmech.cli import main
+
+    assert main(["reproduce", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["reproduce", "--batch-size", "0", "--out", str(tmp_path / "out")]) == 2
+    assert main(["reproduce", "--data", str(tmp_path / "no-data"), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spatialmech reproduce:")]
+    assert len(errors) == 3 and all(line.startswith("spatialmech reproduce: error:") for line in errors)
+    assert "--data" in errors[2]  # checked before any model is loaded
+    assert not (tmp_path / "out" / "report.html").exists()

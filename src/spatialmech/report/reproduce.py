@@ -116,8 +116,9 @@ def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, 
     return steps
 
 
-def available_data_tasks(data_root: str | None, geometry: Any) -> tuple[list[str], dict[str, str]]:
-    """Which real-data tasks `data_root` holds (loadable, at least one item), and why the others are not."""
+def available_data_tasks(data_root: str | None, geometry: Any = None) -> tuple[list[str], dict[str, str]]:
+    """Which real-data tasks `data_root` holds (loadable, at least one item), and why the others are not.
+    The geometry only shapes the items, not whether the data is there (None: the Qwen preset)."""
     if data_root is None:
         return [], {}
     root = Path(data_root)
@@ -327,10 +328,10 @@ def reproduce(
     out_root = Path(args.out)
     ensure_writable_dir(out_root)
     wall_start = time.time()
+    data_tasks, missing_data = available_data_tasks(args.data, None)  # before loading a model: fail fast
     if adapter is None:
         log(f"loading model {args.model} ...")
         adapter = load_adapter_from_args(args)
-    data_tasks, missing_data = available_data_tasks(args.data, adapter.grid_spec())
     header = {
         "command": "reproduce",
         "quick": bool(args.quick),
