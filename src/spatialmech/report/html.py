@@ -221,7 +221,7 @@ def flatten_metrics(metrics: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tu
             scalars += s
             lists += li
             other += o
-        elif _is_scalar(value):
+        elif _is_scalar(value) or value == []:  # an empty list reads best as one row: "[]"
             scalars.append((path, value))
         elif isinstance(value, list) and all(_is_scalar(v) for v in value):
             lists.append((path, value))
