@@ -5,37 +5,29 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, load_result, parse_layers
 from spatialmech.report.figures import plot_accuracy_bars, plot_layer_curves, plot_token_heatmaps
 
 
-class _TinyLM:
-    """Just enough of an adapter for the runner: an id, a family, a real (tiny) HF model."""
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    from spatialmech.models import adapter_class
 
-    family = "test"
-    model_id = "tiny-test"
-    device = torch.device("cpu")
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.model = Qwen2ForCausalLM(Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=32))
+    return adapter_class("qwen2-vl").tiny(0)
 
 
-def _ctx(tmp_path, resume=False, seed=0):
-    return ExperimentContext("demo", _TinyLM(), "squares", tmp_path, {"n": 2}, seed=seed, resume=resume)
+def _ctx(tmp_path, adapter, resume=False, seed=0):
+    return ExperimentContext("demo", adapter, "squares", tmp_path, {"n": 2}, seed=seed, resume=resume)
 
 
-def test_units_resume_and_result_contract(tmp_path):
-    ctx = _ctx(tmp_path)
+def test_units_resume_and_result_contract(tmp_path, tiny_qwen):
+    ctx = _ctx(tmp_path, tiny_qwen)
     ctx.prepare()
     calls = []
     assert ctx.unit("a", lambda: calls.append(1) or {"x": 1}) == {"x": 1}
-    resumed = _ctx(tmp_path, resume=True)
+    resumed = _ctx(tmp_path, tiny_qwen, resume=True)
     resumed.prepare()
     assert resumed.unit("a", lambda: calls.append(2) or {"x": 2}) == {"x": 1}
     assert calls == [1]
@@ -44,16 +36,16 @@ def test_units_resume_and_result_contract(tmp_path):
     assert {"experiment", "model", "task", "config", "metrics", "provenance"} <= set(result)
     assert result["tables"] == {"t": "t.csv"}
     # A fresh (non-resume) run clears old units and the old result.
-    fresh = _ctx(tmp_path)
+    fresh = _ctx(tmp_path, tiny_qwen)
     fresh.prepare()
     assert not (tmp_path / "demo" / "result.json").exists()
     assert fresh.unit("a", lambda: {"x": 3}) == {"x": 3}
 
 
-def test_resume_refuses_other_config(tmp_path):
-    _ctx(tmp_path).prepare()
+def test_resume_refuses_other_config(tmp_path, tiny_qwen):
+    _ctx(tmp_path, tiny_qwen).prepare()
     with pytest.raises(UserInputError, match="different"):
-        _ctx(tmp_path, resume=True, seed=1).prepare()
+        _ctx(tmp_path, tiny_qwen, resume=True, seed=1).prepare()
 
 
 def test_parse_layers():

@@ -10,7 +10,6 @@ with `--resume` skips finished units and ends with the same result as an uninter
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,7 +20,7 @@ from typing import Any
 
 from spatialmech.errors import UserInputError
 from spatialmech.io import ensure_writable_dir, read_json, to_jsonable, write_csv, write_json
-from spatialmech.provenance import file_sha256, provenance, utc_now
+from spatialmech.provenance import provenance, utc_now
 
 RESULT_FILE = "result.json"
 UNITS_DIR = "units"
@@ -29,21 +28,8 @@ _UNIT_KEY = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
 
 def model_fingerprint(adapter: Any) -> dict[str, Any]:
-    """Identify the model a result came from: id, family, and a hash of its weights, config, tokenizer,
-    image processor and chat template files (the same weights behind another prompt format or image
-    size give other results, so they count as another model)."""
-    digest = hashlib.sha256()
-    folder = Path(str(adapter.model_id))
-    if folder.is_dir():
-        files = {p for pattern in ("*.safetensors", "*.json", "*.jinja", "*.model", "*.txt") for p in folder.glob(pattern)}
-        for path in sorted(p for p in files if p.is_file()):
-            digest.update(path.name.encode())
-            digest.update(file_sha256(path).encode())
-    else:  # in-memory (tiny test) models: hash the config and parameter shapes + sums
-        digest.update(adapter.model.config.to_json_string().encode())
-        for name, tensor in adapter.model.state_dict().items():
-            digest.update(f"{name}:{tuple(tensor.shape)}:{float(tensor.double().sum()):.10e}".encode())
-    return {"model_id": str(adapter.model_id), "family": adapter.family, "sha256": digest.hexdigest()}
+    """Identify the model a result came from (id, family, weights hash); computed once per adapter."""
+    return adapter.fingerprint()
 
 
 @dataclass

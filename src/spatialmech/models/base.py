@@ -16,6 +16,7 @@ The engine hooks modules only through `hook_point`; experiments only through the
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -291,6 +292,32 @@ class VLMAdapter(ABC):
         if norm is None or head is None:
             raise NotImplementedError(f"{type(self).__name__} must override final_logits()")
         return head(norm(hidden))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identify this model for results: id, family and a sha256 over its weights and config.
+
+        Results carry it so reports refuse to mix models. Hashing a 7B checkpoint takes a while, so it is
+        computed once per adapter; in-memory models (tests) hash their config and parameter sums.
+        """
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None:
+            return cached
+        from pathlib import Path
+
+        from spatialmech.provenance import file_sha256
+
+        digest = hashlib.sha256()
+        folder = Path(str(self.model_id))
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
+                digest.update(path.name.encode())
+                digest.update(file_sha256(path).encode())
+        else:
+            digest.update(self.model.config.to_json_string().encode())
+            for name, tensor in self.model.state_dict().items():
+                digest.update(f"{name}:{tuple(tensor.shape)}:{float(tensor.double().sum()):.10e}".encode())
+        self._fingerprint = {"model_id": str(self.model_id), "family": self.family, "sha256": digest.hexdigest()}
+        return self._fingerprint
 
     def save_pretrained(self, folder: str) -> None:
         """Save weights (safetensors), config, tokenizer and image processor, reloadable by from_pretrained."""
