@@ -294,7 +294,9 @@ class VLMAdapter(ABC):
         return head(norm(hidden))
 
     def fingerprint(self) -> dict[str, Any]:
-        """Identify this model for results: id, family and a sha256 over its weights and config.
+        """Identify this model for results: id, family and a sha256 over its weights, config, tokenizer,
+        image processor and chat template files (the same weights behind another prompt format or image
+        size give other results, so they count as another model).
 
         Results carry it so reports refuse to mix models. Hashing a 7B checkpoint takes a while, so it is
         computed once per adapter; in-memory models (tests) hash their config and parameter sums.
@@ -309,7 +311,8 @@ class VLMAdapter(ABC):
         digest = hashlib.sha256()
         folder = Path(str(self.model_id))
         if folder.is_dir():
-            for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
+            files = {p for pattern in ("*.safetensors", "*.json", "*.jinja", "*.model", "*.txt") for p in folder.glob(pattern)}
+            for path in sorted(p for p in files if p.is_file()):
                 digest.update(path.name.encode())
                 digest.update(file_sha256(path).encode())
         else:
