@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -98,17 +99,18 @@ def naive_raw_hooks(adapter: VLMAdapter, pairs: SweepPairs) -> torch.Tensor:
     with torch.no_grad():
         for target, source, t_pos, s_pos in pairs.singles:
             captured: dict[int, torch.Tensor] = {}
-            handles = [
-                layer.register_forward_pre_hook(lambda m, args, j=j: captured.__setitem__(j, args[0][0, s_pos].clone()))
-                for j, layer in enumerate(layers)
-            ]
+
+            def keep(m, args, j, s_pos=s_pos, captured=captured):
+                captured[j] = args[0][0, s_pos].clone()
+
+            handles = [layer.register_forward_pre_hook(partial(keep, j=j)) for j, layer in enumerate(layers)]
             model(**source.model_kwargs, use_cache=False, logits_to_keep=1)
             for handle in handles:
                 handle.remove()
             per_layer = []
             for j, layer in enumerate(layers):
 
-                def patch(m, args, j=j):
+                def patch(m, args, j=j, t_pos=t_pos, captured=captured):
                     hidden = args[0].clone()
                     hidden[0, t_pos] = captured[j]
                     return (hidden, *args[1:])

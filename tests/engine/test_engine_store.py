@@ -70,3 +70,24 @@ def test_store_errors(qwen, tmp_path):
         ActivationStore(tmp_path)
     with pytest.raises(UserInputError, match="shard_items"):
         ActivationWriter(tmp_path / "other", shard_items=0)
+
+
+def test_streaming_never_holds_two_batches(qwen, tmp_path):
+    """The caller's batch is released before the next one is built (memory stays at one batch)."""
+    import gc
+    import weakref
+
+    engine = Engine(qwen)
+    previous: list[weakref.ref] = []
+
+    def batches():
+        for seed in range(3):
+            gc.collect()
+            assert not previous or previous[-1]() is None, "the previous batch is still alive"
+            inputs = make_pairs(qwen, 2, seed=seed).target
+            previous.append(weakref.ref(inputs))
+            yield inputs
+            del inputs
+
+    store = engine.cache_to_disk(batches(), ["lm.resid_pre.1"], tmp_path / "acts", positions=last_position)
+    assert store.num_items == 6

@@ -114,10 +114,13 @@ class Engine:
         existing store is appended to: skip `ActivationStore(folder).num_items` items to resume.
         """
         with ActivationWriter(folder, shard_items) as writer:
-            for inputs in batches:
+            iterator = iter(batches)
+            while (inputs := next(iterator, None)) is not None:
                 spec = sites(inputs) if callable(sites) else _record_spec(sites, None if positions is None else positions(inputs))
                 extra = interventions(inputs) if interventions is not None else ()
                 writer.add(self.run(inputs, extra, spec, record_device="cpu").activations)
+                # drop this batch before the iterator builds the next one: never two batches in memory
+                del inputs, spec, extra
         return ActivationStore(folder)
 
     # ------------------------------------------------------------------ sweeps
