@@ -72,6 +72,8 @@ class ExperimentContext:
         """Make the output folder; without --resume start clean; never leave an old result looking current."""
         ensure_writable_dir(self.out_dir)
         (self.out_dir / RESULT_FILE).unlink(missing_ok=True)
+        for stale in self.out_dir.rglob(".*.tmp"):  # temporary files of writes a killed run never finished
+            stale.unlink(missing_ok=True)
         manifest_path = self.out_dir / "run_config.json"
         manifest = {"experiment": self.experiment, "model": model_fingerprint(self.adapter), "task": self.task_name,
                     "config": to_jsonable(self.config), "seed": self.seed, "inputs": to_jsonable(self.input_hashes)}
