@@ -1,0 +1,141 @@
+"""Interrupting `spatialmech run`: SIGKILL at random points, then `--resume`, must end bit for bit where
+an uninterrupted run ends; SIGINT stops cleanly (exit 130), keeping finished units and writing no result.
+
+The runs are real processes: children forked from this test process (which has already imported
+torch and transformers, so each start costs milliseconds instead of seconds) that call the CLI's
+`main` exactly as the console script does, and are killed with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spatialmech.cli import main
+
+# experiment -> arguments of a small run with several units on a tiny random model
+RUNS: dict[str, list[str]] = {
+    "behavior": ["--task", "squares", "--n", "192"],  # 3 units of 64 items
+    "probe": ["--task", "squares", "--n", "48", "--layers", "0-1"],  # features store + 4 probe fits
+    "ablate-vision": ["--n", "8"],  # 3 tasks, one unit each
+}
+
+
+def _child(argv: list[str], log: str) -> None:
+    """Body of the forked child: the CLI, its output to `log`, its exit code as the process's."""
+    import torch
+    import tqdm
+
+    torch.set_num_threads(1)  # as DataLoader workers do after fork
+    tqdm.tqdm.set_lock(tqdm.std.TqdmDefaultWriteLock())  # the parent's lock may have been held mid-fork
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with open(log, "w", buffering=1) as stream:
+        sys.stdout = sys.stderr = stream
+        code = main(argv)
+        stream.flush()
+    os._exit(code)
+
+
+def start(argv: list[str], log: Path) -> multiprocessing.Process:
+    process = multiprocessing.get_context("fork").Process(target=_child, args=([str(a) for a in argv], str(log)), daemon=True)
+    process.start()
+    return process
+
+
+def run_args(experiment: str, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", experiment, "--model", str(model), "--out", str(out), *RUNS[experiment], *extra]
+
+
+def units(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("units/**/*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def science(folder: Path) -> dict:
+    """result.json without provenance (times), plus the exact bytes of every CSV table."""
+    result = json.loads((folder / "result.json").read_text())
+    result.pop("provenance")
+    tables = {name: (folder / file).read_bytes() for name, file in result["tables"].items()}
+    return {"result": result, "tables": tables}
+
+
+def wait_for_units(process: multiprocessing.Process, out: Path, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(units(out)) < count and process.is_alive():
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model, tmp_path_factory) -> dict[str, dict]:
+    """Uninterrupted runs (in this process) to compare interrupted ones with."""
+    out = {}
+    for experiment in RUNS:
+        folder = tmp_path_factory.mktemp(f"reference-{experiment}")
+        assert main(run_args(experiment, tiny_model, folder)) == 0
+        out[experiment] = {"science": science(folder / experiment), "units": len(units(folder))}
+    return out
+
+
+def check_interrupted_folder(folder: Path) -> None:
+    """What a killed run leaves: never a result.json, only complete units (temporary files aside)."""
+    assert not (folder / "result.json").exists()
+    for unit in units(folder):
+        if unit.suffix == ".json":
+            json.loads(unit.read_text())
+
+
+@pytest.mark.parametrize("experiment", sorted(RUNS))
+def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references, tmp_path):
+    rng = random.Random(f"kill-{experiment}")
+    total = references[experiment]["units"]
+    out = tmp_path / "out"
+    kills = 0
+    for attempt in range(3):
+        resume = ["--resume"] if attempt else []
+        process = start(run_args(experiment, tiny_model, out, *resume), tmp_path / f"log-{attempt}.txt")
+        wait_for_units(process, out, rng.randrange(len(units(out)), total))  # a random point between units...
+        time.sleep(rng.uniform(0.0, 0.05))  # ... and a random moment inside the next one
+        process.kill()
+        process.join(30)
+        if process.exitcode == 0:  # finished before the signal landed: nothing left to interrupt
+            break
+        assert process.exitcode == -signal.SIGKILL
+        kills += 1
+        check_interrupted_folder(out / experiment)
+    assert kills >= 1
+    # what a kill inside an atomic write leaves (the signal rarely lands there by chance): a partial temp file
+    for folder in (out / experiment, out / experiment / "units"):
+        (folder / ".result.json.k1ll3d.tmp").write_text('{"experiment": ')
+    process = start(run_args(experiment, tiny_model, out, "--resume"), tmp_path / "log-final.txt")
+    process.join(120)
+    assert process.exitcode == 0, (tmp_path / "log-final.txt").read_text()
+    assert science(out / experiment) == references[experiment]["science"]
+    assert not list(out.rglob("*.tmp")), "a resumed run clears the temporary files of the killed ones"
+
+
+def test_sigint_saves_finished_units_and_writes_no_result(tiny_model, references, tmp_path):
+    out = tmp_path / "out"
+    log = tmp_path / "log.txt"
+    process = start(run_args("behavior", tiny_model, out), log)
+    wait_for_units(process, out, 1)
+    assert process.is_alive(), "the run finished before it could be interrupted"
+    os.kill(process.pid, signal.SIGINT)
+    process.join(60)
+    assert process.exitcode == 130, log.read_text()
+    messages = [line for line in log.read_text().splitlines() if line.startswith("spatialmech ")]
+    assert messages == ["spatialmech run: interrupted; finished work is saved, rerun with --resume"]
+    saved = units(out)
+    assert saved and not list(out.rglob("*.tmp"))
+    check_interrupted_folder(out / "behavior")
+    before = {p: p.read_bytes() for p in saved}
+    assert main(run_args("behavior", tiny_model, out, "--resume")) == 0
+    assert all(p.read_bytes() == data for p, data in before.items()), "finished units are reused, not redone"
+    assert science(out / "behavior") == references["behavior"]["science"]
