@@ -26,6 +26,7 @@ RUNS: dict[str, list[str]] = {
     "behavior": ["--task", "squares", "--n", "192"],  # 3 units of 64 items
     "probe": ["--task", "squares", "--n", "48", "--layers", "0-1"],  # features store + 4 probe fits
     "ablate-vision": ["--n", "8"],  # 3 tasks, one unit each
+    "amplify": ["--n", "4"],  # probe features and fits, then baseline and alpha-sweep units (34 in all)
 }
 
 
