@@ -158,10 +158,12 @@ def engine_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> tuple[torch.Tensor, 
     return result.logits, result.method
 
 
-def timed(fn, *args) -> tuple[Any, float]:
-    start = time.perf_counter()
+def timed(fn, *args) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process). CPU time is the fairer figure on a shared
+    machine: other processes' load stretches wall time but not the work this process does."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str]) -> dict[str, Any]:
@@ -182,16 +184,17 @@ def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str]) -> 
         for method in methods:
             load = os.getloadavg()[0]
             if method == "engine":
-                (logits, how), seconds = timed(engine_sweep, adapter, pairs)
+                (logits, how), seconds, cpu = timed(engine_sweep, adapter, pairs)
                 row["engine_path"] = how
             elif method == "naive":
-                logits, seconds = timed(naive_raw_hooks, adapter, pairs)
+                logits, seconds, cpu = timed(naive_raw_hooks, adapter, pairs)
             else:
-                logits, seconds = timed(nnsight_sweep, adapter, pairs)
+                logits, seconds, cpu = timed(nnsight_sweep, adapter, pairs)
             results[method] = logits
             row[f"{method}_seconds"] = round(seconds, 3)
+            row[f"{method}_cpu_seconds"] = round(cpu, 3)
             row[f"{method}_load_average"] = round(load, 2)
-            print(f"  {kind:5s} {method:7s} {seconds:9.2f} s  (load {load:.1f})", flush=True)
+            print(f"  {kind:5s} {method:7s} wall {seconds:9.2f} s  cpu {cpu:9.2f} s  (load {load:.1f})", flush=True)
         if "naive" in results:
             for method in ("engine", "nnsight"):
                 if method in results:
@@ -200,10 +203,11 @@ def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str]) -> 
             for method in ("naive", "nnsight"):
                 if method in results:
                     row[f"speedup_vs_{method}"] = round(row[f"{method}_seconds"] / row["engine_seconds"], 2)
+                    row[f"cpu_speedup_vs_{method}"] = round(row[f"{method}_cpu_seconds"] / row["engine_cpu_seconds"], 2)
         info["sweeps"][kind] = row
         print(
             f"  {kind}: engine path {row.get('engine_path')}; "
-            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("speedup", "engine_max", "nnsight_max"))),
+            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("speedup", "cpu_speedup", "engine_max", "nnsight_max"))),
             flush=True,
         )
     return info
@@ -215,11 +219,12 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--sweeps", nargs="+", default=["last", "strip"], choices=["last", "strip"])
     parser.add_argument("--methods", nargs="+", default=["engine", "nnsight", "naive"], choices=["engine", "nnsight", "naive"])
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--tag", default="", help="suffix for the result file name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"benchmark": "patching_sweep", "machine": machine_info(), "config": vars(args), "models": []}
-    targets = {"speedup_vs_naive": 3.0, "speedup_vs_nnsight": 2.0}
+    targets = {"speedup_vs_naive": 3.0, "speedup_vs_nnsight": 2.0, "cpu_speedup_vs_naive": 3.0, "cpu_speedup_vs_nnsight": 2.0}
     for name in args.models:
         result["models"].append(run_model(name, args.pairs, args.sweeps, args.methods))
     checks = []
@@ -232,7 +237,7 @@ def main() -> int:
                 if key in row:
                     checks.append({"model": model["model"], "sweep": kind, "metric": key, "value": row[key], "target": 1e-5, "met": row[key] <= 1e-5})
     result["checks"] = checks
-    path = save_result("patching_sweep", result)
+    path = save_result("patching_sweep" + (f"-{args.tag}" if args.tag else ""), result)
     print("\nratios (engine speed-up, same run):")
     for check in checks:
         print(f"  {check['model']:8s} {check['sweep']:5s} {check['metric']:30s} {check['value']:<12.4g} target {check['target']}  {'MET' if check['met'] else 'NOT MET'}")

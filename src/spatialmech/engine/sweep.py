@@ -91,6 +91,21 @@ class _PrefixKV:
         return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
 
+class _KVRecorded(Exception):
+    """Raised by `_KVRecorder` to stop a layer once its keys/values are known."""
+
+
+class _KVRecorder:
+    """A stand-in cache that keeps the keys/values a layer computes and stops the layer there."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        self.keys, self.values = key_states, value_states
+        raise _KVRecorded
+
+
 def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
     """Repeat every batch-leading tensor `copies` times along dim 0 (broadcast ones stay as they are)."""
     if copies == 1:
@@ -386,6 +401,9 @@ class PatchSweep:
                     new = [layer for layer in group if starts[layer] == j]
                     if new:
                         fresh = torch.cat([patched_state(layer) for layer in new])
+                        if j == self.num_layers:  # after the last layer only the last position matters
+                            fresh = fresh[:, -1:]
+                            hidden = None if hidden is None else hidden[:, -1:]
                         hidden = fresh if hidden is None else torch.cat([hidden, fresh])
                         members.extend(new)
                     if j == self.num_layers or hidden is None:
@@ -395,6 +413,11 @@ class PatchSweep:
                     if key not in repeated:
                         repeated = {k: v for k, v in repeated.items() if k[0] == j}
                         repeated[key] = _repeat_batch(step_kwargs[j], copies, batch)
+                    if j == self.num_layers - 1 and offset and hidden.shape[1] > 1:
+                        last = self._last_layer_at_last_position(layer_modules[j], hidden, repeated[key], layer_kwargs[j], copies)
+                        if last is not None:
+                            hidden = last
+                            continue
                     out = layer_modules[j](hidden, **repeated[key])
                     hidden = out[0] if isinstance(out, (tuple, list)) else out
                 assert hidden is not None
@@ -402,6 +425,36 @@ class PatchSweep:
                 for copy, layer in enumerate(members):
                     results[layer] = logits[copy * batch : (copy + 1) * batch]
         return clean_logits, [results[layer] for layer in self.layers], method
+
+    def _last_layer_at_last_position(
+        self, module: nn.Module, hidden: torch.Tensor, step_kwargs: dict, full_kwargs: dict, copies: int
+    ) -> torch.Tensor | None:
+        """The last decoder layer's output at the last position only, (rows, 1, hidden), or None.
+
+        Only the last position reaches the logits, but its attention needs every key/value of this
+        layer. Run the layer on the suffix until it hands its keys/values to the cache (then stop it),
+        and run it again on the last token against [clean prefix, patched suffix] keys/values: the
+        MLP and attention of all other positions are skipped.
+        """
+        seq_len, batch = self.target.seq_len, self.target.batch_size
+        if not _prefix_blind_to_suffix(full_kwargs.get("attention_mask"), seq_len, seq_len - 1):
+            return None
+        cache_name = next(name for name in _CACHE_KWARGS if name in step_kwargs)
+        recorder = _KVRecorder()
+        try:
+            module(hidden, **{**step_kwargs, cache_name: recorder})
+        except _KVRecorded:
+            pass
+        else:
+            return None  # the layer never reached its cache: no shortcut
+        layer = self.num_layers - 1
+        prefix_keys, prefix_values = (t.repeat(copies, 1, 1, 1) for t in self._prefix_kv.prefix[layer])
+        keys = torch.cat([prefix_keys, recorder.keys[..., :-1, :]], dim=-2)
+        values = torch.cat([prefix_values, recorder.values[..., :-1, :]], dim=-2)
+        stand_in = _PrefixKV({layer: (keys, values)})
+        last_kwargs = _repeat_batch(_suffix_step_kwargs(full_kwargs, seq_len, seq_len - 1, stand_in, self._attention), copies, batch)
+        out = module(hidden[:, -1:], **last_kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def _suffix_kwargs(self, layer_kwargs: dict[int, dict], kv: Any, first: int, seq_len: int, offset: int) -> dict[int, dict]:
         """Per layer, kwargs for recomputing positions offset.. only, after proving that this is exact."""
@@ -416,6 +469,7 @@ class PatchSweep:
             prefix[j] = (keys[..., :offset, :], vals[..., :offset, :])
         stand_in = _PrefixKV(prefix)
         attention = str(self.adapter.model.config.get_text_config()._attn_implementation)
+        self._prefix_kv, self._attention = stand_in, attention
         out = {}
         for j in range(first, self.num_layers):
             if not _prefix_blind_to_suffix(layer_kwargs[j].get("attention_mask"), seq_len, offset):
