@@ -9,6 +9,7 @@ only ever copied, never modified.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,17 @@ def assert_bad_input(result: CliResult, *fragments: str) -> str:
     assert "; " in message.split(": error: ", 1)[1], f"no fix after the problem: {message}"
     for fragment in fragments:
         assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
+    _record(result.code, message)
     return message
+
+
+def _record(code: int, message: str) -> None:
+    """With RELIABILITY_LOG=FILE, append (test, exit code, message) as JSON lines: the suite's report."""
+    log = os.environ.get("RELIABILITY_LOG")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        with open(log, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"test": test, "code": code, "message": message}) + "\n")
 
 
 def assert_no_partial_result(out: Path) -> None:
