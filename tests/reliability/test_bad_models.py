@@ -95,6 +95,24 @@ def test_checkpoint_that_requires_remote_code(model_copy, tmp_path, capsys):
     assert_no_partial_result(out)
 
 
+def test_remote_code_named_by_tokenizer_or_processor_never_runs(model_copy, tmp_path, capsys):
+    """auto_map in the side files (not config.json): without --trust-remote-code it is ignored, and the
+    native classes load the checkpoint."""
+    marker = tmp_path / "remote-code-ran"
+    (model_copy / "tokenization_evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from transformers import PreTrainedTokenizerFast\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    edit_json(model_copy / "tokenizer_config.json", tokenizer_class="EvilTokenizer",
+              auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]})
+    edit_json(model_copy / "preprocessor_config.json", auto_map={"AutoImageProcessor": "tokenization_evil.EvilTokenizer"})
+    result = run_cli(eval_args(model_copy), capsys)
+    assert not marker.exists()
+    assert result.code in (0, 2), result.err
+    if result.code == 2:
+        assert_bad_input(result)
+
+
 # ------------------------------------------------------------------------------------------ pickles
 
 
