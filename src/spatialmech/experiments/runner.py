@@ -79,10 +79,13 @@ class ExperimentContext:
                     "config": to_jsonable(self.config), "seed": self.seed, "inputs": to_jsonable(self.input_hashes)}
         if self.resume and manifest_path.is_file():
             previous = read_json(manifest_path, "run manifest", fix="rerun without --resume to start this experiment afresh")
-            if previous != json.loads(json.dumps(manifest)):
+            current = json.loads(json.dumps(manifest))
+            if previous != current:
+                names = {"inputs": "data"}
+                changed = [names.get(key, key) for key in current if not isinstance(previous, dict) or previous.get(key) != current[key]]
                 raise UserInputError(
-                    f"--resume: {self.out_dir} was started with a different model, task, config or seed",
-                    "rerun without --resume, or use the same arguments as the interrupted run",
+                    f"--resume: {self.out_dir} was started with a different {' and '.join(changed) or 'run manifest'}",
+                    "rerun without --resume, or use the same arguments (and model and data) as the interrupted run",
                 )
         elif self.units_dir.exists():
             shutil.rmtree(self.units_dir)
