@@ -201,5 +201,17 @@ def test_resume_with_different_arguments(change, tiny_model, tmp_path, capsys):
         args[args.index("--n") + 1] = N_ITEMS + 1
     if change == "seed":
         args += ["--seed", 7]
-    assert_bad_input(run_cli(args, capsys), "different model, task, config or seed", "without --resume")
+    expected = {"n": "different config", "seed": "different seed", "model": "different model"}[change]
+    assert_bad_input(run_cli(args, capsys), expected, "without --resume")
+    assert_no_partial_result(tmp_path / "out")
+
+
+def test_resume_after_the_data_changed(tiny_model, data, tmp_path, capsys):
+    """The run manifest holds the data files' hashes: resuming on edited data is refused."""
+    args = ["run", "behavior", "--model", tiny_model, "--task", "coco-spatial", "--data", data, "--out", tmp_path / "out"]
+    assert run_cli(args, capsys).code == 0
+    (tmp_path / "out" / "behavior" / "result.json").unlink()
+    questions = data / "data" / "coco_qa_two_obj.json"
+    questions.write_text(json.dumps(json.loads(questions.read_text())[:3]))
+    assert_bad_input(run_cli([*args, "--resume"], capsys), "different data")
     assert_no_partial_result(tmp_path / "out")
