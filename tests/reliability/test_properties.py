@@ -221,3 +221,15 @@ def test_loaders_load_or_raise_one_line_errors(loader, scratch_data, data):
         assert "\n" not in str(exc) and "; " in str(exc)
     finally:
         (scratch_data / relative).write_text(original)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_images_is_a_text_only_prompt(family):
+    """A prompt without an image is a text-only input (used e.g. as a no-vision baseline), on every
+    family: no image tokens, one next-token distribution. (A checkpoint whose template cannot place an
+    image that *is* given is the error case: test_bad_models.)"""
+    adapter = tiny(family)
+    inputs = adapter.build_inputs([[]], ["What is left of the cup?"])
+    assert inputs.images == [[]] and inputs.image_rows() == []
+    logits = adapter.forward(inputs)
+    assert logits.shape[0] == 1 and torch.isfinite(logits).all()
