@@ -7,18 +7,19 @@ Site: the residual stream entering layer l (`lm.resid_pre.{l}`, l = 0 is the emb
 
 (a) naive: raw `register_forward_(pre_)hook`s, one batch-1 forward per (pair, layer), plus one batch-1
     source forward per pair recording every layer.
-(b) nnsight 0.8: all pairs in one batch; one trace of the sources saving every layer at the source
-    positions, then one trace per layer that writes them into the targets.
-Engine: `Engine.patch_sweep` on the same batch.
+(b) nnsight 0.8: pairs in batches of --batch; per batch one trace of the sources saving every layer
+    at the source positions, then one trace per layer that writes them into the targets.
+Engine: `Engine.patch_sweep` on the same batches.
 
-Every method's per-layer logits are compared with (a)'s; ratios are wall-clock times measured in this
-run. Usage: python benchmarks/patching_sweep.py [--models bundled mid] [--pairs 32] [--threads 2]
+Every method's per-layer logits are compared with (a)'s; ratios are times measured in this run (medians
+over --repeats interleaved runs), both wall-clock and this process's CPU time (the machine is shared). Usage: python benchmarks/patching_sweep.py [--models bundled mid] [--pairs 32] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,12 +40,19 @@ SYSTEM = SYNTHETIC_SYSTEM_PROMPT
 
 
 @dataclass
-class SweepPairs:
-    kind: str
+class Batch:
+    """Pairs batched together: targets, sources and per-row LM positions of each."""
+
     target: BatchInputs
     source: BatchInputs
     target_positions: list[torch.Tensor]
     source_positions: list[torch.Tensor]
+
+
+@dataclass
+class SweepPairs:
+    kind: str
+    batches: list[Batch]
     singles: list[tuple[BatchInputs, BatchInputs, torch.Tensor, torch.Tensor]]  # batch-1 versions
 
 
@@ -58,7 +66,7 @@ def strip_positions(inputs: BatchInputs, row: int, item: Item, geometry: GridGeo
     return torch.cat(parts)
 
 
-def build_pairs(adapter: VLMAdapter, n: int, kind: str) -> SweepPairs:
+def build_pairs(adapter: VLMAdapter, n: int, kind: str, batch_size: int) -> SweepPairs:
     from spatialmech.tasks.synthetic import SquaresTask
 
     geometry = GridGeometry.from_grid_spec(adapter.grid_spec())
@@ -66,10 +74,6 @@ def build_pairs(adapter: VLMAdapter, n: int, kind: str) -> SweepPairs:
     items = task.items(n=n, seed=0)
     cf_kind = CF_OPPOSITE_QUERY if kind == "last" else CF_REVERSED
     sources = [task.counterfactuals(item, cf_kind)[0].item for item in items]
-    t_images = [[task.image(i)] for i in items]
-    s_images = [[task.image(i)] for i in sources]
-    target = adapter.build_inputs(t_images, [i.prompt for i in items], SYSTEM)
-    source = adapter.build_inputs(s_images, [i.prompt for i in sources], SYSTEM)
 
     def positions(inputs: BatchInputs, row: int, item: Item, reverse: bool) -> torch.Tensor:
         if kind == "last":
@@ -78,14 +82,19 @@ def build_pairs(adapter: VLMAdapter, n: int, kind: str) -> SweepPairs:
         first, last = slot_of[0], slot_of[2]
         return strip_positions(inputs, row, item, geometry, (last, first) if reverse else (first, last))
 
-    t_pos = [positions(target, r, it, False) for r, it in enumerate(items)]
-    s_pos = [positions(source, r, it, True) for r, it in enumerate(sources)]
+    def batch_of(chosen: list[Item], counter: list[Item]) -> tuple[BatchInputs, BatchInputs, list, list]:
+        target = adapter.build_inputs([[task.image(i)] for i in chosen], [i.prompt for i in chosen], SYSTEM)
+        source = adapter.build_inputs([[task.image(i)] for i in counter], [i.prompt for i in counter], SYSTEM)
+        t_pos = [positions(target, r, it, False) for r, it in enumerate(chosen)]
+        s_pos = [positions(source, r, it, True) for r, it in enumerate(counter)]
+        return target, source, t_pos, s_pos
+
+    batches = [Batch(*batch_of(items[i : i + batch_size], sources[i : i + batch_size])) for i in range(0, n, batch_size)]
     singles = []
-    for row, (item, cf) in enumerate(zip(items, sources)):
-        t1 = adapter.build_inputs([t_images[row]], [item.prompt], SYSTEM)
-        s1 = adapter.build_inputs([s_images[row]], [cf.prompt], SYSTEM)
-        singles.append((t1, s1, positions(t1, 0, item, False), positions(s1, 0, cf, True)))
-    return SweepPairs(kind, target, source, t_pos, s_pos, singles)
+    for item, cf in zip(items, sources):
+        t1, s1, (tp,), (sp,) = batch_of([item], [cf])
+        singles.append((t1, s1, tp, sp))
+    return SweepPairs(kind, batches, singles)
 
 
 # ------------------------------------------------------------------------------------------ (a) naive
@@ -126,36 +135,46 @@ def naive_raw_hooks(adapter: VLMAdapter, pairs: SweepPairs) -> torch.Tensor:
 
 
 def nnsight_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> torch.Tensor:
+    """nnsight, batch by batch: one trace of the sources saving every layer at the source positions,
+    then one trace per layer writing them into the targets; (layers, pairs, vocab)."""
     from nnsight import NNsight
 
     model = NNsight(adapter.model)
     layers = model.model.language_model.layers
     n_layers = adapter.num_layers
-    s_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(pairs.source_positions)])
-    s_cols = torch.cat(pairs.source_positions)
-    t_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(pairs.target_positions)])
-    t_cols = torch.cat(pairs.target_positions)
-    saved: list[Any] = []
-    outs: list[Any] = []
-    with torch.no_grad():
-        with model.trace(**pairs.source.model_kwargs, use_cache=False, logits_to_keep=1):
+    per_batch = []
+    for batch in pairs.batches:
+        s_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(batch.source_positions)])
+        s_cols = torch.cat(batch.source_positions)
+        t_rows = torch.cat([torch.full((p.numel(),), r) for r, p in enumerate(batch.target_positions)])
+        t_cols = torch.cat(batch.target_positions)
+        saved: list[Any] = []
+        outs: list[Any] = []
+        with torch.no_grad():
+            with model.trace(**batch.source.model_kwargs, use_cache=False, logits_to_keep=1):
+                for j in range(n_layers):
+                    saved.append(layers[j].input[s_rows, s_cols].save())
             for j in range(n_layers):
-                saved.append(layers[j].input[s_rows, s_cols].save())
-        for j in range(n_layers):
-            with model.trace(**pairs.target.model_kwargs, use_cache=False, logits_to_keep=1):
-                layers[j].input[t_rows, t_cols] = saved[j]
-                outs.append(model.output.logits[:, -1].save())
-    return torch.stack([torch.as_tensor(o) for o in outs])
+                with model.trace(**batch.target.model_kwargs, use_cache=False, logits_to_keep=1):
+                    layers[j].input[t_rows, t_cols] = saved[j]
+                    outs.append(model.output.logits[:, -1].save())
+        per_batch.append(torch.stack([torch.as_tensor(o) for o in outs]))
+    return torch.cat(per_batch, dim=1)
 
 
 # ------------------------------------------------------------------------------------------ engine
 
 
 def engine_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> tuple[torch.Tensor, str]:
-    result = Engine(adapter).patch_sweep(
-        pairs.target, pairs.source, pairs.target_positions, pairs.source_positions, site="lm.resid_pre.{l}", keep_logits=True
-    )
-    return result.logits, result.method
+    engine = Engine(adapter)
+    logits, methods = [], set()
+    for batch in pairs.batches:
+        result = engine.patch_sweep(
+            batch.target, batch.source, batch.target_positions, batch.source_positions, site="lm.resid_pre.{l}", keep_logits=True
+        )
+        logits.append(result.logits)
+        methods.add(result.method)
+    return torch.cat(logits, dim=1), "/".join(sorted(methods))
 
 
 def timed(fn, *args) -> tuple[Any, float, float]:
@@ -166,35 +185,40 @@ def timed(fn, *args) -> tuple[Any, float, float]:
     return out, time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str]) -> dict[str, Any]:
+def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str], repeats: int, batch_size: int) -> dict[str, Any]:
     adapter, description = load_benchmark_model(name)
     info: dict[str, Any] = {"model": name, "description": description, "architecture": describe(adapter), "sweeps": {}}
     print(f"\n== {name}: {description}", flush=True)
     for kind in kinds:
-        pairs = build_pairs(adapter, n_pairs, kind)
+        pairs = build_pairs(adapter, n_pairs, kind, batch_size)
         with torch.no_grad():  # warm-up: allocator and lazy inits, same for every method
             adapter.forward(pairs.singles[0][0])
         row: dict[str, Any] = {
             "pairs": n_pairs,
             "layers": adapter.num_layers,
-            "seq_len": pairs.target.seq_len,
-            "positions_per_pair": int(pairs.target_positions[0].numel()),
+            "batch_size": batch_size,
+            "seq_len": pairs.batches[0].target.seq_len,
+            "positions_per_pair": int(pairs.batches[0].target_positions[0].numel()),
         }
         results: dict[str, torch.Tensor] = {}
-        for method in methods:
-            load = os.getloadavg()[0]
-            if method == "engine":
-                (logits, how), seconds, cpu = timed(engine_sweep, adapter, pairs)
-                row["engine_path"] = how
-            elif method == "naive":
-                logits, seconds, cpu = timed(naive_raw_hooks, adapter, pairs)
-            else:
-                logits, seconds, cpu = timed(nnsight_sweep, adapter, pairs)
-            results[method] = logits
-            row[f"{method}_seconds"] = round(seconds, 3)
-            row[f"{method}_cpu_seconds"] = round(cpu, 3)
-            row[f"{method}_load_average"] = round(load, 2)
-            print(f"  {kind:5s} {method:7s} wall {seconds:9.2f} s  cpu {cpu:9.2f} s  (load {load:.1f})", flush=True)
+        times: dict[str, list[tuple[float, float, float]]] = {m: [] for m in methods}
+        for repeat in range(repeats):  # methods interleaved, so load changes hit them alike
+            for method in methods:
+                load = os.getloadavg()[0]
+                if method == "engine":
+                    (logits, how), seconds, cpu = timed(engine_sweep, adapter, pairs)
+                    row["engine_path"] = how
+                elif method == "naive":
+                    logits, seconds, cpu = timed(naive_raw_hooks, adapter, pairs)
+                else:
+                    logits, seconds, cpu = timed(nnsight_sweep, adapter, pairs)
+                results[method] = logits
+                times[method].append((seconds, cpu, load))
+                print(f"  {kind:5s} {method:7s} run {repeat + 1}: wall {seconds:9.2f} s  cpu {cpu:9.2f} s  (load {load:.1f})", flush=True)
+        for method, runs in times.items():
+            row[f"{method}_seconds"] = round(statistics.median(r[0] for r in runs), 3)
+            row[f"{method}_cpu_seconds"] = round(statistics.median(r[1] for r in runs), 3)
+            row[f"{method}_runs"] = [{"wall": round(w, 3), "cpu": round(c, 3), "load": round(ld, 2)} for w, c, ld in runs]
         if "naive" in results:
             for method in ("engine", "nnsight"):
                 if method in results:
@@ -217,16 +241,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bundled", "mid"], choices=["bundled", "mid"])
     parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16, help="pairs per batch for the engine and nnsight (naive is batch 1)")
     parser.add_argument("--sweeps", nargs="+", default=["last", "strip"], choices=["last", "strip"])
     parser.add_argument("--methods", nargs="+", default=["engine", "nnsight", "naive"], choices=["engine", "nnsight", "naive"])
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     parser.add_argument("--tag", default="", help="suffix for the result file name")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method (interleaved); medians are reported")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"benchmark": "patching_sweep", "machine": machine_info(), "config": vars(args), "models": []}
     targets = {"speedup_vs_naive": 3.0, "speedup_vs_nnsight": 2.0, "cpu_speedup_vs_naive": 3.0, "cpu_speedup_vs_nnsight": 2.0}
     for name in args.models:
-        result["models"].append(run_model(name, args.pairs, args.sweeps, args.methods))
+        result["models"].append(run_model(name, args.pairs, args.sweeps, args.methods, args.repeats, args.batch))
     checks = []
     for model in result["models"]:
         for kind, row in model["sweeps"].items():
