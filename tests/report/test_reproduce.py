@@ -182,3 +182,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert len(errors) == 3 and all(line.startswith("spatialmech reproduce: error:") for line in errors)
     assert "--data" in errors[2]  # checked before any model is loaded
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_resume_continues_a_step_from_its_saved_units(quick_run: Path, tmp_path: Path, tiny_model_dir: Path, loaded_tiny) -> None:
+    """A step killed after its units were saved but before result.json: --resume finishes it from the
+    units, with the same numbers as the uninterrupted run."""
+    run = _copy_run(quick_run, tmp_path)
+    before = read_json(run / "amplify" / "result.json")
+    (run / "amplify" / "result.json").unlink()
+    assert any((run / "amplify" / "units").iterdir())
+    reproduce(reproduce_args(tiny_model_dir, run, resume=True), sizes=TINY_SIZES, extra_options=TINY_OPTIONS,
+              adapter=loaded_tiny, progress=False, log=lambda _: None)
+    steps = _steps(run)
+    assert steps["amplify"]["status"] == "done"
+    assert all(s["status"] == "reused" for f, s in steps.items() if f != "amplify")
+    after = read_json(run / "amplify" / "result.json")
+    assert after["metrics"] == before["metrics"] and after["config"] == before["config"]
