@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from spatialmech.cli import main
+from spatialmech.models.registry import bundled_model_path
 
 # experiment -> arguments of a small run with several units on a tiny random model
 RUNS: dict[str, list[str]] = {
@@ -93,16 +94,16 @@ def check_interrupted_folder(folder: Path) -> None:
             json.loads(unit.read_text())
 
 
-@pytest.mark.parametrize("experiment", sorted(RUNS))
-def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references, tmp_path):
+def kill_at_random_points_then_resume(args: list[str], experiment: str, reference: dict, total_units: int, tmp_path: Path) -> None:
+    """Start `args`, SIGKILL it at a random point, resume and kill again (three times), then resume to
+    the end: the result must equal `reference`."""
     rng = random.Random(f"kill-{experiment}")
-    total = references[experiment]["units"]
-    out = tmp_path / "out"
+    out = Path(args[args.index("--out") + 1])
     kills = 0
     for attempt in range(3):
         resume = ["--resume"] if attempt else []
-        process = start(run_args(experiment, tiny_model, out, *resume), tmp_path / f"log-{attempt}.txt")
-        wait_for_units(process, out, rng.randrange(len(units(out)), total))  # a random point between units...
+        process = start([*args, *resume], tmp_path / f"log-{attempt}.txt")
+        wait_for_units(process, out, rng.randrange(len(units(out)), total_units))  # a random point between units...
         time.sleep(rng.uniform(0.0, 0.05))  # ... and a random moment inside the next one
         process.kill()
         process.join(30)
@@ -115,11 +116,34 @@ def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references
     # what a kill inside an atomic write leaves (the signal rarely lands there by chance): a partial temp file
     for folder in (out / experiment, out / experiment / "units"):
         (folder / ".result.json.k1ll3d.tmp").write_text('{"experiment": ')
-    process = start(run_args(experiment, tiny_model, out, "--resume"), tmp_path / "log-final.txt")
-    process.join(120)
+    process = start([*args, "--resume"], tmp_path / "log-final.txt")
+    process.join(300)
     assert process.exitcode == 0, (tmp_path / "log-final.txt").read_text()
-    assert science(out / experiment) == references[experiment]["science"]
+    assert science(out / experiment) == reference
     assert not list(out.rglob("*.tmp")), "a resumed run clears the temporary files of the killed ones"
+
+
+@pytest.mark.parametrize("experiment", sorted(RUNS))
+def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references, tmp_path):
+    args = run_args(experiment, tiny_model, tmp_path / "out")
+    kill_at_random_points_then_resume(args, experiment, references[experiment]["science"], references[experiment]["units"], tmp_path)
+
+
+# Patching experiments keep only pairs the model answers right, so they need a trained model: the bundled one.
+BUNDLED_RUNS: dict[str, list[str]] = {
+    "last-token": ["--n", "4", "--layers", "0-1"],
+    "criss-cross": ["--n", "4", "--layers", "0-1"],
+}
+
+
+@pytest.mark.skipif(not (bundled_model_path() / "config.json").is_file(), reason="the bundled model is not installed")
+@pytest.mark.parametrize("experiment", sorted(BUNDLED_RUNS))
+def test_sigkill_then_resume_patching_experiment_on_bundled_model(experiment, tmp_path):
+    reference_out = tmp_path / "reference"
+    assert main(["run", experiment, "--out", str(reference_out), *BUNDLED_RUNS[experiment]]) == 0
+    reference = science(reference_out / experiment)
+    args = ["run", experiment, "--out", str(tmp_path / "out"), *BUNDLED_RUNS[experiment]]
+    kill_at_random_points_then_resume(args, experiment, reference, len(units(reference_out)), tmp_path)
 
 
 def test_sigint_saves_finished_units_and_writes_no_result(tiny_model, references, tmp_path):
