@@ -190,13 +190,12 @@ def test_resume_with_different_arguments(change, tiny_model, tmp_path, capsys):
     """Resuming must not splice units computed for another model, config or seed into one result."""
     _finished_run(tiny_model, tmp_path / "out", capsys)
     model = tiny_model
-    extra: list = []
     if change == "model":
         from spatialmech.models.registry import adapter_class
 
         model = tmp_path / "other-model"
         adapter_class("qwen2-vl").tiny(1).save_pretrained(str(model))
-    args = run_out(model, tmp_path / "out", "--resume", *extra)
+    args = run_out(model, tmp_path / "out", "--resume")
     if change == "n":
         args[args.index("--n") + 1] = N_ITEMS + 1
     if change == "seed":
