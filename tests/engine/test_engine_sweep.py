@@ -200,3 +200,15 @@ def test_unpadded_batch_builds_the_causal_rows_itself(qwen, attention):
         qwen.model.set_attn_implementation("sdpa")
     assert fast.method == "suffix"
     torch.testing.assert_close(fast.logits, naive.logits, atol=ATOL, rtol=0)
+
+
+def test_block_output_sweep_uses_the_naive_loop(qwen):
+    """Sites inside a layer (attention/MLP outputs) are swept with one patched forward per layer."""
+    pairs = make_pairs(qwen, 2, seed=9)
+    engine = Engine(qwen)
+    positions = image_positions(pairs.target)
+    result = engine.patch_sweep(pairs.target, pairs.source, positions, site="lm.mlp.{l}", layers=[0, 2], keep_logits=True)
+    assert result.method == "naive"
+    values = engine.cache(pairs.source, "lm.mlp.2", positions)["lm.mlp.2"]
+    direct = engine.logits(pairs.target, [Patch("lm.mlp.2", positions, values)])
+    torch.testing.assert_close(result.logits[1], direct, atol=ATOL, rtol=0)
