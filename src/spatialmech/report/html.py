@@ -36,7 +36,7 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1180px;color:#222;padding:0 1em;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin:1.2em 0 .4em}
 a{color:#35557a}table{border-collapse:collapse;font-size:.82em;margin:.4em 0}td,th{border:1px solid #ccc;padding:.2em .45em;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child,td.text{text-align:left}.wide{overflow-x:auto;max-width:100%}
+th{background:#f4f4f4}td:first-child,th:first-child,td.text{text-align:left}td a{white-space:nowrap}.wide{overflow-x:auto;max-width:100%}
 .figs{display:flex;flex-wrap:wrap;gap:.8em}.figs img{max-width:540px;border:1px solid #eee}
 .gallery{display:grid;grid-template-columns:repeat(3,1fr);gap:.6em}.gallery figure{margin:0}.gallery img{width:100%;border:1px solid #eee}
 .gallery figcaption{font-size:.75em;color:#555}
@@ -467,7 +467,7 @@ def run_table(run: Run) -> str:
         est = "" if entry.estimated_seconds is None else f"{entry.estimated_seconds:.0f}s"
         rows.append(f"<tr><td>{index}</td><td><a href='#{_esc(entry.folder)}'>{_esc(entry.folder)}</a></td><td>{_esc(entry.experiment)}</td>"
                     f"<td>{_esc(entry.task)}</td><td class={cls}>{_esc(entry.status)}</td><td>{est}</td><td>{took}</td>"
-                    f"<td>{_esc(entry.error or '')}</td></tr>")
+                    f"<td class=text>{_esc(entry.error or '')}</td></tr>")
     head = "<tr><th>#</th><th>step</th><th>experiment</th><th>task</th><th>status</th><th>estimated</th><th>took</th><th>error</th></tr>"
     return f"<div class=wide><table>{head}{''.join(rows)}</table></div>"
 
