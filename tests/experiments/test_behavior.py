@@ -87,10 +87,39 @@ def test_a_model_that_picks_the_first_offered_option_scores_zero_strictly(tiny: 
     assert any(row["correct_natural_order"] for row in rows)
 
 
-def test_eval_amplify_is_not_available_yet(capsys: pytest.CaptureFixture) -> None:
-    assert main(["eval", "--task", "squares", "--amplify", "probe.safetensors", "--alpha", "3"]) == 2
+def test_eval_amplify_needs_an_existing_probe_and_an_alpha(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", "--task", "squares", "--amplify", str(tmp_path / "none.safetensors"), "--alpha", "3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--amplify" in err and "not available" in err and "\n" not in err
+    assert "does not exist" in err and "--save-probe" in err and "\n" not in err
+    assert main(["eval", "--task", "squares", "--amplify", str(tmp_path / "none.safetensors")]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_eval_applies_a_saved_amplification(tiny: Adapter, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`eval --amplify P --alpha A` scores with the steer; alpha 0 is the plain model; the result records the probe."""
+    import torch
+
+    from spatialmech.experiments.amplify import AXIS_CLASSES
+    from spatialmech.experiments.probing import LinearProbe, save_probes
+
+    folder = tmp_path / "model"
+    tiny.save_pretrained(str(folder))
+    gen = torch.Generator().manual_seed(0)
+    probes = {axis: LinearProbe(torch.randn(tiny.hidden_size, 2, generator=gen), torch.zeros(2), classes)
+              for axis, classes in AXIS_CLASSES.items()}
+    probe = save_probes(tmp_path / "amp.safetensors", probes, {"site": "projector.out", "variant": "projection"})
+    common = ["eval", "--model", str(folder), "--task", "scenes", "--n", "6"]
+    p_answer = {}
+    for alpha in ("0", "8"):
+        out = tmp_path / f"alpha{alpha}"
+        assert main([*common, "--amplify", str(probe), "--alpha", alpha, "--out", str(out)]) == 0
+        result = json.loads((out / "behavior" / "result.json").read_text())
+        assert result["config"]["amplify"]["alpha"] == float(alpha)
+        p_answer[alpha] = (out / "behavior" / "predictions.csv").read_text()
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert "amplified with" in capsys.readouterr().out
+    assert p_answer["0"] == (tmp_path / "plain" / "behavior" / "predictions.csv").read_text()
+    assert p_answer["8"] != p_answer["0"]
 
 
 def test_eval_needs_data_for_real_tasks(capsys: pytest.CaptureFixture) -> None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import torch
-
-from spatialmech.engine.scoring import answer_probability, strict_correct, top1_correct
-from spatialmech.errors import NotAvailableError, UserInputError
+from spatialmech.errors import UserInputError
+from spatialmech.experiments import common
+from spatialmech.experiments.common import LogitsFn
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
-from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, VLMAdapter
+from spatialmech.models.base import VLMAdapter
 
 NAME = "behavior"
 DEFAULT_TASK = "squares"
@@ -34,68 +34,62 @@ def config_from(options: dict[str, Any], adapter: VLMAdapter | None = None) -> d
     n = options.get("n")
     if n is not None and int(n) < 1:
         raise UserInputError(f"--n {n} must be at least 1", "pass a positive number of items")
-    return {"n": None if n is None else int(n), "scoring": "top-1 over spelling variants; strict two-order for forced choice"}
+    config: dict[str, Any] = {
+        "n": None if n is None else int(n),
+        "scoring": "top-1 over spelling variants; strict two-order for forced choice",
+    }
+    probe, alpha = options.get("amplify"), options.get("alpha")
+    if (probe is None) != (alpha is None):
+        raise UserInputError("--amplify and --alpha go together", "pass both (a probe file from `run amplify --save-probe` and a strength)")
+    if probe is not None:
+        from spatialmech.provenance import file_sha256
+
+        if not Path(probe).is_file():
+            raise UserInputError(f"probe file {probe} does not exist", "write one with `spatialmech run amplify --save-probe FILE`")
+        config["amplify"] = {"probe": str(probe), "probe_sha256": file_sha256(probe), "alpha": float(alpha)}
+    return config
 
 
-def is_forced_choice(item: Any) -> bool:
-    return bool(item.options) and bool((item.meta or {}).get("prompt_swapped"))
+def amplification(adapter: VLMAdapter, config: dict[str, Any]) -> LogitsFn | None:
+    """The logits function applying a saved ordering amplification, if the config asks for one."""
+    spec = config.get("amplify")
+    if spec is None:
+        return None
+    from spatialmech.experiments.amplify import amplification_logits
 
-
-def system_prompt_for(task: Any) -> str | None:
-    """SPEC: synthetic tasks use the one-token system prompt; real photos use the model's default."""
-    return SYNTHETIC_SYSTEM_PROMPT if getattr(task, "synthetic", True) else None
+    return amplification_logits(adapter, spec["probe"], spec["alpha"])
 
 
 def chance_level(items: Sequence[Any]) -> float:
     if not items:
         return float("nan")
-    if is_forced_choice(items[0]):
+    if common.is_forced_choice(items[0]):
         return 1.0 / len(items[0].options)
     named = [len(item.objects) for item in items if item.objects]
     return float(sum(1.0 / n for n in named) / len(named)) if named else float("nan")
 
 
-def _decode(adapter: VLMAdapter, token: int) -> str:
-    return adapter.tokenizer.decode([token])
-
-
-def score_items(adapter: VLMAdapter, task: Any, items: Sequence[Any], batch_size: int) -> list[dict[str, Any]]:
-    """One row per item: prediction(s), correctness and the answer's probability."""
-    system = system_prompt_for(task)
+def score_items(
+    adapter: VLMAdapter, task: Any, items: Sequence[Any], batch_size: int, logits_fn: LogitsFn | None = None
+) -> list[dict[str, Any]]:
+    """One row per item: prediction(s), correctness and the answer's probability (`common.score_items`)."""
     rows: list[dict[str, Any]] = []
-    for batch in chunks(list(items), batch_size):
-        images = [[task.image(item)] for item in batch]
-        answers = [adapter.answer_token_ids(item.answer_variants) for item in batch]
-        logits = adapter.forward(adapter.build_inputs(images, [item.prompt for item in batch], system=system)).float()
-        correct = top1_correct(logits, answers)
-        probability = answer_probability(logits, answers)
-        top = logits.argmax(dim=-1).tolist()
-        forced = [is_forced_choice(item) for item in batch]
-        swapped_correct = torch.ones_like(correct)
-        swapped_top: list[int | None] = [None] * len(batch)
-        if any(forced):
-            swapped_logits = adapter.forward(
-                adapter.build_inputs(images, [item.meta["prompt_swapped"] if f else item.prompt for item, f in zip(batch, forced)], system=system)
-            ).float()
-            swapped_correct = top1_correct(swapped_logits, answers)
-            swapped_top = swapped_logits.argmax(dim=-1).tolist()
-        final = strict_correct(correct, swapped_correct)
-        for i, item in enumerate(batch):
-            row = {
-                "id": item.id,
-                "axis": item.axis,
-                "relation": item.relation,
-                "prompt": item.prompt,
-                "answer": item.answer,
-                "prediction": _decode(adapter, top[i]),
-                "p_answer": round(float(probability[i]), 6),
-                "correct": bool(final[i]) if forced[i] else bool(correct[i]),
-            }
-            if forced[i]:
-                row["prediction_swapped"] = _decode(adapter, int(swapped_top[i]))
-                row["correct_natural_order"] = bool(correct[i])
-                row["correct_swapped_order"] = bool(swapped_correct[i])
-            rows.append(row)
+    for item, score in zip(items, common.score_items(adapter, task, items, batch_size, logits_fn)):
+        row = {
+            "id": item.id,
+            "axis": item.axis,
+            "relation": item.relation,
+            "prompt": item.prompt,
+            "answer": item.answer,
+            "prediction": score.predicted_token,
+            "p_answer": round(score.p_answer, 6),
+            "correct": score.correct,
+        }
+        if score.forced_choice:
+            row["prediction_swapped"] = score.predicted_token_swapped
+            row["correct_natural_order"] = score.correct_natural_order
+            row["correct_swapped_order"] = score.correct_swapped_order
+        rows.append(row)
     return rows
 
 
@@ -113,10 +107,12 @@ def summarise(rows: Sequence[dict[str, Any]], items: Sequence[Any]) -> dict[str,
     return metrics
 
 
-def run_behavior(adapter: VLMAdapter, task: Any, n: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+def run_behavior(
+    adapter: VLMAdapter, task: Any, n: int | None = None, seed: int = 0, batch_size: int = 8, logits_fn: LogitsFn | None = None
+) -> dict[str, Any]:
     """Accuracy of `adapter` on `task` (n items from `seed`): metrics plus per-item rows."""
     items = task.items(n, seed=seed)
-    rows = score_items(adapter, task, items, batch_size)
+    rows = score_items(adapter, task, items, batch_size, logits_fn)
     return {**summarise(rows, items), "rows": rows}
 
 
@@ -136,20 +132,18 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, total=len(groups), desc=f"behavior {ctx.task_name}", unit="unit", leave=False)
+    logits_fn = amplification(ctx.adapter, ctx.config)
     rows: list[dict[str, Any]] = []
     for index, group in iterator:
-        unit = ctx.unit(f"items-{index:05d}", lambda group=group: {"rows": score_items(ctx.adapter, task, group, ctx.batch_size)})
+        unit = ctx.unit(f"items-{index:05d}", lambda group=group: {"rows": score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn)})
         rows.extend(unit["rows"])
     return ExperimentOutput(metrics=summarise(rows, items), tables={"predictions": rows})
 
 
 def eval_command(args: argparse.Namespace) -> int:
     """`spatialmech eval --task T`: print accuracy and n (and write OUT/behavior/result.json with --out)."""
-    if getattr(args, "amplify", None) is not None or getattr(args, "alpha", None) is not None:
-        raise NotAvailableError(
-            "--amplify/--alpha (evaluating with ordering amplification) is not available yet",
-            "run `spatialmech eval` without them; amplification arrives with the amplify experiment",
-        )
+    options = {"n": args.n, "amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
+    config = config_from(options)  # fail fast on bad options before loading a model
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
     if args.n is not None and args.n < 1:
@@ -164,16 +158,18 @@ def eval_command(args: argparse.Namespace) -> int:
         from spatialmech.experiments.runner import load_result
 
         path = run_experiment(
-            NAME, adapter, out_root=args.out, task=args.task, options={"n": args.n}, seed=args.seed,
+            NAME, adapter, out_root=args.out, task=args.task, options=options, seed=args.seed,
             batch_size=args.batch_size, data_root=args.data, model_label=args.model,
         )
         metrics = load_result(path.parent)["metrics"]
     else:
         task = get_task_for(adapter, args.task, args.data)
-        metrics = run_behavior(adapter, task, n=args.n, seed=args.seed, batch_size=args.batch_size)
+        metrics = run_behavior(adapter, task, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                               logits_fn=amplification(adapter, config))
         path = None
+    amplified = f", amplified with {args.amplify} at alpha {args.alpha}" if args.amplify else ""
     print(f"{args.task}: accuracy {metrics['accuracy']:.4f} on n={metrics['n']} items "
-          f"(chance {metrics['chance']:.2f}) [model {args.model}, {time.time() - start:.1f}s]")
+          f"(chance {metrics['chance']:.2f}{amplified}) [model {args.model}, {time.time() - start:.1f}s]")
     if path is not None:
         print(f"wrote {path}")
     return 0

@@ -58,10 +58,21 @@ def default_logits(adapter: Any) -> LogitsFn:
 
 @dataclass
 class ItemScore:
+    """How the model did on one item. Forced-choice items also carry the swapped-order pass."""
+
     item_id: str
     correct: bool
     p_answer: float
     predicted_token: str
+    forced_choice: bool = False
+    predicted_token_swapped: str | None = None
+    correct_natural_order: bool | None = None
+    correct_swapped_order: bool | None = None
+
+
+def is_forced_choice(item: Item) -> bool:
+    """Items asked with explicit options in both orders (scenes, COCO-spatial) are scored strictly."""
+    return bool(item.options) and bool((item.meta or {}).get("prompt_swapped"))
 
 
 def score_items(
@@ -81,14 +92,28 @@ def score_items(
         logits = logits_fn(encode_items(adapter, task, batch), batch)
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)
-        swapped = [item.meta.get("prompt_swapped") for item in batch]
-        if any(item.options for item in batch) and all(swapped):
-            swapped_logits = logits_fn(encode_items(adapter, task, batch, prompts=swapped), batch)
-            correct = correct & top1_correct(swapped_logits, answers)
-            p_answer = torch.minimum(p_answer, answer_probability(swapped_logits, answers))
         tokens = logits.argmax(-1).tolist()
-        for item, ok, p, token in zip(batch, correct.tolist(), p_answer.tolist(), tokens):
-            scores.append(ItemScore(item.id, bool(ok), float(p), adapter.tokenizer.decode([token])))
+        forced = [is_forced_choice(item) for item in batch]
+        swapped_correct: list[bool | None] = [None] * len(batch)
+        swapped_tokens: list[int | None] = [None] * len(batch)
+        if any(forced):
+            prompts = [item.meta["prompt_swapped"] if f else item.prompt for item, f in zip(batch, forced)]
+            swapped_logits = logits_fn(encode_items(adapter, task, batch, prompts=prompts), batch)
+            swapped_correct = top1_correct(swapped_logits, answers).tolist()
+            swapped_tokens = swapped_logits.argmax(-1).tolist()
+            p_answer = torch.where(torch.tensor(forced), torch.minimum(p_answer, answer_probability(swapped_logits, answers)), p_answer)
+        for i, item in enumerate(batch):
+            natural = bool(correct[i])
+            scores.append(ItemScore(
+                item_id=item.id,
+                correct=natural and bool(swapped_correct[i]) if forced[i] else natural,
+                p_answer=float(p_answer[i]),
+                predicted_token=adapter.tokenizer.decode([tokens[i]]),
+                forced_choice=forced[i],
+                predicted_token_swapped=adapter.tokenizer.decode([swapped_tokens[i]]) if forced[i] else None,
+                correct_natural_order=natural if forced[i] else None,
+                correct_swapped_order=bool(swapped_correct[i]) if forced[i] else None,
+            ))
         if progress is not None:
             progress(len(batch))
     return scores
