@@ -148,7 +148,7 @@ def test_pickle_offered_as_amplification_probe(tiny_model, tmp_path, capsys):
     probe.write_bytes(evil_pickle(marker))
     out = tmp_path / "out"
     result = run_cli(eval_args(tiny_model, out) + ["--amplify", probe, "--alpha", "2"], capsys)
-    assert_bad_input(result)
+    assert_bad_input(result, "probe file", "probe.pt")
     assert not marker.exists()
     assert_no_partial_result(out)
 
