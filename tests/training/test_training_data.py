@@ -17,6 +17,7 @@ from spatialmech.training.data import (
     class_vocabulary,
     dense_labels,
     grid_questions,
+    is_held_out_combination,
     nearest_neighbour,
     random_grid_item,
 )
@@ -26,17 +27,25 @@ def _layout(item) -> tuple:
     return (item.axis, tuple(tuple(o.box_px) for o in item.objects))
 
 
-def test_no_training_layout_is_an_evaluation_image() -> None:
-    """Grid tasks evaluate on one fixed layout; training never draws it (any colours/objects)."""
+def test_held_out_evaluation_items_never_appear_in_training() -> None:
+    """Grid tasks evaluate on one fixed layout. Training uses it only with combinations that are not
+    held out; every other training image is in another layout."""
     rng = random.Random(0)
     for name in GRID_TASKS:
         task = get_task(name, geometry=QWEN)
-        evaluation_layouts = {_layout(item) for item in task.items()}
+        items = task.items()
+        held_out = [item for item in items if is_held_out_combination(item.meta["attributes"])]
+        assert 0.15 < len(held_out) / len(items) < 0.35
+        evaluation_layouts = {_layout(item) for item in items}
         assert len(evaluation_layouts) == 2  # one horizontal and one vertical layout
-        training = [random_grid_item(task, rng, 3) for _ in range(3000)]
-        assert not evaluation_layouts & {_layout(item) for item in training}
-        # the constraint is not vacuous: training covers many other 3-object layouts
-        assert len({_layout(item) for item in training}) > 200
+        held_out_images = {(_layout(item), tuple(item.meta["attributes"])) for item in held_out}
+        training = [random_grid_item(task, rng, 3) for _ in range(2000)]
+        in_layout = [item for item in training if _layout(item) in evaluation_layouts]
+        assert 0.3 < len(in_layout) / len(training) < 0.7
+        assert not any(is_held_out_combination([o.attribute for o in item.objects]) for item in in_layout)
+        assert not held_out_images & {(_layout(item), tuple(o.attribute for o in item.objects)) for item in training}
+        # the other layouts are many and varied
+        assert len({_layout(item) for item in training if _layout(item) not in evaluation_layouts}) > 30
 
 
 def test_questions_ask_for_the_nearest_neighbour_on_the_asked_side() -> None:

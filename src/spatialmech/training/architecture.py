@@ -43,16 +43,16 @@ class ArchitectureConfig:
     vision_depth: int = 4
     vision_embed_dim: int = 64
     vision_heads: int = 2
-    text_hidden: int = 128
+    text_hidden: int = 192
     text_layers: int = 6
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    text_intermediate: int = 384
+    text_heads: int = 3
+    text_kv_heads: int = 3
+    text_intermediate: int = 512
     # Low rotary base and a small temporal section: M-RoPE gives the width (column) section the lowest
     # frequencies; with head_dim 32 and the usual base the 12 columns would be nearly indistinguishable
     # to the LM (the real 7B uses base 1e6 over 128 dims and a 12x12 grid is tiny next to its contexts).
-    text_rope_theta: float = 20.0
-    mrope_section: tuple[int, int, int] = (2, 7, 7)  # sums to head_dim / 2
+    text_rope_theta: float = 50.0
+    mrope_section: tuple[int, int, int] = (4, 14, 14)  # sums to head_dim / 2 (head_dim 64)
     vocab_size: int = 1024
 
     def to_dict(self) -> dict:

@@ -37,5 +37,9 @@ def train_default_command(args: argparse.Namespace) -> int:
     log = train(config, out, resume=args.resume)
     print(f"trained in {(time.time() - start) / 60:.1f} min -> {out} (weights {log['weights_megabytes']} MB)")
     for task, metrics in log.get("held_out", {}).items():
-        print(f"  held-out {task}: accuracy {metrics['accuracy']:.4f} (n={metrics['n']}, chance {metrics['chance']:.2f})")
+        line = f"  {task}: accuracy {metrics['accuracy']:.4f} (n={metrics['n']}, chance {metrics['chance']:.2f})"
+        unseen = metrics.get("held_out_combinations")
+        if unseen:
+            line += f"; unseen combinations {unseen['accuracy']:.4f} (n={unseen['n']})"
+        print(line)
     return 0

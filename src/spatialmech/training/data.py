@@ -16,6 +16,7 @@ identity of the object's nearest neighbour on each side along its line (a dense 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,8 @@ SCENES_TASK = "scenes"
 SCENES_TRAIN_SEED_BASE = 100_000  # scenes items for training come from seeds at or above this
 SIDES = ("left", "right", "above", "below")  # order of the neighbour heads
 IGNORE = -100  # label for cells a head does not supervise
+FIXED_SPACING_SHARE = 0.75  # share of random grid layouts drawn with the geometry's spacing (else random gaps)
+EVALUATION_LAYOUT_SHARE = 0.5  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
 
 
 @dataclass
@@ -140,8 +143,13 @@ def dense_labels(
 # ----------------------------------------------------------------------------------------- grid tasks
 
 
-def _random_starts(rng: random.Random, n_objects: int, k: int, side: int) -> list[int]:
-    """Start cells along the axis of n objects of size k, at least one empty cell between them."""
+def _random_starts(rng: random.Random, n_objects: int, k: int, side: int, spacing: int | None = None) -> list[int]:
+    """Start cells along the axis of n objects of size k: `spacing` empty cells between neighbours
+    (the task geometry's spacing) at a random offset, or, with spacing None, random gaps >= 1."""
+    if spacing is not None:
+        span = n_objects * k + (n_objects - 1) * spacing
+        first = rng.randint(0, side - span)
+        return [first + i * (k + spacing) for i in range(n_objects)]
     free = side - n_objects * k - (n_objects - 1)  # cells left after the minimum layout
     cuts = sorted(rng.randint(0, free) for _ in range(n_objects))
     starts, position, previous = [], 0, 0
@@ -161,16 +169,47 @@ def _is_evaluation_layout(task: GridTask, axis: str, starts: list[int], across: 
     return starts == [c[along_index] for c in canonical] and across == canonical[0][across_index]
 
 
+def is_held_out_combination(attributes: list[str] | tuple[str, ...]) -> bool:
+    """A quarter of the attribute combinations (unordered sets) are held out: never drawn in the
+    evaluation layout during training, so those evaluation items are unseen in every respect."""
+    key = "+".join(sorted(attributes))
+    return zlib.crc32(key.encode()) % 4 == 0
+
+
 def random_grid_item(task: GridTask, rng: random.Random, n_objects: int, geometry: GridGeometry = QWEN) -> Item:
-    """A random training layout of `n_objects` of the task's glyphs on one row or column."""
+    """A training layout of `n_objects` of the task's glyphs on one row or column.
+
+    With probability `EVALUATION_LAYOUT_SHARE` (3 objects) it is the evaluation layout, with an
+    attribute combination that is not held out; otherwise a random layout that is not the evaluation
+    layout (any attributes).
+    """
     k, side = geometry.object_tokens, geometry.tokens_per_side
+    if n_objects == 3 and rng.random() < EVALUATION_LAYOUT_SHARE:
+        axis = rng.choice(AXES)
+        canonical = [geometry.slot_cells(axis, slot) for slot in range(3)]
+        along_index, across_index = (1, 0) if axis == "horizontal" else (0, 1)
+        starts = [c[along_index] for c in canonical]
+        across = canonical[0][across_index]
+        while True:
+            attributes = rng.sample(list(task.attributes), n_objects)
+            if not is_held_out_combination(attributes):
+                break
+        return _grid_item(task, axis, starts, across, attributes, geometry)
     while True:
         axis = rng.choice(AXES)
-        starts = _random_starts(rng, n_objects, k, side)
+        spacing = geometry.spacing_tokens if rng.random() < FIXED_SPACING_SHARE else None
+        starts = _random_starts(rng, n_objects, k, side, spacing)
         across = rng.randint(0, side - k)
         if not _is_evaluation_layout(task, axis, starts, across, geometry):
             break
     attributes = rng.sample(list(task.attributes), n_objects)
+    return _grid_item(task, axis, starts, across, attributes, geometry)
+
+
+def _grid_item(
+    task: GridTask, axis: str, starts: list[int], across: int, attributes: list[str], geometry: GridGeometry
+) -> Item:
+    k = geometry.object_tokens
     objects = []
     for slot, (start, attribute) in enumerate(zip(starts, attributes)):
         cells = (across, start, across + k, start + k) if axis == "horizontal" else (start, across, start + k, across + k)

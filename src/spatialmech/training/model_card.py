@@ -51,23 +51,30 @@ def render_model_card(log: dict[str, Any]) -> str:
         "adapter (`spatialmech.models.load_model`), exactly like a downloaded checkpoint. It was produced by",
         f"`spatialmech train-default --out DIR --seed {log['seed']}` (this card and `training_log.json` are written by that command).",
         "",
-        "## Held-out accuracy (`spatialmech eval --task T`)",
+        "## Accuracy on evaluation items (`spatialmech eval --task T`)",
         "",
-        "| task | accuracy | n | chance |",
-        "|---|---|---|---|",
+        "| task | accuracy (`eval` default items) | n | chance | unseen combinations only | n |",
+        "|---|---|---|---|---|---|",
     ]
     for task, metrics in held_out.items():
-        lines.append(f"| {task} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['chance']:.2f} |")
+        unseen = metrics.get("held_out_combinations")
+        unseen_cells = f"{unseen['accuracy']:.4f} | {unseen['n']}" if unseen and unseen.get("accuracy") is not None else "- | -"
+        lines.append(f"| {task} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['chance']:.2f} | {unseen_cells} |")
     lines += [
         "",
-        "Evaluation items are the tasks' own items (`eval --task T` with its defaults: every item of the grid",
-        f"tasks, {config['eval_n'].get('scenes')} `scenes` items of seed {config['eval_seed']}); none of their images was seen in training:",
+        "The last column is the held-out figure: items new in every respect.",
         "",
-        "- squares / shapes / objects: training images are random layouts (2-3 objects of the task's 2x2-token",
-        "  glyphs anywhere on a row or column, random gaps, any reference object), and every layout equal to the",
-        "  tasks' fixed evaluation layout (3 objects centred, 2 tokens apart) is rejected while sampling;",
-        "- scenes: training scenes come from seeds >= 100000 (`data.SCENES_TRAIN_SEED_BASE`), evaluation uses seed 0;",
-        "  forced-choice questions are scored strictly (right under both option orders).",
+        "- squares / shapes / objects (every item of the task): the tasks draw all items in one fixed layout",
+        "  (3 objects centred, 2 tokens apart; the reference is the middle one). A quarter of the attribute",
+        "  combinations (unordered sets of colours / shapes / objects, `data.is_held_out_combination`) is held",
+        "  out: training images in the evaluation layout use only the other combinations, so the held-out",
+        "  items' images and combinations were never seen. Half of the 3-object training images use the",
+        "  evaluation layout; the rest are random layouts elsewhere on the grid (any combination, the",
+        "  evaluation layout excluded). Items of the other combinations may share their image with a",
+        "  training image, so the first column is not a held-out figure for the grid tasks.",
+        f"- scenes ({config['eval_n'].get('scenes')} items of seed {config['eval_seed']}): training scenes come from seeds >= 100000",
+        "  (`data.SCENES_TRAIN_SEED_BASE`); forced-choice questions are scored strictly (right under both",
+        "  option orders), chance 0.5.",
         "",
         "## Architecture",
         "",

@@ -23,7 +23,7 @@ from spatialmech.io import write_json
 from spatialmech.provenance import file_sha256, package_versions, utc_now
 from spatialmech.training.architecture import ArchitectureConfig, build_adapter
 from spatialmech.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from spatialmech.training.data import GRID_TASKS, SCENES_TASK, TrainingSource
+from spatialmech.training.data import GRID_TASKS, SCENES_TASK, TrainingSource, is_held_out_combination
 from spatialmech.training.stages import (
     PromptEncoder,
     StageTimer,
@@ -58,7 +58,7 @@ class TrainingConfig:
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     threads: int = 2
     # stage 1: vision tower with dense heads
-    vision_steps: int = 120
+    vision_steps: int = 80
     vision_batch: int = 8
     vision_lr: float = 1e-3
     vision_warmup: int = 10
@@ -333,10 +333,21 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     for task_name in config.tasks:
         task = get_task_for(adapter, task_name, None)
+        items = task.items(config.eval_n.get(task_name), seed=config.eval_seed)
         metrics = run_behavior(adapter, task, n=config.eval_n.get(task_name), seed=config.eval_seed, batch_size=config.eval_batch)
-        metrics.pop("rows")
+        rows = metrics.pop("rows")
+        if task_name in GRID_TASKS:
+            # items whose attribute combination never appeared in the evaluation layout in training
+            unseen = [row for row, item in zip(rows, items) if is_held_out_combination(item.meta["attributes"])]
+            metrics["held_out_combinations"] = {
+                "accuracy": sum(r["correct"] for r in unseen) / len(unseen) if unseen else float("nan"),
+                "n": len(unseen),
+            }
         results[task_name] = metrics
-        log(f"held-out {task_name}: accuracy {metrics['accuracy']:.4f} (n={metrics['n']}, chance {metrics['chance']:.2f})")
+        extra = ""
+        if "held_out_combinations" in metrics:
+            extra = f"; unseen combinations {metrics['held_out_combinations']['accuracy']:.4f} (n={metrics['held_out_combinations']['n']})"
+        log(f"eval {task_name}: accuracy {metrics['accuracy']:.4f} (n={metrics['n']}, chance {metrics['chance']:.2f}){extra}")
     if timings is not None:
         timings["evaluate"] = {"seconds": round(time.perf_counter() - start, 2)}
     return results
