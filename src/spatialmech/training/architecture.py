@@ -41,18 +41,19 @@ class ArchitectureConfig:
     """Sizes of the tiny Qwen2-VL: the knobs of `Qwen2VLConfig` we set."""
 
     vision_depth: int = 4
-    vision_embed_dim: int = 64
-    vision_heads: int = 2
+    vision_embed_dim: int = 96
+    vision_heads: int = 4
     text_hidden: int = 192
-    text_layers: int = 6
-    text_heads: int = 3
-    text_kv_heads: int = 3
+    text_layers: int = 8
+    text_heads: int = 6
+    text_kv_heads: int = 2
     text_intermediate: int = 512
-    # Low rotary base and a small temporal section: M-RoPE gives the width (column) section the lowest
-    # frequencies; with head_dim 32 and the usual base the 12 columns would be nearly indistinguishable
-    # to the LM (the real 7B uses base 1e6 over 128 dims and a 12x12 grid is tiny next to its contexts).
-    text_rope_theta: float = 50.0
-    mrope_section: tuple[int, int, int] = (4, 14, 14)  # sums to head_dim / 2 (head_dim 64)
+    # Rotary base: M-RoPE gives the width (column) section the lowest frequencies. The real 7B uses
+    # base 1e6 over 128 dims; with head_dim 32 that would leave the 12 columns indistinguishable to the
+    # LM. A lower base keeps rows/columns apart, but too low (we tried 20 and 50) leaves no slowly
+    # rotating channels for content lookups across the image and the LM stopped learning to read it.
+    text_rope_theta: float = 200.0
+    mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2 (head_dim 32)
     vocab_size: int = 1024
 
     def to_dict(self) -> dict:

@@ -58,16 +58,16 @@ class TrainingConfig:
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     threads: int = 2
     # stage 1: vision tower with dense heads
-    vision_steps: int = 80
-    vision_batch: int = 8
-    vision_lr: float = 1e-3
+    vision_steps: int = 120
+    vision_batch: int = 12
+    vision_lr: float = 2e-3
     vision_warmup: int = 10
     # stage 2: frozen-tower features of the LM-stage images
     cache_images: int = 2000
     # stage 3: projector + LM on cached features (every question of `language_images` images per step)
-    language_steps: int = 1500
-    language_images: int = 8
-    language_lr: float = 2e-3
+    language_steps: int = 1800
+    language_images: int = 12
+    language_lr: float = 1.5e-3
     language_warmup: int = 20
     two_object_fraction: float = 0.2  # curriculum: first part of the LM stage sees 2-object images only
     weight_decay: float = 0.01
