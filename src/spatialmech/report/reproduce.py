@@ -219,14 +219,14 @@ def format_seconds(seconds: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ resume
-def _run_identity(step: StepRecord, config: Mapping[str, Any], adapter: Any, seed: int, data_root: str | None) -> dict[str, Any]:
-    """What a step's result and run_config.json must match to be this run's: weights, task, config, seed, data
-    (the fields `ExperimentContext.prepare` writes to run_config.json)."""
+def _run_identity(step: StepRecord, config: Mapping[str, Any], fingerprint: Mapping[str, Any], seed: int,
+                  data_root: str | None) -> dict[str, Any]:
+    """What a step's result and run_config.json must match to be this run's: weights (the model's
+    fingerprint), task, config, seed, data (the fields `ExperimentContext.prepare` writes to run_config.json)."""
     from spatialmech.experiments.commands import data_hashes
-    from spatialmech.experiments.runner import model_fingerprint
 
     return json.loads(json.dumps(to_jsonable({
-        "experiment": step.experiment, "model": model_fingerprint(adapter), "task": step.task, "config": dict(config),
+        "experiment": step.experiment, "model": dict(fingerprint), "task": step.task, "config": dict(config),
         "seed": seed, "inputs": data_hashes(step.task, data_root),
     })))
 
@@ -321,7 +321,7 @@ def reproduce(
     Raises `ReproduceFailed` (exit 1) after writing the report when any step failed.
     """
     from spatialmech.experiments.commands import experiment_module, load_adapter_from_args, run_experiment
-    from spatialmech.experiments.runner import RESULT_FILE
+    from spatialmech.experiments.runner import RESULT_FILE, model_fingerprint
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
@@ -359,6 +359,7 @@ def reproduce(
     seconds_per_forward = time_forward(adapter, args.batch_size)
     header["seconds_per_forward"] = seconds_per_forward
     configs: dict[str, dict[str, Any] | None] = {}
+    fingerprint = model_fingerprint(adapter) if args.resume else {}  # hashes the weights: once, not per step
     resume_from: dict[str, bool] = {}  # --resume: continue this step's saved units (else start it fresh)
     for step, record in zip(plan, records):
         try:
@@ -369,7 +370,7 @@ def reproduce(
                                          task_facts(record.task, adapter, args.data))
             record.estimated_seconds = forwards * seconds_per_forward
             if args.resume:
-                state = resume_state(out_root, record, _run_identity(record, configs[step.folder], adapter, args.seed, args.data))
+                state = resume_state(out_root, record, _run_identity(record, configs[step.folder], fingerprint, args.seed, args.data))
                 resume_from[step.folder] = state == "partial"
                 if state == "finished":
                     record.status, record.estimated_seconds = "reused", 0.0
