@@ -131,8 +131,8 @@ def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references
 
 # Patching experiments keep only pairs the model answers right, so they need a trained model: the bundled one.
 BUNDLED_RUNS: dict[str, list[str]] = {
-    "last-token": ["--n", "4", "--layers", "0-1"],
-    "criss-cross": ["--n", "4", "--layers", "0-1"],
+    "last-token": ["--n", "4", "--layers", "0-1", "--batch-size", "1"],  # pairs unit + 4 batch units
+    "criss-cross": ["--n", "4", "--layers", "0-1", "--batch-size", "1"],
 }
 
 
