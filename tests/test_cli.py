@@ -29,3 +29,16 @@ def test_models_lists_families(capsys):
     out = capsys.readouterr().out
     for family in ("qwen2-vl", "gemma3", "llava", "internvl"):
         assert family in out
+
+
+@pytest.mark.parametrize("command", [["run", "probe"], ["eval", "--task", "squares"]])
+def test_bad_out_and_data_are_caught_before_the_model_loads(command, tmp_path, capsys):
+    """A bad --out or --data is reported first, without loading (here: a model that does not exist)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([*command, "--model", str(tmp_path / "no-model"), "--out", str(blocker / "out")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    data_command = ["run", "amplify", "--task", "coco-spatial"] if command[0] == "run" else ["eval", "--task", "coco-spatial"]
+    assert main([*data_command, "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no-data")]) == 2
+    err = capsys.readouterr().err
+    assert "no-model" not in err and "data root" in err

@@ -148,10 +148,9 @@ def eval_command(args: argparse.Namespace) -> int:
         raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
     if args.n is not None and args.n < 1:
         raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
-    from spatialmech.experiments.commands import load_adapter_from_args, run_experiment
-    from spatialmech.tasks import get_task
+    from spatialmech.experiments.commands import check_before_loading, load_adapter_from_args, run_experiment
 
-    get_task(args.task, data_root=args.data)  # fail fast (e.g. missing --data) before loading a model
+    check_before_loading(args)
     start = time.time()
     adapter = load_adapter_from_args(args)
     if args.out is not None:

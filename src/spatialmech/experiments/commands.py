@@ -100,6 +100,20 @@ def run_experiment(
     return ctx.finish(output, model_label=model_label)
 
 
+def check_before_loading(args: argparse.Namespace, module: Any | None = None) -> None:
+    """Catch bad --out, --task and --data before spending minutes loading a large model."""
+    from spatialmech.io import ensure_writable_dir
+    from spatialmech.tasks import get_task
+
+    if getattr(args, "out", None) is not None:
+        ensure_writable_dir(args.out)
+    task = getattr(args, "task", None) or (module.DEFAULT_TASK if module is not None else None)
+    if module is not None and task not in module.TASKS:
+        raise UserInputError(f"experiment {args.experiment} does not run on task {task!r}", f"use one of {', '.join(module.TASKS)}")
+    if task is not None:
+        get_task(task, data_root=getattr(args, "data", None)).check_data()
+
+
 def load_adapter_from_args(args: argparse.Namespace):
     import torch
 
@@ -114,7 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
     if args.n is not None and args.n < 1:
         raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
-    experiment_module(args.experiment)  # fail fast on a missing module, before loading a model
+    check_before_loading(args, experiment_module(args.experiment))
     adapter = load_adapter_from_args(args)
     options = {"n": args.n, "layers": args.layers, "region": args.region, "variant": args.variant,
                "save_probe": args.save_probe}

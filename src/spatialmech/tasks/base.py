@@ -108,6 +108,13 @@ class Task(ABC):
     def image(self, item: Item):
         """The item's image as an RGB PIL image."""
 
+    def check_data(self) -> None:
+        """Cheap check that the files this task reads exist (run before loading a large model).
+
+        Synthetic tasks read nothing, so there is nothing to check.
+        """
+        return None
+
     def counterfactuals(self, item: Item, kind: str) -> list[Counterfactual]:
         """Counterfactuals of `item` of one kind (several for CF_ALONE: one per object)."""
         raise NotImplementedError(f"task {self.name} has no {kind!r} counterfactuals")

@@ -27,7 +27,7 @@ from spatialmech.tasks.geometry import QWEN, GridGeometry
 from spatialmech.tasks.prompts import forced_choice_fields
 from spatialmech.tasks.synthetic import subset
 from spatialmech.tasks.vocabulary import answer_variants
-from spatialmech.tasks.whatsup import find_data_file, load_caption_questions, resolve_image
+from spatialmech.tasks.whatsup import QA_FILES, find_data_file, load_caption_questions, resolve_image
 
 RELATIONS = ("left", "right", "above", "below")
 ANNOTATIONS_FILE = "annotations/instances_val2017.json"
@@ -109,6 +109,10 @@ class CocoSpatialTask(Task):
             except UserInputError:
                 continue
         return find_data_file(self.root, ANNOTATIONS_FILE, "COCO annotation file")  # raises with the usual message
+
+    def check_data(self) -> None:
+        self._annotations_path()
+        find_data_file(self.root, QA_FILES[("coco", "two")], "What'sUp file")
 
     def all_items(self) -> list[Item]:
         if self._items is not None:

@@ -270,6 +270,9 @@ class WhatsUpStitchedTask(Task):
     def __len__(self) -> int:
         return len(self.all_items())
 
+    def check_data(self) -> None:
+        find_data_file(self.root, CONTROLLED_FILES["A"], "What'sUp file")
+
     def all_items(self) -> list[Item]:
         if self._items is None:
             records, skipped = load_controlled(self.root, "A")
