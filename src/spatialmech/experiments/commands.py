@@ -103,6 +103,7 @@ def run_experiment(
 def check_before_loading(args: argparse.Namespace, module: Any | None = None) -> None:
     """Catch bad --out, --task and --data before spending minutes loading a large model."""
     from spatialmech.io import ensure_writable_dir
+    from spatialmech.tasks import TASKS as TASK_NAMES
     from spatialmech.tasks import get_task
 
     if getattr(args, "out", None) is not None:
@@ -110,7 +111,7 @@ def check_before_loading(args: argparse.Namespace, module: Any | None = None) ->
     task = getattr(args, "task", None) or (module.DEFAULT_TASK if module is not None else None)
     if module is not None and task not in module.TASKS:
         raise UserInputError(f"experiment {args.experiment} does not run on task {task!r}", f"use one of {', '.join(module.TASKS)}")
-    if task is not None:
+    if task in TASK_NAMES:  # experiments may also accept a group name (e.g. ablate-vision's "all")
         get_task(task, data_root=getattr(args, "data", None)).check_data()
 
 
