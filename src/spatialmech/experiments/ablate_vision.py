@@ -345,6 +345,9 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
         "chance": chance,
         "n": {name: len(r) for name, r in by_task.items()},
     }
+    # item-weighted over tasks: scalars the CLI prints
+    metrics["mean_accuracy"] = _accuracy(rows, "ablated")
+    metrics["mean_baseline_accuracy"] = _accuracy(rows, "baseline")
     metrics["tokens_replaced"] = _token_counts(engine, tasks[names[0]], all_items[0]) if all_items else {}
     table = []
     for name, task_rows in by_task.items():
