@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from spatialmech.errors import UserInputError
+from spatialmech.models._taps import FlatTaps, RowOrder
 from spatialmech.models.base import HookPoint, ImageTokens, VLMAdapter
 
 # ------------------------------------------------------------------------------------------ loading
@@ -119,6 +120,80 @@ def load_image_processor(processor_cls: Any, path_or_id: str) -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------ adapter base
+
+
+class HFAdapter(VLMAdapter):
+    """A family served by one transformers `*ForConditionalGeneration` class: loading, the LM's size and
+    image token, and the hook-site dispatch are the same for all of them.
+
+    A family file states only its facts: which classes (`hf_model_class`, `image_processor_class`),
+    where its LM layers live (`lm_layers`) and which modules are its image sites (`image_hook_point`).
+    """
+
+    @classmethod
+    def hf_model_class(cls) -> Any:
+        """The transformers model class of this family (imported lazily: a missing class = no family)."""
+        raise NotImplementedError(f"{cls.__name__} must define hf_model_class()")
+
+    @classmethod
+    def image_processor_class(cls) -> Any:
+        """The PIL-backend image processor class (never the torchvision one)."""
+        raise NotImplementedError(f"{cls.__name__} must define image_processor_class()")
+
+    @classmethod
+    def checkpoint_classes(cls, path_or_id: str, *, trust_remote_code: bool) -> tuple[Any, Any]:
+        """(model class, image processor class) for one checkpoint; families whose class depends on the
+        checkpoint's `model_type` (Idefics3 vs SmolVLM) override this."""
+        return cls.hf_model_class(), cls.image_processor_class()
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+    ) -> VLMAdapter:
+        model_cls, processor_cls = cls.checkpoint_classes(path_or_id, trust_remote_code=trust_remote_code)
+        model = load_hf_model(model_cls, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
+        image_processor = load_image_processor(processor_cls, path_or_id)
+        return cls(model, tokenizer, image_processor, path_or_id)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.text_config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def lm_layers(self) -> nn.ModuleList:
+        """The decoder layers the `lm.*` sites hook (Idefics3 calls its LM `text_model`)."""
+        return self.model.model.language_model.layers
+
+    def image_hook_point(self, site: str) -> HookPoint:
+        """`vision.out` or `projector.out`: the family's own modules."""
+        raise NotImplementedError(f"{type(self).__name__} must define image_hook_point()")
+
+    def hook_point(self, site: str) -> HookPoint:
+        if site in ("vision.out", "projector.out"):
+            return self.image_hook_point(site)
+        return decoder_layer_hook_point(self, site, self.lm_layers())
+
+
+def tapped_projector_hook_point(
+    site: str, projector: nn.Module, input_order: RowOrder | None = None, rows_per_lm_token: int = 1
+) -> HookPoint:
+    """`vision.out` = the projector's input, `projector.out` = its output, both read through `FlatTaps`
+    as (rows, hidden); `rows_per_lm_token` > 1 where the projector folds several rows into one LM token."""
+    taps = FlatTaps.on(projector, input_order=input_order)
+    if site == "vision.out":
+        return HookPoint(site, taps.input, when="output", space="image_tokens", rows_per_lm_token=rows_per_lm_token)
+    return HookPoint(site, taps.output, when="output", space="image_tokens")
 
 
 # ------------------------------------------------------------------------------------------ inputs

@@ -25,8 +25,8 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
-from spatialmech.models._taps import FlatTaps, pixel_shuffle_groups
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
+from spatialmech.models._taps import pixel_shuffle_groups
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
 # The real gemma-3-*-it chat template.
@@ -80,25 +80,23 @@ def gemma3_tiny_tokenizer() -> Any:
     )
 
 
-class Adapter(VLMAdapter):
+class Adapter(hf.HFAdapter):
     family = "gemma3"
     model_types = ("gemma3",)
     description = "Gemma3 (SigLIP pooled to mm_tokens_per_image, 16x16 at 896 px); paper's second model"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> Adapter:
+    def hf_model_class(cls) -> Any:
         from transformers import Gemma3ForConditionalGeneration
+
+        return Gemma3ForConditionalGeneration
+
+    @classmethod
+    def image_processor_class(cls) -> Any:
         from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-        model = hf.load_hf_model(
-            Gemma3ForConditionalGeneration, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(Gemma3ImageProcessorPil, path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
+        return Gemma3ImageProcessorPil
 
     @classmethod
     def tiny(
@@ -115,8 +113,7 @@ class Adapter(VLMAdapter):
         num_heads: int = 4,
     ) -> Adapter:
         """Random tiny Gemma3: a (tokens_per_side * pool_kernel)^2 patch grid pooled to tokens_per_side^2."""
-        from transformers import Gemma3Config, Gemma3ForConditionalGeneration
-        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+        from transformers import Gemma3Config
 
         tokenizer = gemma3_tiny_tokenizer()
         image_size = tokens_per_side * pool_kernel * patch_size
@@ -154,27 +151,15 @@ class Adapter(VLMAdapter):
             **hf.special_token_ids(tokenizer),
         )
         torch.manual_seed(seed)
-        model = Gemma3ForConditionalGeneration(config)
+        model = cls.hf_model_class()(config)
         # HF initialises the projection to zeros (real checkpoints overwrite it): a random tiny model
         # would feed all-zero image tokens to the LM and every image would look the same.
         with torch.no_grad():
             model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, config.initializer_range)
-        image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+        image_processor = cls.image_processor_class()(size={"height": image_size, "width": image_size})
         return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
 
     # ------------------------------------------------------------------ model facts
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     @property
     def tokens_per_side(self) -> int:
         side = math.isqrt(int(self.model.config.mm_tokens_per_image))
@@ -231,14 +216,12 @@ class Adapter(VLMAdapter):
         return BatchInputs(model_kwargs, image_tokens, list(prompts))
 
     # ------------------------------------------------------------------ hook sites
-    def hook_point(self, site: str) -> HookPoint:
-        if site in ("vision.out", "projector.out"):
-            kernel = self.patches_per_side // self.tokens_per_side
-            patches = self.patches_per_side
-            taps = FlatTaps.on(
-                self.model.model.multi_modal_projector, input_order=lambda shape: pixel_shuffle_groups(patches, kernel)
-            )
-            if site == "vision.out":
-                return HookPoint(site, taps.input, when="output", space="image_tokens", rows_per_lm_token=kernel**2)
-            return HookPoint(site, taps.output, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
+    def image_hook_point(self, site: str) -> HookPoint:
+        kernel = self.patches_per_side // self.tokens_per_side
+        patches = self.patches_per_side
+        return hf.tapped_projector_hook_point(
+            site,
+            self.model.model.multi_modal_projector,
+            input_order=lambda shape: pixel_shuffle_groups(patches, kernel),
+            rows_per_lm_token=kernel**2,
+        )

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
@@ -33,8 +34,8 @@ from spatialmech.models._layout import (
     tile_grid_views,
     views_image_tokens,
 )
-from spatialmech.models._taps import FlatTaps, pixel_shuffle_groups
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models._taps import pixel_shuffle_groups
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
 from spatialmech.models.tiny_tokenizer import BASE_WORDS, train_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -95,16 +96,15 @@ def _variant_classes(model_type: str) -> tuple[Any, Any, Any, Any, str]:
     )
 
 
-class Adapter(VLMAdapter):
+class Adapter(hf.HFAdapter):
     family: ClassVar[str] = "idefics3"
     model_types: ClassVar[tuple[str, ...]] = ("idefics3", "smolvlm")
     description: ClassVar[str] = "Idefics3 / SmolVLM: tiles + global view, pixel-shuffle connector, Llama"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> Adapter:
+    def checkpoint_classes(cls, path_or_id: str, *, trust_remote_code: bool) -> tuple[Any, Any]:
+        """Idefics3 or SmolVLM classes, by the checkpoint's `model_type`."""
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
@@ -114,10 +114,7 @@ class Adapter(VLMAdapter):
                 "load it with spatialmech.models.load_model, which picks the right adapter",
             )
         model_cls, _, _, processor_cls, _ = _variant_classes(config.model_type)
-        model = hf.load_hf_model(model_cls, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(processor_cls, path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
+        return model_cls, processor_cls
 
     @classmethod
     def tiny(cls, seed: int = 0, *, model_type: str = "idefics3") -> Adapter:
@@ -167,24 +164,12 @@ class Adapter(VLMAdapter):
 
     # ------------------------------------------------------------------ model facts
     @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
     @property
     def scale_factor(self) -> int:
         return int(self.model.config.scale_factor)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
 
     def grid_spec(self) -> GridSpec:
         """The global view's grid (the main tile) at the processor's working size: every image is scaled
@@ -196,17 +181,17 @@ class Adapter(VLMAdapter):
         return GridSpec(tokens_per_side=tokens_per_side, pixels_per_token=longest // tokens_per_side)
 
     # ------------------------------------------------------------------ hook sites
-    def hook_point(self, site: str) -> HookPoint:
+    def lm_layers(self) -> nn.ModuleList:
+        return self.model.model.text_model.layers
+
+    def image_hook_point(self, site: str) -> HookPoint:
         scale = self.scale_factor
-        taps = FlatTaps.on(
+        return hf.tapped_projector_hook_point(
+            site,
             self.model.model.connector,
             input_order=lambda shape: pixel_shuffle_groups(math.isqrt(int(shape[-2])), scale),
+            rows_per_lm_token=scale * scale,
         )
-        if site == "vision.out":
-            return HookPoint(site, taps.input, when="output", space="image_tokens", rows_per_lm_token=scale * scale)
-        if site == "projector.out":
-            return HookPoint(site, taps.output, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.text_model.layers)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

@@ -31,8 +31,7 @@ from spatialmech.models._layout import (
     tile_grid_views,
     views_image_tokens,
 )
-from spatialmech.models._taps import FlatTaps
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
 from spatialmech.models.tiny_tokenizer import BASE_WORDS, train_tokenizer
 
 CONTEXT_TOKEN = "<IMG_CONTEXT>"
@@ -52,31 +51,28 @@ CHAT_TEMPLATE = (
 )
 
 
-class Adapter(VLMAdapter):
+class Adapter(hf.HFAdapter):
     family: ClassVar[str] = "internvl"
     model_types: ClassVar[tuple[str, ...]] = ("internvl",)
     description: ClassVar[str] = "InternVL (-hf port): InternViT tiles + thumbnail, pixel shuffle, Qwen2"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> Adapter:
+    def hf_model_class(cls) -> Any:
         from transformers import InternVLForConditionalGeneration
+
+        return InternVLForConditionalGeneration
+
+    @classmethod
+    def image_processor_class(cls) -> Any:
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-        model = hf.load_hf_model(
-            InternVLForConditionalGeneration, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(GotOcr2ImageProcessorPil, path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
+        return GotOcr2ImageProcessorPil
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Adapter:
         """Tiles of 48 px (6x6 patches of 8 px, shuffled to 3x3 tokens), at most 4 tiles per image."""
-        from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+        from transformers import InternVLConfig, InternVLVisionConfig
 
         tokenizer = train_tokenizer(
             ["<|endoftext|>", "<|im_start|>", "<|im_end|>", START_TOKEN, END_TOKEN, CONTEXT_TOKEN, "<video>"],
@@ -121,29 +117,17 @@ class Adapter(VLMAdapter):
             vision_feature_select_strategy="default",
         )
         torch.manual_seed(seed)
-        model = InternVLForConditionalGeneration(config)
-        image_processor = GotOcr2ImageProcessorPil(
+        model = cls.hf_model_class()(config)
+        image_processor = cls.image_processor_class()(
             size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=4
         )
         return cls(model, tokenizer, image_processor, f"tiny-internvl-seed{seed}")
 
     # ------------------------------------------------------------------ model facts
     @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
     def patch_size(self) -> int:
         patch = self.model.config.vision_config.patch_size
         return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
 
     def _tokens_per_side(self, tile_px: int) -> int:
         return int(tile_px // self.patch_size * self.model.config.downsample_ratio)
@@ -156,13 +140,8 @@ class Adapter(VLMAdapter):
         return GridSpec(tokens_per_side=tokens, pixels_per_token=tile_px // tokens)
 
     # ------------------------------------------------------------------ hook sites
-    def hook_point(self, site: str) -> HookPoint:
-        taps = FlatTaps.on(self.model.model.multi_modal_projector)
-        if site == "vision.out":
-            return HookPoint(site, taps.input, when="output", space="image_tokens")
-        if site == "projector.out":
-            return HookPoint(site, taps.output, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
+    def image_hook_point(self, site: str) -> HookPoint:
+        return hf.tapped_projector_hook_point(site, self.model.model.multi_modal_projector)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

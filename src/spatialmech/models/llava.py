@@ -20,8 +20,7 @@ import torch
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
 from spatialmech.models._layout import View, expand_placeholders, left_padded_position_ids, views_image_tokens
-from spatialmech.models._taps import FlatTaps
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -41,7 +40,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class LlavaAdapterBase(VLMAdapter):
+class LlavaAdapterBase(hf.HFAdapter):
     """What every `LlavaForConditionalGeneration` checkpoint shares: loading, hook sites, model facts."""
 
     model_types: ClassVar[tuple[str, ...]] = ("llava",)
@@ -53,45 +52,28 @@ class LlavaAdapterBase(VLMAdapter):
         return str(vision.get("model_type", "clip_vision_model")) if isinstance(vision, dict) else ""
 
     @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> VLMAdapter:
-        from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+    def hf_model_class(cls) -> Any:
+        from transformers import LlavaForConditionalGeneration
 
-        model = hf.load_hf_model(
-            LlavaForConditionalGeneration, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(AutoImageProcessor, path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
+        return LlavaForConditionalGeneration
+
+    @classmethod
+    def image_processor_class(cls) -> Any:
+        """The checkpoint's own processor class: CLIP for LLaVA-1.5, Pixtral's for Pixtral."""
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor
 
     # ------------------------------------------------------------------ model facts
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
     @property
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     # ------------------------------------------------------------------ hook sites
-    def hook_point(self, site: str) -> HookPoint:
+    def image_hook_point(self, site: str) -> HookPoint:
         # The projector works on (images, tokens, hidden) batches; its taps show them as rows. Its input
         # is exactly what it consumes: the selected vision layer with the CLS token dropped.
-        taps = FlatTaps.on(self.model.model.multi_modal_projector)
-        if site == "vision.out":
-            return HookPoint(site, taps.input, when="output", space="image_tokens")
-        if site == "projector.out":
-            return HookPoint(site, taps.output, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
+        return hf.tapped_projector_hook_point(site, self.model.model.multi_modal_projector)
 
     # ------------------------------------------------------------------ inputs
     def _finish_batch(
@@ -133,7 +115,6 @@ class Adapter(LlavaAdapterBase):
             CLIPVisionConfig,
             LlamaConfig,
             LlavaConfig,
-            LlavaForConditionalGeneration,
         )
 
         tokenizer = train_tokenizer(
@@ -174,7 +155,7 @@ class Adapter(LlavaAdapterBase):
             vision_feature_select_strategy="default",
         )
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = cls.hf_model_class()(config)
         image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         )

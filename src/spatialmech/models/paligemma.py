@@ -21,8 +21,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
-from spatialmech.models._taps import FlatTaps
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -40,25 +39,23 @@ def paligemma_tiny_tokenizer() -> Any:
     )
 
 
-class Adapter(VLMAdapter):
+class Adapter(hf.HFAdapter):
     family = "paligemma"
     model_types = ("paligemma",)
     description = "PaliGemma 1/2 (SigLIP patch grid, image-token prefix, prefix-LM attention)"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> Adapter:
+    def hf_model_class(cls) -> Any:
         from transformers import PaliGemmaForConditionalGeneration
+
+        return PaliGemmaForConditionalGeneration
+
+    @classmethod
+    def image_processor_class(cls) -> Any:
         from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-        model = hf.load_hf_model(
-            PaliGemmaForConditionalGeneration, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(SiglipImageProcessorPil, path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
+        return SiglipImageProcessorPil
 
     @classmethod
     def tiny(
@@ -74,8 +71,7 @@ class Adapter(VLMAdapter):
         num_heads: int = 4,
     ) -> Adapter:
         """Random tiny PaliGemma (Gemma 1 backbone) with a tokens_per_side^2 SigLIP patch grid."""
-        from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+        from transformers import PaliGemmaConfig
 
         tokenizer = paligemma_tiny_tokenizer()
         image_size = tokens_per_side * patch_size
@@ -109,25 +105,13 @@ class Adapter(VLMAdapter):
             **hf.special_token_ids(tokenizer),
         )
         torch.manual_seed(seed)
-        model = PaliGemmaForConditionalGeneration(config)
-        image_processor = SiglipImageProcessorPil(
+        model = cls.hf_model_class()(config)
+        image_processor = cls.image_processor_class()(
             size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )
         return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
 
     # ------------------------------------------------------------------ model facts
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     @property
     def tokens_per_side(self) -> int:
         vision = self.model.config.vision_config
@@ -175,8 +159,5 @@ class Adapter(VLMAdapter):
         return BatchInputs(model_kwargs, image_tokens, list(prompts))
 
     # ------------------------------------------------------------------ hook sites
-    def hook_point(self, site: str) -> HookPoint:
-        if site in ("vision.out", "projector.out"):
-            taps = FlatTaps.on(self.model.model.multi_modal_projector)
-            return HookPoint(site, taps.input if site == "vision.out" else taps.output, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
+    def image_hook_point(self, site: str) -> HookPoint:
+        return hf.tapped_projector_hook_point(site, self.model.model.multi_modal_projector)

@@ -65,12 +65,7 @@ class Adapter(LlavaAdapterBase):
     # ------------------------------------------------------------------ construction
     @classmethod
     def tiny(cls, seed: int = 0) -> Adapter:
-        from transformers import (
-            LlavaConfig,
-            LlavaForConditionalGeneration,
-            MistralConfig,
-            PixtralVisionConfig,
-        )
+        from transformers import LlavaConfig, MistralConfig, PixtralVisionConfig
         from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
         tokenizer = train_tokenizer(
@@ -112,7 +107,7 @@ class Adapter(LlavaAdapterBase):
             projector_hidden_act="gelu",
         )
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = cls.hf_model_class()(config)
         image_processor = PixtralImageProcessorPil(
             size={"longest_edge": max_side}, patch_size={"height": patch_size, "width": patch_size}
         )

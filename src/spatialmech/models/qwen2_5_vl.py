@@ -24,7 +24,7 @@ class Adapter(qwen2_vl.Adapter):
     description = "Qwen2.5-VL (Qwen2-VL layout, windowed-attention ViT; rows un-permuted via row_order)"
 
     @classmethod
-    def _model_class(cls) -> Any:
+    def hf_model_class(cls) -> Any:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spatialmech.models import _hf_common as hf
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, VLMAdapter
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
 # The real Qwen2-VL-Instruct chat template (image slot = vision_start, image_pad, vision_end).
@@ -67,14 +67,14 @@ def qwen_tiny_tokenizer() -> Any:
     )
 
 
-class Adapter(VLMAdapter):
+class Adapter(hf.HFAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     description = "Qwen2-VL (ViT 14 px patches, 2x2 merger, M-RoPE); paper's main model"
 
     # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
     @classmethod
-    def _model_class(cls) -> Any:
+    def hf_model_class(cls) -> Any:
         from transformers import Qwen2VLForConditionalGeneration
 
         return Qwen2VLForConditionalGeneration
@@ -86,23 +86,12 @@ class Adapter(VLMAdapter):
         return Qwen2VLConfig
 
     @classmethod
-    def _image_processor_class(cls) -> Any:
+    def image_processor_class(cls) -> Any:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         return Qwen2VLImageProcessorPil
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
-    ) -> Adapter:
-        model = hf.load_hf_model(
-            cls._model_class(), path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-        tokenizer = hf.load_tokenizer(path_or_id, trust_remote_code=trust_remote_code)
-        image_processor = hf.load_image_processor(cls._image_processor_class(), path_or_id)
-        return cls(model, tokenizer, image_processor, path_or_id)
-
     @classmethod
     def _tiny_vision_config(cls, hidden_size: int, vision_depth: int, vision_width: int) -> dict[str, Any]:
         return {
@@ -157,31 +146,15 @@ class Adapter(VLMAdapter):
             vision_end_token_id=hf.token_id(tokenizer, "<|vision_end|>"),
         )
         torch.manual_seed(seed)
-        model = cls._model_class()(config)
+        model = cls.hf_model_class()(config)
         side = tokens_per_side * 28
-        image_processor = cls._image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=side * side)
+        image_processor = cls.image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=side * side)
         return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
 
     # ------------------------------------------------------------------ model facts
     @property
-    def _text_config(self) -> Any:
-        return self.model.config.text_config
-
-    @property
-    def num_layers(self) -> int:
-        return int(self._text_config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self._text_config.hidden_size)
-
-    @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
 
     def grid_spec(self) -> GridSpec:
         """28 px per token (patch * merge); the paper's 12x12 grid, or the largest square the
@@ -247,12 +220,11 @@ class Adapter(VLMAdapter):
     def _visual(self) -> nn.Module:
         return self.model.model.visual
 
-    def hook_point(self, site: str) -> HookPoint:
+    def image_hook_point(self, site: str) -> HookPoint:
+        # The merger takes and returns flat (rows, hidden) tensors: hooked directly, no taps needed.
         merger = self._visual.merger
         if site == "vision.out":
             return HookPoint(
                 site, merger, when="input", space="image_tokens", rows_per_lm_token=self.merge_size**2
             )
-        if site == "projector.out":
-            return HookPoint(site, merger, when="output", space="image_tokens")
-        return hf.decoder_layer_hook_point(self, site, self.model.model.language_model.layers)
+        return HookPoint(site, merger, when="output", space="image_tokens")
