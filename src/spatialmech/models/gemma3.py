@@ -120,38 +120,25 @@ class Adapter(hf.HFAdapter):
         head_dim = hidden_size // num_heads
         layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
         config = Gemma3Config(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": hidden_size,
-                "intermediate_size": 2 * hidden_size,
-                "num_hidden_layers": num_layers,
-                "num_attention_heads": num_heads,
-                "num_key_value_heads": max(1, num_heads // 2),
-                "head_dim": head_dim,
-                "query_pre_attn_scalar": head_dim,
-                "sliding_window": 512,
-                "layer_types": layer_types,
-                "max_position_embeddings": 2048,
-                **hf.special_token_ids(tokenizer),
-            },
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": vision_width,
-                "intermediate_size": 2 * vision_width,
-                "num_hidden_layers": vision_depth,
-                "num_attention_heads": 2,
-                "image_size": image_size,
-                "patch_size": patch_size,
-                "vision_use_head": False,
-            },
+            text_config=hf.tiny_text_config(
+                tokenizer,
+                hidden_size=hidden_size,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                num_kv_heads=max(1, num_heads // 2),
+                head_dim=head_dim,
+                query_pre_attn_scalar=head_dim,
+                sliding_window=512,
+                layer_types=layer_types,
+            ),
+            vision_config=hf.tiny_siglip_config(vision_width, vision_depth, image_size, patch_size),
             mm_tokens_per_image=tokens_per_side**2,
             boi_token_index=hf.token_id(tokenizer, BOI),
             eoi_token_index=hf.token_id(tokenizer, EOI),
             image_token_index=hf.token_id(tokenizer, IMAGE_SOFT),
             **hf.special_token_ids(tokenizer),
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         # HF initialises the projection to zeros (real checkpoints overwrite it): a random tiny model
         # would feed all-zero image tokens to the LM and every image would look the same.
         with torch.no_grad():

@@ -21,7 +21,6 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from spatialmech.errors import UserInputError
@@ -132,33 +131,15 @@ class Adapter(hf.HFAdapter):
             pad_token="<|end_of_text|>",
         )
         tile, patch, scale = 48, 8, 2
-        vision = vision_cls(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=patch,
-        )
-        text = {
-            "model_type": "llama",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            **hf.special_token_ids(tokenizer),
-        }
+        vision = vision_cls(**hf.tiny_vision_sizes(), image_size=tile, patch_size=patch)
+        text = {"model_type": "llama", **hf.tiny_text_config(tokenizer, max_positions=1024)}
         config = config_cls(
             vision_config=vision.to_dict(),
             text_config=text,
             scale_factor=scale,
             image_token_id=hf.token_id(tokenizer, IMAGE_TOKEN),
         )
-        torch.manual_seed(seed)
-        model = model_cls(config)
+        model = hf.seeded_model(model_cls, config, seed)
         image_processor = processor_cls(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
         return cls(model, tokenizer, image_processor, f"tiny-{model_type}-seed{seed}")
 

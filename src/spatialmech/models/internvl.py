@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
-
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
 from spatialmech.models._layout import (
@@ -88,25 +86,8 @@ class Adapter(hf.HFAdapter):
             },
         )
         tile, patch = 48, 8
-        vision = InternVLVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=[tile, tile],
-            patch_size=[patch, patch],
-        )
-        text = {
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            **hf.special_token_ids(tokenizer),
-        }
+        vision = InternVLVisionConfig(**hf.tiny_vision_sizes(), image_size=[tile, tile], patch_size=[patch, patch])
+        text = {"model_type": "qwen2", **hf.tiny_text_config(tokenizer, max_positions=1024)}
         config = InternVLConfig(
             vision_config=vision.to_dict(),
             text_config=text,
@@ -116,8 +97,7 @@ class Adapter(hf.HFAdapter):
             vision_feature_layer=-1,
             vision_feature_select_strategy="default",
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         image_processor = cls.image_processor_class()(
             size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=4
         )

@@ -128,24 +128,9 @@ class Adapter(LlavaAdapterBase):
         )
         image_size, patch_size = 32, 8
         vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            projection_dim=32,
+            **hf.tiny_vision_sizes(), image_size=image_size, patch_size=patch_size, projection_dim=32
         )
-        text = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **hf.special_token_ids(tokenizer),
-        )
+        text = LlamaConfig(**hf.tiny_text_config(tokenizer, max_positions=512))
         config = LlavaConfig(
             vision_config=vision,
             text_config=text,
@@ -154,8 +139,7 @@ class Adapter(LlavaAdapterBase):
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         )

@@ -78,34 +78,23 @@ class Adapter(hf.HFAdapter):
         config = PaliGemmaConfig(
             text_config={
                 "model_type": "gemma",
-                "vocab_size": len(tokenizer),
-                "hidden_size": hidden_size,
-                "intermediate_size": 2 * hidden_size,
-                "num_hidden_layers": num_layers,
-                "num_attention_heads": num_heads,
-                "num_key_value_heads": 1,
-                "head_dim": hidden_size // num_heads,
-                "max_position_embeddings": 2048,
-                **hf.special_token_ids(tokenizer),
+                **hf.tiny_text_config(
+                    tokenizer,
+                    hidden_size=hidden_size,
+                    num_layers=num_layers,
+                    num_heads=num_heads,
+                    num_kv_heads=1,
+                    head_dim=hidden_size // num_heads,
+                ),
             },
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": vision_width,
-                "intermediate_size": 2 * vision_width,
-                "num_hidden_layers": vision_depth,
-                "num_attention_heads": 2,
-                "image_size": image_size,
-                "patch_size": patch_size,
-                "vision_use_head": False,
-            },
+            vision_config=hf.tiny_siglip_config(vision_width, vision_depth, image_size, patch_size),
             image_token_index=hf.token_id(tokenizer, IMAGE_TOKEN),
             vocab_size=len(tokenizer),
             projection_dim=hidden_size,
             hidden_size=hidden_size,
             **hf.special_token_ids(tokenizer),
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         image_processor = cls.image_processor_class()(
             size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )

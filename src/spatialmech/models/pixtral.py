@@ -78,26 +78,8 @@ class Adapter(LlavaAdapterBase):
             unk_token="<unk>",
         )
         max_side, patch_size = 32, 8
-        vision = PixtralVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            head_dim=16,
-            image_size=max_side,
-            patch_size=patch_size,
-        )
-        text = MistralConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-            **hf.special_token_ids(tokenizer),
-        )
+        vision = PixtralVisionConfig(**hf.tiny_vision_sizes(), head_dim=16, image_size=max_side, patch_size=patch_size)
+        text = MistralConfig(**hf.tiny_text_config(tokenizer, max_positions=512, head_dim=16))
         config = LlavaConfig(
             vision_config=vision,
             text_config=text,
@@ -106,8 +88,7 @@ class Adapter(LlavaAdapterBase):
             vision_feature_select_strategy="full",
             projector_hidden_act="gelu",
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         image_processor = PixtralImageProcessorPil(
             size={"longest_edge": max_side}, patch_size={"height": patch_size, "width": patch_size}
         )

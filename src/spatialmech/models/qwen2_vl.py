@@ -128,25 +128,21 @@ class Adapter(hf.HFAdapter):
         half = head_dim // 2
         mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
         config = cls._config_class()(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": hidden_size,
-                "intermediate_size": 2 * hidden_size,
-                "num_hidden_layers": num_layers,
-                "num_attention_heads": num_heads,
-                "num_key_value_heads": max(1, num_heads // 2),
-                "max_position_embeddings": 2048,
-                "rope_parameters": {"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 10000.0},
-                **hf.special_token_ids(tokenizer),
-            },
+            text_config=hf.tiny_text_config(
+                tokenizer,
+                hidden_size=hidden_size,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                num_kv_heads=max(1, num_heads // 2),
+                rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 10000.0},
+            ),
             vision_config=cls._tiny_vision_config(hidden_size, vision_depth, vision_width),
             image_token_id=hf.token_id(tokenizer, IMAGE_PAD),
             video_token_id=hf.token_id(tokenizer, "<|video_pad|>"),
             vision_start_token_id=hf.token_id(tokenizer, "<|vision_start|>"),
             vision_end_token_id=hf.token_id(tokenizer, "<|vision_end|>"),
         )
-        torch.manual_seed(seed)
-        model = cls.hf_model_class()(config)
+        model = hf.seeded_model(cls.hf_model_class(), config, seed)
         side = tokens_per_side * 28
         image_processor = cls.image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=side * side)
         return cls(model, tokenizer, image_processor, f"tiny-{cls.family}")
