@@ -118,6 +118,9 @@ def render_model_card(log: dict[str, Any]) -> str:
         "## Loss curves (mean over windows of steps)",
         "",
         f"- vision (identity + neighbour cross-entropy): {_curve(log['history']['vision'], 'loss')}",
+        f"- vision identity-head batch accuracy: {_curve(log['history']['vision'], 'identity_acc')}",
+        f"- vision neighbour-head batch accuracy: {_curve(log['history']['vision'], 'neighbour_acc')}"
+        " (about 0.7 of neighbour labels are 'none'; a head stuck near 0.7 has not learnt relations)",
         f"- language (answer cross-entropy): {_curve(log['history']['language'], 'loss')}",
         f"- language batch accuracy: {_curve(log['history']['language'], 'accuracy')}",
         "",
