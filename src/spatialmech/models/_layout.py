@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
-from spatialmech.models._hf_common import image_slot_error
-from spatialmech.models.base import ImageTokens
+from spatialmech.models._hf_common import image_slot_error, split_image_positions, tokenize_left_padded
+from spatialmech.models.base import BatchInputs, ImageTokens
+
+T = TypeVar("T")
 
 Box = tuple[float, float, float, float]
 FULL_IMAGE: Box = (0.0, 0.0, 1.0, 1.0)
@@ -104,3 +107,32 @@ def expand_placeholders(text: str, placeholder: str, expansions: Sequence[str]) 
     for expansion, rest in zip(expansions, parts[1:]):
         out.extend([expansion, rest])
     return "".join(out)
+
+
+def split_per_row(flat: Sequence[T], rows: Sequence[Sequence[Any]]) -> list[list[T]]:
+    """Regroup one entry per image of the whole batch (processor order) into per-row lists."""
+    out, cursor = [], 0
+    for row in rows:
+        out.append(list(flat[cursor : cursor + len(row)]))
+        cursor += len(row)
+    return out
+
+
+def views_batch(
+    adapter: Any,
+    texts: Sequence[str],
+    views: Sequence[Sequence[Sequence[View]]],
+    pixel_inputs: dict[str, Any],
+    prompts: Sequence[str],
+) -> BatchInputs:
+    """The batch of expanded prompts `texts` (left padded, padding-aware position ids) whose image b, i
+    is laid out as `views[b][i]`: each image's LM positions mapped onto its views' grids."""
+    encoded = tokenize_left_padded(adapter.tokenizer, texts)
+    counts = [[sum(view.num_tokens for view in image_views) for image_views in row] for row in views]
+    positions = split_image_positions(encoded["input_ids"], adapter.image_token_id, counts)
+    images: list[list[ImageTokens]] = [
+        [views_image_tokens(pos, image_views) for pos, image_views in zip(row_positions, row_views)]
+        for row_positions, row_views in zip(positions, views)
+    ]
+    model_kwargs = {**encoded, "position_ids": left_padded_position_ids(encoded["attention_mask"]), **pixel_inputs}
+    return BatchInputs(model_kwargs=model_kwargs, images=images, prompts=list(prompts))

@@ -25,16 +25,9 @@ from torch import nn
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
-from spatialmech.models._layout import (
-    FULL_IMAGE,
-    View,
-    expand_placeholders,
-    left_padded_position_ids,
-    tile_grid_views,
-    views_image_tokens,
-)
+from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders, tile_grid_views, views_batch
 from spatialmech.models._taps import pixel_shuffle_groups
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import BASE_WORDS, train_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -196,15 +189,7 @@ class Adapter(hf.HFAdapter):
             row_views = [_image_views(n_rows, n_cols, tokens_per_side) for n_rows, n_cols in layouts]
             texts.append(expand_placeholders(text, IMAGE_TOKEN, [_image_prompt(v, n_cols) for v, (_, n_cols) in zip(row_views, layouts)]))
             views.append(row_views)
-        encoded = hf.tokenize_left_padded(self.tokenizer, texts)
-        counts = [[sum(view.num_tokens for view in image_views) for image_views in row] for row in views]
-        positions = hf.split_image_positions(encoded["input_ids"], self.image_token_id, counts)
-        image_tokens: list[list[ImageTokens]] = [
-            [views_image_tokens(pos, image_views) for pos, image_views in zip(row_positions, row_views)]
-            for row_positions, row_views in zip(positions, views)
-        ]
-        model_kwargs = {**encoded, "position_ids": left_padded_position_ids(encoded["attention_mask"]), **model_kwargs}
-        return BatchInputs(model_kwargs=model_kwargs, images=image_tokens, prompts=list(prompts))
+        return views_batch(self, texts, views, model_kwargs, prompts)
 
 
 def _image_views(n_rows: int, n_cols: int, tokens_per_side: int) -> list[View]:

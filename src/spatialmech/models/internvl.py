@@ -25,11 +25,11 @@ from spatialmech.models._layout import (
     FULL_IMAGE,
     View,
     expand_placeholders,
-    left_padded_position_ids,
+    split_per_row,
     tile_grid_views,
-    views_image_tokens,
+    views_batch,
 )
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import BASE_WORDS, train_tokenizer
 
 CONTEXT_TOKEN = "<IMG_CONTEXT>"
@@ -144,26 +144,16 @@ class Adapter(hf.HFAdapter):
             tokens_per_side = self._tokens_per_side(int(pixel_values.shape[-1]))
             for image, num_tiles in zip(flat, processed["num_patches"].tolist()):
                 flat_views.append(self._image_views(image.height, image.width, int(num_tiles), tokens_per_side))
-        texts, views, cursor = [], [], 0
         context = getattr(self.tokenizer, "context_image_token", None) or CONTEXT_TOKEN
         start = getattr(self.tokenizer, "start_image_token", None) or START_TOKEN
         end = getattr(self.tokenizer, "end_image_token", None) or END_TOKEN
-        for row, prompt in zip(rows, prompts):
-            row_views = flat_views[cursor : cursor + len(row)]
-            cursor += len(row)
+        views = split_per_row(flat_views, rows)
+        texts = []
+        for row, prompt, row_views in zip(rows, prompts, views):
             text = hf.render_chat(self.tokenizer, len(row), prompt, system)
             expansions = [start + context * sum(v.num_tokens for v in image_views) + end for image_views in row_views]
             texts.append(expand_placeholders(text, context, expansions))
-            views.append(row_views)
-        encoded = hf.tokenize_left_padded(self.tokenizer, texts)
-        counts = [[sum(view.num_tokens for view in image_views) for image_views in row] for row in views]
-        positions = hf.split_image_positions(encoded["input_ids"], self.image_token_id, counts)
-        image_tokens: list[list[ImageTokens]] = [
-            [views_image_tokens(pos, image_views) for pos, image_views in zip(row_positions, row_views)]
-            for row_positions, row_views in zip(positions, views)
-        ]
-        model_kwargs = {**encoded, "position_ids": left_padded_position_ids(encoded["attention_mask"]), **model_kwargs}
-        return BatchInputs(model_kwargs=model_kwargs, images=image_tokens, prompts=list(prompts))
+        return views_batch(self, texts, views, model_kwargs, prompts)
 
     def _image_views(self, height: int, width: int, num_tiles: int, tokens_per_side: int) -> list[View]:
         """The tiles the processor cut (re-derived with its own canvas rule, checked against its count)."""

@@ -19,8 +19,8 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
-from spatialmech.models._layout import View, expand_placeholders, left_padded_position_ids, views_image_tokens
-from spatialmech.models.base import BatchInputs, GridSpec, HookPoint, ImageTokens
+from spatialmech.models._layout import View, expand_placeholders, split_per_row, views_batch
+from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -79,21 +79,12 @@ class LlavaAdapterBase(hf.HFAdapter):
     def _finish_batch(
         self, texts: list[str], pixel_inputs: dict[str, torch.Tensor], views: list[list[list[View]]], prompts: Sequence[str]
     ) -> BatchInputs:
-        """Tokenize expanded prompts (left padded), add position ids, and map image positions to views."""
+        """Start every prompt with BOS (LLaVA's template omits it; the model was trained with it), then
+        tokenize and map image positions to views."""
         bos = self.tokenizer.bos_token
         if bos and getattr(self, "prepend_bos", True):
             texts = [text if text.startswith(bos) else bos + text for text in texts]
-        encoded = hf.tokenize_left_padded(self.tokenizer, texts)
-        counts = [[sum(view.num_tokens for view in image_views) for image_views in row] for row in views]
-        positions = hf.split_image_positions(encoded["input_ids"], self.image_token_id, counts)
-        images: list[list[ImageTokens]] = [
-            [views_image_tokens(pos, image_views) for pos, image_views in zip(row_positions, row_views)]
-            for row_positions, row_views in zip(positions, views)
-        ]
-        model_kwargs: dict[str, Any] = dict(encoded)
-        model_kwargs["position_ids"] = left_padded_position_ids(encoded["attention_mask"])
-        model_kwargs.update(pixel_inputs)
-        return BatchInputs(model_kwargs=model_kwargs, images=images, prompts=list(prompts))
+        return views_batch(self, texts, views, pixel_inputs, prompts)
 
 
 class Adapter(LlavaAdapterBase):
@@ -173,14 +164,12 @@ class Adapter(LlavaAdapterBase):
             for image in flat:
                 box = _processed_box_in_original(self.image_processor, image.height, image.width, crop_h, crop_w)
                 flat_views.append([View("image", box, n_rows, n_cols)])
-        texts, views, cursor = [], [], 0
-        for row, prompt in zip(rows, prompts):
+        views = split_per_row(flat_views, rows)
+        texts = []
+        for row, prompt, row_views in zip(rows, prompts, views):
             text = hf.render_chat(self.tokenizer, len(row), prompt, system)
-            row_views = flat_views[cursor : cursor + len(row)]
-            cursor += len(row)
             expansions = [IMAGE_TOKEN * sum(view.num_tokens for view in image_views) for image_views in row_views]
             texts.append(expand_placeholders(text, IMAGE_TOKEN, expansions))
-            views.append([list(v) for v in row_views])
         return self._finish_batch(texts, pixel_inputs, views, prompts)
 
 

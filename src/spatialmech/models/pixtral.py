@@ -22,7 +22,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
-from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders
+from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders, split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec
 from spatialmech.models.llava import LlavaAdapterBase, tiny_words
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -120,10 +120,8 @@ class Adapter(LlavaAdapterBase):
             pixel_inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
             pixel_inputs["image_sizes"] = processed["image_sizes"]
             grids = [(int(h) // self.patch_size, int(w) // self.patch_size) for h, w in processed["image_sizes"].tolist()]
-        texts, views, cursor = [], [], 0
-        for row, prompt in zip(rows, prompts):
-            row_grids = grids[cursor : cursor + len(row)]
-            cursor += len(row)
+        texts, views = [], []
+        for row, prompt, row_grids in zip(rows, prompts, split_per_row(grids, rows)):
             text = _render_chat(self.tokenizer, len(row), prompt, system)
             texts.append(expand_placeholders(text, IMAGE_TOKEN, [_image_rows_text(r, c) for r, c in row_grids]))
             views.append([[View("image", FULL_IMAGE, r, c)] for r, c in row_grids])
