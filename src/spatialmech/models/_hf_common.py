@@ -18,7 +18,7 @@ from torch import nn
 
 from spatialmech.errors import UserInputError
 from spatialmech.models._taps import FlatTaps, RowOrder
-from spatialmech.models.base import HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.base import GridSpec, HookPoint, ImageTokens, VLMAdapter
 
 # ------------------------------------------------------------------------------------------ loading
 
@@ -315,6 +315,28 @@ def grid_image_tokens(positions: torch.Tensor, n_rows: int, n_cols: int) -> Imag
         boxes=boxes,
         grid_shapes=[(n_rows, n_cols)],
     )
+
+
+def square_grid_images(
+    input_ids: torch.Tensor, image_token_id: int, rows: Sequence[Sequence[Any]], side: int
+) -> list[list[ImageTokens]]:
+    """ImageTokens of every image of a batch where each image is the same (side x side) raster grid
+    (fixed-size models: Gemma3, PaliGemma)."""
+    counts = [[side * side] * len(row) for row in rows]
+    positions = split_image_positions(input_ids, image_token_id, counts)
+    return [[grid_image_tokens(pos, side, side) for pos in row_positions] for row_positions in positions]
+
+
+def square_processor_grid(image_processor: Any, tokens_per_side: int) -> GridSpec:
+    """The grid of a fixed-size processor (`size` = height x width) cut into tokens_per_side^2 tokens."""
+    size = image_processor.size
+    height, width = int(size["height"]), int(size["width"])
+    if height != width or height % tokens_per_side:
+        raise UserInputError(
+            f"image processor size {height}x{width} does not split into a {tokens_per_side}-token square grid",
+            "use the checkpoint's own preprocessor_config.json",
+        )
+    return GridSpec(tokens_per_side=tokens_per_side, pixels_per_token=height // tokens_per_side)
 
 
 # ------------------------------------------------------------------------------------------ hooks

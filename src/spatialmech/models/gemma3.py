@@ -164,14 +164,7 @@ class Adapter(hf.HFAdapter):
 
     def grid_spec(self) -> GridSpec:
         """tokens_per_side from mm_tokens_per_image; pixels per token from the processor's input size."""
-        size = self.image_processor.size
-        height, width = int(size["height"]), int(size["width"])
-        if height != width or height % self.tokens_per_side:
-            raise UserInputError(
-                f"image processor size {height}x{width} does not split into a {self.tokens_per_side}-token square grid",
-                "use the checkpoint's own preprocessor_config.json",
-            )
-        return GridSpec(tokens_per_side=self.tokens_per_side, pixels_per_token=height // self.tokens_per_side)
+        return hf.square_processor_grid(self.image_processor, self.tokens_per_side)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(
@@ -196,10 +189,7 @@ class Adapter(hf.HFAdapter):
         if flat:
             processed = hf.process_images(self, flat, do_pan_and_scan=False, return_tensors="pt")
             model_kwargs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
-        counts = [[n_tokens] * len(row) for row in rows]
-        positions = hf.split_image_positions(input_ids, self.image_token_id, counts)
-        side = self.tokens_per_side
-        image_tokens = [[hf.grid_image_tokens(pos, side, side) for pos in row_positions] for row_positions in positions]
+        image_tokens = hf.square_grid_images(input_ids, self.image_token_id, rows, self.tokens_per_side)
         return BatchInputs(model_kwargs, image_tokens, list(prompts))
 
     # ------------------------------------------------------------------ hook sites

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._layout import split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
 
@@ -187,8 +188,7 @@ class Adapter(hf.HFAdapter):
             # Text only: the model would fall back to unpadded positions; give padding-aware ones.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             model_kwargs["position_ids"] = positions.unsqueeze(0).expand(3, -1, -1)
-        grid_iter = iter(grids)
-        per_row_grids = [[next(grid_iter) for _ in row] for row in rows]
+        per_row_grids = split_per_row(grids, rows)
         counts_per_row = [[r * c for r, c in row_grids] for row_grids in per_row_grids]
         positions = hf.split_image_positions(input_ids, self.image_token_id, counts_per_row)
         image_tokens = [
