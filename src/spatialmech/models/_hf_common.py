@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -129,19 +129,21 @@ class HFAdapter(VLMAdapter):
     """A family served by one transformers `*ForConditionalGeneration` class: loading, the LM's size and
     image token, and the hook-site dispatch are the same for all of them.
 
-    A family file states only its facts: which classes (`hf_model_class`, `image_processor_class`),
-    where its LM layers live (`lm_layers`) and which modules are its image sites (`image_hook_point`).
+    A family file states only its facts: which classes (`hf_model`, `hf_image_processor`), where its
+    LM layers live (`lm_layers`) and which modules are its image sites (`image_hook_point`).
     """
+
+    # "module:Class" paths, imported only when used (a transformers without the class = no family).
+    hf_model: ClassVar[str]
+    hf_image_processor: ClassVar[str]  # the PIL-backend processor, never the torchvision one
 
     @classmethod
     def hf_model_class(cls) -> Any:
-        """The transformers model class of this family (imported lazily: a missing class = no family)."""
-        raise NotImplementedError(f"{cls.__name__} must define hf_model_class()")
+        return import_class(cls.hf_model)
 
     @classmethod
     def image_processor_class(cls) -> Any:
-        """The PIL-backend image processor class (never the torchvision one)."""
-        raise NotImplementedError(f"{cls.__name__} must define image_processor_class()")
+        return import_class(cls.hf_image_processor)
 
     @classmethod
     def checkpoint_classes(cls, path_or_id: str, *, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -183,6 +185,14 @@ class HFAdapter(VLMAdapter):
         if site in ("vision.out", "projector.out"):
             return self.image_hook_point(site)
         return decoder_layer_hook_point(self, site, self.lm_layers())
+
+
+def import_class(path: str) -> Any:
+    """The class at "package.module:Class"."""
+    import importlib
+
+    module_name, class_name = path.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def tapped_projector_hook_point(

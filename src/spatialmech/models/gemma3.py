@@ -85,19 +85,10 @@ class Adapter(hf.HFAdapter):
     model_types = ("gemma3",)
     description = "Gemma3 (SigLIP pooled to mm_tokens_per_image, 16x16 at 896 px); paper's second model"
 
+    hf_model = "transformers:Gemma3ForConditionalGeneration"
+    hf_image_processor = "transformers.models.gemma3.image_processing_pil_gemma3:Gemma3ImageProcessorPil"
+
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import Gemma3ForConditionalGeneration
-
-        return Gemma3ForConditionalGeneration
-
-    @classmethod
-    def image_processor_class(cls) -> Any:
-        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-
-        return Gemma3ImageProcessorPil
-
     @classmethod
     def tiny(
         cls,

@@ -72,18 +72,14 @@ _VARIANTS: dict[str, tuple[str, str, str, str, str]] = {
 
 
 def _variant_classes(model_type: str) -> tuple[Any, Any, Any, Any, str]:
-    import importlib
-
     import transformers
 
     model_name, config_name, vision_name, processor_path, bos = _VARIANTS[model_type]
-    module_name, class_name = processor_path.split(":")
-    processor_cls = getattr(importlib.import_module(module_name), class_name)
     return (
         getattr(transformers, model_name),
         getattr(transformers, config_name),
         getattr(transformers, vision_name),
-        processor_cls,
+        hf.import_class(processor_path),
         bos,
     )
 

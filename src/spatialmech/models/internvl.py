@@ -54,19 +54,10 @@ class Adapter(hf.HFAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("internvl",)
     description: ClassVar[str] = "InternVL (-hf port): InternViT tiles + thumbnail, pixel shuffle, Qwen2"
 
+    hf_model = "transformers:InternVLForConditionalGeneration"
+    hf_image_processor = "transformers.models.got_ocr2.image_processing_pil_got_ocr2:GotOcr2ImageProcessorPil"
+
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import InternVLForConditionalGeneration
-
-        return InternVLForConditionalGeneration
-
-    @classmethod
-    def image_processor_class(cls) -> Any:
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-
-        return GotOcr2ImageProcessorPil
-
     @classmethod
     def tiny(cls, seed: int = 0) -> Adapter:
         """Tiles of 48 px (6x6 patches of 8 px, shuffled to 3x3 tokens), at most 4 tiles per image."""

@@ -45,24 +45,14 @@ class LlavaAdapterBase(hf.HFAdapter):
 
     model_types: ClassVar[tuple[str, ...]] = ("llava",)
     vision_model_types: ClassVar[tuple[str, ...] | None] = None  # None: any tower not claimed by a subclass
+    hf_model: ClassVar[str] = "transformers:LlavaForConditionalGeneration"
+    # The checkpoint's own processor class: CLIP for LLaVA-1.5, Pixtral's for Pixtral.
+    hf_image_processor: ClassVar[str] = "transformers:AutoImageProcessor"
 
     @classmethod
     def _vision_model_type(cls, config: dict[str, Any]) -> str:
         vision = config.get("vision_config") or {}
         return str(vision.get("model_type", "clip_vision_model")) if isinstance(vision, dict) else ""
-
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import LlavaForConditionalGeneration
-
-        return LlavaForConditionalGeneration
-
-    @classmethod
-    def image_processor_class(cls) -> Any:
-        """The checkpoint's own processor class: CLIP for LLaVA-1.5, Pixtral's for Pixtral."""
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor
 
     # ------------------------------------------------------------------ model facts
     @property

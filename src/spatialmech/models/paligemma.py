@@ -44,19 +44,10 @@ class Adapter(hf.HFAdapter):
     model_types = ("paligemma",)
     description = "PaliGemma 1/2 (SigLIP patch grid, image-token prefix, prefix-LM attention)"
 
+    hf_model = "transformers:PaliGemmaForConditionalGeneration"
+    hf_image_processor = "transformers.models.siglip.image_processing_pil_siglip:SiglipImageProcessorPil"
+
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import PaliGemmaForConditionalGeneration
-
-        return PaliGemmaForConditionalGeneration
-
-    @classmethod
-    def image_processor_class(cls) -> Any:
-        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-        return SiglipImageProcessorPil
-
     @classmethod
     def tiny(
         cls,

@@ -23,17 +23,8 @@ class Adapter(qwen2_vl.Adapter):
     model_types = ("qwen2_5_vl",)
     description = "Qwen2.5-VL (Qwen2-VL layout, windowed-attention ViT; rows un-permuted via row_order)"
 
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        return Qwen2_5_VLForConditionalGeneration
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import Qwen2_5_VLConfig
-
-        return Qwen2_5_VLConfig
+    hf_model = "transformers:Qwen2_5_VLForConditionalGeneration"
+    hf_config = "transformers:Qwen2_5_VLConfig"
 
     @classmethod
     def _tiny_vision_config(cls, hidden_size: int, vision_depth: int, vision_width: int) -> dict[str, Any]:

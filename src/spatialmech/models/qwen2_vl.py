@@ -74,23 +74,9 @@ class Adapter(hf.HFAdapter):
     description = "Qwen2-VL (ViT 14 px patches, 2x2 merger, M-RoPE); paper's main model"
 
     # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
-    @classmethod
-    def hf_model_class(cls) -> Any:
-        from transformers import Qwen2VLForConditionalGeneration
-
-        return Qwen2VLForConditionalGeneration
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import Qwen2VLConfig
-
-        return Qwen2VLConfig
-
-    @classmethod
-    def image_processor_class(cls) -> Any:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        return Qwen2VLImageProcessorPil
+    hf_model = "transformers:Qwen2VLForConditionalGeneration"
+    hf_image_processor = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl:Qwen2VLImageProcessorPil"
+    hf_config = "transformers:Qwen2VLConfig"  # for tiny()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -128,7 +114,7 @@ class Adapter(hf.HFAdapter):
         # M-RoPE splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
         half = head_dim // 2
         mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
-        config = cls._config_class()(
+        config = hf.import_class(cls.hf_config)(
             text_config=hf.tiny_text_config(
                 tokenizer,
                 hidden_size=hidden_size,
