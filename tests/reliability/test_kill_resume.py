@@ -115,6 +115,7 @@ def kill_at_random_points_then_resume(args: list[str], experiment: str, referenc
     assert kills >= 1
     # what a kill inside an atomic write leaves (the signal rarely lands there by chance): a partial temp file
     for folder in (out / experiment, out / experiment / "units"):
+        folder.mkdir(parents=True, exist_ok=True)  # a kill can land before the units folder exists
         (folder / ".result.json.k1ll3d.tmp").write_text('{"experiment": ')
     process = start([*args, "--resume"], tmp_path / "log-final.txt")
     process.join(300)
