@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Axis = Literal["horizontal", "vertical"]
@@ -118,3 +119,24 @@ class Task(ABC):
     def counterfactuals(self, item: Item, kind: str) -> list[Counterfactual]:
         """Counterfactuals of `item` of one kind (several for CF_ALONE: one per object)."""
         raise NotImplementedError(f"task {self.name} has no {kind!r} counterfactuals")
+
+
+class DataTask(Task):
+    """A task read from a benchmark's own files under a data root; items are loaded lazily, once."""
+
+    synthetic = False
+
+    def __init__(self, data_root: str | Path, geometry: Any = None):
+        from spatialmech.tasks.geometry import QWEN
+
+        self.root = Path(data_root)
+        self.geometry = geometry or QWEN
+        self._items: list[Item] | None = None
+        self.stats: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.all_items())
+
+    @abstractmethod
+    def all_items(self) -> list[Item]:
+        """Every item of the data set (cached in `self._items`)."""

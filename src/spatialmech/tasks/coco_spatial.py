@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from spatialmech import io
 from spatialmech.errors import UserInputError
-from spatialmech.tasks.base import CF_BLANK, Counterfactual, Item, SceneObject, Task
-from spatialmech.tasks.geometry import QWEN, GridGeometry
+from spatialmech.tasks.base import CF_BLANK, Counterfactual, DataTask, Item, SceneObject
 from spatialmech.tasks.prompts import forced_choice_fields
 from spatialmech.tasks.synthetic import subset
 from spatialmech.tasks.vocabulary import answer_variants
@@ -85,22 +83,12 @@ def _boxes_agree(subject: tuple[int, int, int, int], reference: tuple[int, int, 
     return s < r if relation in ("left", "above") else s > r
 
 
-class CocoSpatialTask(Task):
+class CocoSpatialTask(DataTask):
     """COCO-spatial two-object questions with COCO boxes; strict scoring via both option orders."""
 
     name = "coco-spatial"
     description = "What'sUp COCO two-object left/right/above/below questions with COCO boxes"
-    synthetic = False
     counterfactual_kinds = (CF_BLANK,)
-
-    def __init__(self, data_root: str | Path, geometry: GridGeometry | None = None):
-        self.root = Path(data_root)
-        self.geometry = geometry or QWEN
-        self._items: list[Item] | None = None
-        self.stats: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.all_items())
 
     def _annotations_path(self) -> Path:
         for name in (ANNOTATIONS_FILE, "instances_val2017.json"):

@@ -26,14 +26,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from spatialmech import io
 from spatialmech.errors import UserInputError
-from spatialmech.tasks.base import CF_BLANK, Counterfactual, Item, SceneObject, Task
-from spatialmech.tasks.geometry import QWEN, GridGeometry
+from spatialmech.tasks.base import CF_BLANK, Counterfactual, DataTask, Item, SceneObject
 from spatialmech.tasks.prompts import forced_choice_fields
 from spatialmech.tasks.synthetic import subset
 from spatialmech.tasks.vocabulary import RELATION_PHRASES, WHATSUP_TEMPLATE, answer_variants
@@ -253,22 +251,12 @@ def load_caption_questions(root: str | Path, source: str = "coco", objects: str 
 # ------------------------------------------------------------------------------ the stitched task
 
 
-class WhatsUpStitchedTask(Task):
+class WhatsUpStitchedTask(DataTask):
     """What'sUp Controlled_Images_A photos stitched into X | R | Y composites (horizontal only)."""
 
     name = "whatsup"
     description = "What'sUp photos stitched into 3-object rows; 'The object on the floor to the left of the chair is a(n)'"
-    synthetic = False
     counterfactual_kinds = (CF_BLANK,)
-
-    def __init__(self, data_root: str | Path, geometry: GridGeometry | None = None):
-        self.root = Path(data_root)
-        self.geometry = geometry or QWEN
-        self._items: list[Item] | None = None
-        self.stats: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.all_items())
 
     def check_data(self) -> None:
         find_data_file(self.root, CONTROLLED_FILES["A"], "What'sUp file")
