@@ -311,3 +311,18 @@ def test_grid_spec_and_sizes_come_from_the_model(tiny_adapter: VLMAdapter) -> No
     assert grid.tokens_per_side >= 3 and grid.pixels_per_token >= 1
     assert tiny_adapter.num_layers == len([s for s in tiny_adapter.sites() if s.startswith("lm.mlp.")])
     assert tiny_adapter.hidden_size > 0
+
+
+def test_encoded_images_give_the_raw_inputs_logits(tiny_adapter: VLMAdapter) -> None:
+    """`encode_images` runs the encoder once; forwards from its inputs equal the raw inputs', also with
+    other prompts on the same pictures (`with_prompts`), and it never changes the raw inputs."""
+    images, prompts = two_prompt_batch(tiny_adapter)
+    raw = tiny_adapter.build_inputs(images, prompts, SYNTHETIC_SYSTEM_PROMPT)
+    encoded = tiny_adapter.encode_images(raw)
+    assert encoded.images_encoded and not raw.images_encoded
+    assert "pixel_values" in raw.model_kwargs and "pixel_values" not in encoded.model_kwargs
+    torch.testing.assert_close(tiny_adapter.forward(encoded), tiny_adapter.forward(raw), rtol=0, atol=1e-5)
+    assert tiny_adapter.encode_images(encoded) is encoded
+    swapped = tiny_adapter.build_inputs(images, prompts[::-1], SYNTHETIC_SYSTEM_PROMPT)
+    reused = tiny_adapter.with_prompts(encoded, swapped)
+    torch.testing.assert_close(tiny_adapter.forward(reused), tiny_adapter.forward(swapped), rtol=0, atol=1e-5)

@@ -66,6 +66,11 @@ class Engine:
         session.check_fired()
         return RunOutput(logits, session.activations())
 
+    def encode_images(self, inputs: BatchInputs) -> BatchInputs:
+        """`inputs` with the vision tower + projector run once, for many forwards of the same pictures
+        (`projector.out` interventions and recordings still work on them; `vision.out` does not)."""
+        return self.adapter.encode_images(inputs)
+
     def logits(self, inputs: BatchInputs, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
         """Last-position logits (batch, vocab) with the interventions applied."""
         return self.run(inputs, interventions).logits

@@ -19,6 +19,8 @@ from spatialmech.engine.activations import Activations
 from spatialmech.engine.interventions import Intervention
 from spatialmech.engine.positions import ImageRowMap, PositionsLike, as_positions
 from spatialmech.errors import UserInputError
+
+ENCODER_SITES = ("vision.out", "projector.out")
 from spatialmech.models.base import BatchInputs, HookPoint, VLMAdapter
 
 
@@ -137,12 +139,25 @@ class HookSession:
         if site not in self.states:
             if not isinstance(site, str):
                 raise UserInputError(f"site must be a name, got {type(site).__name__}", "use a name such as 'lm.resid_pre.3'")
-            point = self.adapter.hook_point(site)
+            point = self._hook_point(site)
             row_map = ImageRowMap(self.inputs, point) if point.space == "image_tokens" else None
             if row_map is not None and row_map.num_tokens == 0:
                 raise UserInputError(f"site {site} needs images, but this batch has none", "pass inputs built with images")
             self.states[site] = _SiteState(point, self.inputs.seq_len, self.inputs.batch_size, row_map)
         return self.states[site]
+
+    def _hook_point(self, site: str) -> HookPoint:
+        """The adapter's hook point; for inputs whose images are already encoded (the encoder will not
+        run), `projector.out` is served where its value enters the LM: layer 0's input at the image
+        positions, equal by the adapter contract (a suite test per family), same LM positions."""
+        if not self.inputs.images_encoded or site not in ENCODER_SITES:
+            return self.adapter.hook_point(site)
+        if site == "projector.out":
+            return self.adapter.hook_point("lm.resid_pre.0")
+        raise UserInputError(
+            f"site {site} is inside the image encoder, which inputs from encode_images skip",
+            "pass the raw inputs (from build_inputs) to hook vision.out",
+        )
 
     # ------------------------------------------------------------------ install / remove
     def __enter__(self) -> HookSession:

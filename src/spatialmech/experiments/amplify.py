@@ -38,7 +38,7 @@ import torch
 
 from spatialmech.engine import Engine, Steer, add_direction, amplify_projection, image_positions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import encode_items, score_items
+from spatialmech.experiments.common import ReusedEncodings, encode_items, score_items
 from spatialmech.experiments.probing import (
     LinearProbe,
     ProbeFile,
@@ -336,8 +336,9 @@ def fit_axis_probes(ctx: ExperimentContext, engine: Engine, task: Any, probe_ite
 # ------------------------------------------------------------------------------------------ sweep
 
 
-def _scores(ctx: ExperimentContext, task: Any, group: Sequence[Item], logits_fn: Any = None) -> dict[str, list]:
-    scores = score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn)
+def _scores(ctx: ExperimentContext, task: Any, group: Sequence[Item], logits_fn: Any = None,
+            encode: Any = encode_items) -> dict[str, list]:
+    scores = score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn, encode=encode)
     return {"correct": [s.correct for s in scores], "p_answer": [s.p_answer for s in scores]}
 
 
@@ -368,14 +369,16 @@ def sweep(ctx: ExperimentContext, engine: Engine, task: Any, items: Sequence[Ite
 
     for index, group in enumerate(groups):
         group = list(group)
-        units = {0: ctx.unit(f"baseline-{index:04d}", lambda group=group: _scores(ctx, task, group))}
+        # every alpha and direction set scores the same pictures: render, tokenise and encode them once
+        encode = ReusedEncodings(engine)
+        units = {0: ctx.unit(f"baseline-{index:04d}", lambda group=group, encode=encode: _scores(ctx, task, group, encode=encode))}
         if progress is not None:
             progress.update(1)
         for name, probes in directions.items():
             for alpha in alphas:
                 if alpha != 0:
-                    units[alpha] = ctx.unit(f"sweep-{name}-a{alpha:g}-{index:04d}", lambda group=group, probes=probes, alpha=alpha:
-                                            _scores(ctx, task, group, steered(probes, alpha)))
+                    units[alpha] = ctx.unit(f"sweep-{name}-a{alpha:g}-{index:04d}", lambda group=group, probes=probes, alpha=alpha, encode=encode:
+                                            _scores(ctx, task, group, steered(probes, alpha), encode))
                     if progress is not None:
                         progress.update(1)
                 for key in ("correct", "p_answer"):

@@ -20,6 +20,7 @@ from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
 from spatialmech.tasks.base import Item, Task
 
 LogitsFn = Callable[[BatchInputs, Sequence[Item]], torch.Tensor]
+EncodeFn = Callable[[Any, Task, Sequence[Item], "Sequence[str] | None"], BatchInputs]
 
 
 def system_prompt(task: Task) -> str | None:
@@ -52,6 +53,25 @@ def attribute_answer(item: Item, index: int) -> str:
     return item.objects[index].attribute
 
 
+class ReusedEncodings:
+    """An `encode` for `score_items` when the same items are scored many times (an alpha sweep): each
+    (items, prompts) batch is rendered, tokenised and run through the image encoder once
+    (`Engine.encode_images`); later calls get those inputs back. Use one per group of items."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self._inputs: dict[tuple[tuple[str, ...], tuple[str, ...]], BatchInputs] = {}
+
+    def __call__(self, adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str] | None = None) -> BatchInputs:
+        texts = tuple(prompts) if prompts is not None else tuple(item.prompt for item in items)
+        key = (tuple(item.id for item in items), texts)
+        if key not in self._inputs:
+            same_pictures = next((v for (ids, _), v in self._inputs.items() if ids == key[0]), None)
+            raw = encode_items(adapter, task, items, list(texts))
+            self._inputs[key] = adapter.with_prompts(same_pictures, raw) if same_pictures is not None else self.engine.encode_images(raw)
+        return self._inputs[key]
+
+
 def default_logits(adapter: Any) -> LogitsFn:
     return lambda inputs, _items: adapter.forward(inputs)
 
@@ -82,14 +102,16 @@ def score_items(
     batch_size: int = 8,
     logits_fn: LogitsFn | None = None,
     progress: Callable[[int], None] | None = None,
+    encode: EncodeFn = encode_items,
 ) -> list[ItemScore]:
-    """Score items in batches. Forced-choice items are asked in both option orders (strict)."""
+    """Score items in batches. Forced-choice items are asked in both option orders (strict).
+    `encode` builds each batch's inputs (e.g. `ReusedEncodings` to reuse them across calls)."""
     logits_fn = logits_fn or default_logits(adapter)
     scores: list[ItemScore] = []
     for start in range(0, len(items), batch_size):
         batch = list(items[start : start + batch_size])
         answers = [answer_ids(adapter, item) for item in batch]
-        logits = logits_fn(encode_items(adapter, task, batch), batch)
+        logits = logits_fn(encode(adapter, task, batch, None), batch)
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)
         tokens = logits.argmax(-1).tolist()
@@ -98,7 +120,7 @@ def score_items(
         swapped_tokens: list[int | None] = [None] * len(batch)
         if any(forced):
             prompts = [item.meta["prompt_swapped"] if f else item.prompt for item, f in zip(batch, forced)]
-            swapped_logits = logits_fn(encode_items(adapter, task, batch, prompts=prompts), batch)
+            swapped_logits = logits_fn(encode(adapter, task, batch, prompts), batch)
             swapped_correct = top1_correct(swapped_logits, answers).tolist()
             swapped_tokens = swapped_logits.argmax(-1).tolist()
             p_answer = torch.where(torch.tensor(forced), torch.minimum(p_answer, answer_probability(swapped_logits, answers)), p_answer)

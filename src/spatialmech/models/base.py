@@ -30,6 +30,12 @@ from spatialmech.errors import UserInputError
 
 SITE_NAMES = ("vision.out", "projector.out", "lm.resid_pre.{l}", "lm.resid_post.{l}", "lm.attn.{l}", "lm.mlp.{l}")
 _LAYER_SITE = re.compile(r"^lm\.(resid_pre|resid_post|attn|mlp)\.(\d+)$")
+PIXELS_KWARG = "pixel_values"
+ENCODED_IMAGES_KWARG = "mm_encoder_outputs"  # transformers' input for precomputed image-encoder outputs
+
+
+class _ImagesEncoded(Exception):
+    """Stops a forward once the image encoder has run (`VLMAdapter.encode_images`)."""
 
 # The system prompt SPEC section 3 uses for synthetic tasks.
 SYNTHETIC_SYSTEM_PROMPT = "You are a helpful assistant. You respond in one token."
@@ -134,9 +140,27 @@ class BatchInputs:
                 out.extend((b, i, t) for t in range(len(tokens)))
         return out
 
+    @property
+    def images_encoded(self) -> bool:
+        """True for inputs from `VLMAdapter.encode_images`: the image encoder's output rides along in
+        place of the pixels, so the vision tower and projector do not run again."""
+        return ENCODED_IMAGES_KWARG in self.model_kwargs
+
     def to(self, device: torch.device | str) -> BatchInputs:
-        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.model_kwargs.items()}
+        kwargs = {k: _to_device(v, device) for k, v in self.model_kwargs.items()}
         return BatchInputs(kwargs, self.images, self.prompts, {k: v.to(device) for k, v in self.row_order.items()})
+
+
+def _to_device(value: Any, device: torch.device | str) -> Any:
+    """Tensors moved, containers (tuples, lists, dicts, HF model outputs) walked, anything else kept."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):  # includes transformers' ModelOutput
+        moved = {k: _to_device(v, device) for k, v in value.items()}
+        return type(value)(**moved) if type(value) is not dict else moved
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -232,6 +256,55 @@ class VLMAdapter(ABC):
                 f"layer {layer} in site {site!r} does not exist", f"this model has layers 0..{self.num_layers - 1}"
             )
         return match.group(1), layer
+
+    # ------------------------------------------------------------------ reusing the image encoder
+    def encode_images(self, inputs: BatchInputs) -> BatchInputs:
+        """The same inputs with the image encoder's output (vision tower + projector) computed once.
+
+        Many forwards of one picture (an alpha sweep, both option orders) then skip the encoder, often
+        most of a small model's cost. Uses transformers' own `mm_encoder_outputs` input: the model's
+        `get_image_features` runs exactly as in a normal forward, its result is kept, and the forward is
+        stopped there. Logits from the returned inputs equal the raw inputs' (a suite test, per family).
+        Sites inside the encoder (`vision.out`) cannot be hooked on them; `projector.out` is served at
+        the identical LM layer-0 input (see `engine.hooks`).
+        """
+        if inputs.images_encoded:
+            return inputs
+        if PIXELS_KWARG not in inputs.model_kwargs:
+            raise UserInputError("these inputs have no images to encode", "build the inputs with images")
+        inner = getattr(self.model, "model", None)
+        original = getattr(inner, "get_image_features", None)
+        if original is None:
+            raise NotImplementedError(f"{type(self).__name__}: the model has no get_image_features to reuse")
+        kept: dict[str, Any] = {}
+
+        def keep_and_stop(*args: Any, **kwargs: Any) -> Any:
+            kept["image"] = original(*args, **kwargs)
+            raise _ImagesEncoded
+
+        inner.get_image_features = keep_and_stop  # an instance attribute shadows the method for this call
+        try:
+            with torch.no_grad():
+                self.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
+        except _ImagesEncoded:
+            pass
+        finally:
+            del inner.get_image_features
+        if "image" not in kept:
+            raise RuntimeError(f"{type(self).__name__}: the forward pass never encoded the images")
+        kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
+        kwargs[ENCODED_IMAGES_KWARG] = {"image": kept["image"]}
+        return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
+
+    def with_prompts(self, encoded: BatchInputs, inputs: BatchInputs) -> BatchInputs:
+        """`inputs` (same pictures, other prompts, e.g. the other option order) reusing `encoded`'s images."""
+        if not encoded.images_encoded:
+            raise ValueError("`encoded` must come from encode_images")
+        if inputs.batch_size != encoded.batch_size or [len(r) for r in inputs.images] != [len(r) for r in encoded.images]:
+            raise ValueError("the two batches do not hold the same images")
+        kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
+        kwargs[ENCODED_IMAGES_KWARG] = encoded.model_kwargs[ENCODED_IMAGES_KWARG]
+        return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     # ------------------------------------------------------------------ outputs
     def forward(self, inputs: BatchInputs) -> torch.Tensor:
