@@ -26,7 +26,7 @@ import torch
 
 from spatialmech.engine import Engine, Intervention, Patch
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import score_items, system_prompt
+from spatialmech.experiments.common import ReusedEncodings, score_items, system_prompt
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
 from spatialmech.models.base import BatchInputs, ImageTokens
 from spatialmech.tasks.base import CF_ALONE, CF_BLANK, Item, Task
@@ -287,9 +287,10 @@ def score_group(engine: Engine, task: Task, items: Sequence[Item], batch_size: i
                 ablations: dict[str, VisionAblation | None]) -> list[dict[str, Any]]:
     """One row per item: correctness, P(answer) and prediction under every condition."""
     rows = [{"task": task.name, "id": item.id, "axis": item.axis, "relation": item.relation, "answer": item.answer} for item in items]
+    encode = ReusedEncodings(engine)  # every condition scores the same pictures: encode them once
     for condition, ablation in ablations.items():
         logits_fn = ablation.logits if ablation is not None else None
-        for row, score in zip(rows, score_items(engine.adapter, task, items, batch_size, logits_fn)):
+        for row, score in zip(rows, score_items(engine.adapter, task, items, batch_size, logits_fn, encode=encode)):
             row[f"{condition}_correct"] = score.correct
             row[f"{condition}_p_answer"] = round(score.p_answer, 6)
             row[f"{condition}_prediction"] = score.predicted_token
