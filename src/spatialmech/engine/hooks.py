@@ -19,9 +19,9 @@ from spatialmech.engine.activations import Activations
 from spatialmech.engine.interventions import Intervention
 from spatialmech.engine.positions import ImageRowMap, PositionsLike, as_positions
 from spatialmech.errors import UserInputError
+from spatialmech.models.base import BatchInputs, HookPoint, VLMAdapter
 
 ENCODER_SITES = ("vision.out", "projector.out")
-from spatialmech.models.base import BatchInputs, HookPoint, VLMAdapter
 
 
 @dataclass
