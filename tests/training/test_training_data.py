@@ -20,7 +20,6 @@ from spatialmech.training.data import (
     is_held_out_combination,
     nearest_neighbour,
     random_grid_item,
-    strip_ordinal_labels,
 )
 
 
@@ -93,22 +92,3 @@ def test_scenes_training_items_come_from_seeds_disjoint_from_evaluation() -> Non
     assert SCENES_TRAIN_SEED_BASE > 1000
     assert all(str(SCENES_TRAIN_SEED_BASE) not in item_id for item_id in evaluation_ids)
     assert np.all(example.neighbour_labels == IGNORE)
-    assert np.all(example.ordinal_labels == IGNORE)  # scenes are not laid out on one line
-
-
-def test_strip_ordinal_labels_mark_each_objects_whole_strip() -> None:
-    """Every cell across the image (background too) whose position along the axis falls inside an
-    object's extent gets that object's 1-based ordinal; cells between strips get 0."""
-    rng = random.Random(3)
-    task = get_task("squares", geometry=QWEN)
-    for _ in range(20):
-        item = random_grid_item(task, rng, rng.randint(2, 3))
-        labels = strip_ordinal_labels(item, QWEN)
-        along = 1 if item.axis == "horizontal" else 0
-        expected = np.zeros(QWEN.tokens_per_side, dtype=np.int64)
-        for obj in item.objects:
-            start, end = obj.box_cells[along], obj.box_cells[along + 2]
-            expected[start:end] = obj.ordinal[item.axis] + 1
-        profile = labels if along == 1 else labels.T
-        assert (profile == expected[None, :]).all()  # constant across the image: a strip
-        assert sorted(set(expected[expected > 0])) == list(range(1, len(item.objects) + 1))

@@ -9,10 +9,8 @@ Held-out by construction (documented in the model card):
 - scenes: training items come from seeds >= `SCENES_TRAIN_SEED_BASE`; evaluation uses small seeds.
 
 Besides its questions, each training image carries dense labels for the vision stage: the identity
-of what covers each LM-token cell (the "what is at this grid cell" head); for every cell, the ordinal
-(1st/2nd/3rd along the layout's axis) of the object whose strip holds it, background included (the
-paper's "strips": a layout signal spread over all image tokens); and, for object cells, the identity
-of the object's nearest neighbour on each side along its line (a dense relational caption).
+of what covers each LM-token cell (the "what is at this grid cell" head) and, for object cells, the
+identity of the object's nearest neighbour on each side along its line (a dense relational caption).
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ class TrainingImage:
     image: Image.Image
     cell_labels: np.ndarray  # (tokens, tokens) identity class per LM-token cell, 0 = background
     neighbour_labels: np.ndarray  # (tokens, tokens, 4) class of the nearest neighbour per side, 0 = none
-    ordinal_labels: np.ndarray  # (tokens, tokens) 1 + ordinal of the object whose strip holds the cell, 0 = none
     questions: list[tuple[str, str]] = field(default_factory=list)  # (prompt, answer word)
     n_objects: int = 0
 
@@ -141,22 +138,6 @@ def dense_labels(
         for row, col in covered:
             neighbours[row, col] = sides
     return cells, neighbours
-
-
-def strip_ordinal_labels(item: Item, geometry: GridGeometry) -> np.ndarray:
-    """Per cell, 1 + the ordinal along the item's axis of the object whose strip (its extent along the
-    axis, across the whole image) holds the cell; 0 between strips. Objects of one line never share
-    a strip, so the label is unique."""
-    n = geometry.tokens_per_side
-    labels = np.zeros((n, n), dtype=np.int64)
-    for index, obj in enumerate(item.objects):
-        row0, col0, row1, col1 = geometry.px_to_cells(tuple(obj.box_px))
-        ordinal = obj.ordinal.get(item.axis, index) + 1
-        if item.axis == "horizontal":
-            labels[:, col0:col1] = ordinal
-        else:
-            labels[row0:row1, :] = ordinal
-    return labels
 
 
 # ----------------------------------------------------------------------------------------- grid tasks
@@ -301,7 +282,6 @@ class TrainingSource:
             image=render_objects(item),
             cell_labels=cells,
             neighbour_labels=neighbours,
-            ordinal_labels=strip_ordinal_labels(item, self.geometry),
             questions=grid_questions(grid_task, item),
             n_objects=n_objects,
         )
@@ -318,7 +298,6 @@ class TrainingSource:
             image=task.image(item),
             cell_labels=cells,
             neighbour_labels=neighbours,
-            ordinal_labels=np.full_like(cells, IGNORE),  # scenes are not laid out on one line
             questions=questions,
             n_objects=2,  # two named objects (clutter is not asked about)
         )
