@@ -19,6 +19,12 @@ from spatialmech.engine.sweep import PatchSweep, SweepMethod, SweepResult, run_p
 from spatialmech.errors import UserInputError
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
+# Tokens of stacked patch copies per decoder-layer call in a sweep. On CPU a cache-sized call is ~1.5x
+# faster than one huge call (measured: strip sweep, hidden 1024, 2 threads: 31 s at 2400 vs 48 s at
+# 32768 tokens); accelerators want big calls.
+CPU_TOKENS_PER_CALL = 4096
+ACCELERATOR_TOKENS_PER_CALL = 32768
+
 # Where to record: one positions value for every site, or site -> positions.
 RecordSpec = Mapping[str, PositionsLike]
 
@@ -143,14 +149,18 @@ class Engine:
         target_interventions: Sequence[Intervention] = (),
         source_interventions: Sequence[Intervention] = (),
         method: SweepMethod = "auto",
-        max_tokens_per_call: int = 32768,
+        max_tokens_per_call: int | None = None,
     ) -> SweepResult:
         """For each layer l: patch the source run's `site(l)` values at `source_positions` into the target
         run at `target_positions` (row b of target pairs with row b of source) and read the last position.
 
         Equals one patched forward per layer (`method="naive"`) to float tolerance, but computes layers
         below l once, and only the last token when only the last position is patched.
+        `max_tokens_per_call` caps how many tokens of stacked patch copies go through a layer at once
+        (default: 4096 on CPU, where cache-sized calls are fastest, 32768 on accelerators).
         """
+        if max_tokens_per_call is None:
+            max_tokens_per_call = CPU_TOKENS_PER_CALL if self.adapter.device.type == "cpu" else ACCELERATOR_TOKENS_PER_CALL
         sweep = PatchSweep(
             self.adapter, target, source, site, target_positions, source_positions, layers,
             target_interventions, source_interventions, max_tokens_per_call,
