@@ -180,9 +180,9 @@ def estimate_forwards(experiment: str, config: Mapping[str, Any], num_layers: in
     if experiment == "probe":
         images = config.get("images_per_axis") or _config_n(config, 120)
         return 2 * 1.2 * int(images) + 5
-    if experiment == "ablate-vision":  # four conditions per item
+    if experiment == "ablate-vision":  # four conditions per item; its pictures are encoded once (~0.4 a forward per extra condition)
         items = _config_n(config, 0) * task.task_count or task.size
-        return 4 * items
+        return 2.2 * items
     if experiment == "amplify":  # probe features + probe-item scoring + baseline + 2 directions x alphas
         n = _config_n(config, 300 if task.unbounded else task.size // 2)
         alphas = len(config.get("alphas") or range(16))
