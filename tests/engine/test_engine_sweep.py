@@ -128,13 +128,21 @@ def test_layer_subset_and_last_layer_output(gemma):
         torch.testing.assert_close(fast.logits, naive.logits, atol=ATOL, rtol=0)
 
 
-def test_small_batches_per_call_give_the_same_numbers(qwen):
-    pairs = make_pairs(qwen, 3, seed=4)
-    engine = Engine(qwen)
-    positions = image_positions(pairs.target)
-    wide = engine.patch_sweep(pairs.target, pairs.source, positions, keep_logits=True)
-    narrow = engine.patch_sweep(pairs.target, pairs.source, positions, keep_logits=True, max_tokens_per_call=1)
-    torch.testing.assert_close(wide.logits, narrow.logits, atol=ATOL, rtol=0)
+@pytest.mark.parametrize("method", ["suffix", "resume"])
+def test_row_chunks_and_small_calls_give_the_same_numbers(adapter, method):
+    """A token cap below one batch's suffix splits the recompute into chunks of rows (here 2 + 1 rows,
+    then 1 row per call); every family's kwargs, masks and cached keys/values must split alike."""
+    pairs = make_pairs(adapter, 3, seed=4)
+    engine = Engine(adapter)
+    target_pos, _ = swap_positions(pairs.target)
+    _, source_pos = swap_positions(pairs.source)
+    sweep = dict(site="lm.resid_pre.{l}", keep_logits=True, method=method)
+    wide = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, **sweep)
+    suffix = pairs.target.seq_len - (min(int(p.min()) for p in target_pos) if method == "suffix" else 0)
+    for cap in (2 * suffix, 1):
+        narrow = engine.patch_sweep(pairs.target, pairs.source, target_pos, source_pos, max_tokens_per_call=cap, **sweep)
+        assert narrow.method == wide.method == method
+        torch.testing.assert_close(narrow.logits, wide.logits, atol=ATOL, rtol=0)
 
 
 def test_sliding_window_cache_falls_back_to_exact_resume(gemma):

@@ -9,6 +9,7 @@ import numpy as np
 from spatialmech.tasks import get_task
 from spatialmech.tasks.geometry import QWEN
 from spatialmech.training.data import (
+    EVALUATION_LAYOUT_SHARE,
     GRID_TASKS,
     IGNORE,
     SCENES_TRAIN_SEED_BASE,
@@ -20,6 +21,7 @@ from spatialmech.training.data import (
     is_held_out_combination,
     nearest_neighbour,
     random_grid_item,
+    strip_ordinal_labels,
 )
 
 
@@ -41,7 +43,7 @@ def test_held_out_evaluation_items_never_appear_in_training() -> None:
         held_out_images = {(_layout(item), tuple(item.meta["attributes"])) for item in held_out}
         training = [random_grid_item(task, rng, 3) for _ in range(2000)]
         in_layout = [item for item in training if _layout(item) in evaluation_layouts]
-        assert 0.3 < len(in_layout) / len(training) < 0.7
+        assert abs(len(in_layout) / len(training) - EVALUATION_LAYOUT_SHARE) < 0.05
         assert not any(is_held_out_combination([o.attribute for o in item.objects]) for item in in_layout)
         assert not held_out_images & {(_layout(item), tuple(o.attribute for o in item.objects)) for item in training}
         # the other layouts are many and varied
@@ -92,3 +94,22 @@ def test_scenes_training_items_come_from_seeds_disjoint_from_evaluation() -> Non
     assert SCENES_TRAIN_SEED_BASE > 1000
     assert all(str(SCENES_TRAIN_SEED_BASE) not in item_id for item_id in evaluation_ids)
     assert np.all(example.neighbour_labels == IGNORE)
+    assert np.all(example.ordinal_labels == IGNORE)  # scenes are not laid out on one line
+
+
+def test_strip_ordinal_labels_mark_each_objects_whole_strip() -> None:
+    """Every cell across the image (background too) whose position along the axis falls inside an
+    object's extent gets that object's 1-based ordinal; cells between strips get 0."""
+    rng = random.Random(3)
+    task = get_task("squares", geometry=QWEN)
+    for _ in range(20):
+        item = random_grid_item(task, rng, rng.randint(2, 3))
+        labels = strip_ordinal_labels(item, QWEN)
+        along = 1 if item.axis == "horizontal" else 0
+        expected = np.zeros(QWEN.tokens_per_side, dtype=np.int64)
+        for obj in item.objects:
+            start, end = obj.box_cells[along], obj.box_cells[along + 2]
+            expected[start:end] = obj.ordinal[item.axis] + 1
+        profile = labels if along == 1 else labels.T
+        assert (profile == expected[None, :]).all()  # constant across the image: a strip
+        assert sorted(set(expected[expected > 0])) == list(range(1, len(item.objects) + 1))

@@ -90,6 +90,9 @@ class _PrefixKV:
             keys, values = keys.repeat(copies, 1, 1, 1), values.repeat(copies, 1, 1, 1)
         return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
+    def rows(self, rows: slice) -> _PrefixKV:
+        return _PrefixKV({layer: (keys[rows], values[rows]) for layer, (keys, values) in self.prefix.items()})
+
 
 class _KVRecorded(Exception):
     """Raised by `_KVRecorder` to stop a layer once its keys/values are known."""
@@ -106,23 +109,33 @@ class _KVRecorder:
         raise _KVRecorded
 
 
-def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
-    """Repeat every batch-leading tensor `copies` times along dim 0 (broadcast ones stay as they are)."""
-    if copies == 1:
-        return obj
+def _map_batch(obj: Any, batch: int, fn: Any) -> Any:
+    """Apply `fn` to every batch-leading tensor in a (nested) argument; broadcast ones stay as they are."""
     if isinstance(obj, torch.Tensor):
         if obj.dim() == 0 or obj.shape[0] == 1:
             return obj
         if obj.shape[0] != batch:
             raise _Unsupported(f"tensor argument with leading size {obj.shape[0]} (batch {batch})")
-        return obj.repeat(copies, *([1] * (obj.dim() - 1)))
+        return fn(obj)
     if isinstance(obj, tuple):
-        return tuple(_repeat_batch(o, copies, batch) for o in obj)
+        return tuple(_map_batch(o, batch, fn) for o in obj)
     if isinstance(obj, list):
-        return [_repeat_batch(o, copies, batch) for o in obj]
+        return [_map_batch(o, batch, fn) for o in obj]
     if isinstance(obj, dict):
-        return {k: _repeat_batch(v, copies, batch) for k, v in obj.items()}
+        return {k: _map_batch(v, batch, fn) for k, v in obj.items()}
     return obj
+
+
+def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
+    """Repeat every batch-leading tensor `copies` times along dim 0 (stacked patch copies)."""
+    if copies == 1:
+        return obj
+    return _map_batch(obj, batch, lambda t: t.repeat(copies, *([1] * (t.dim() - 1))))
+
+
+def _select_rows(obj: Any, rows: slice, batch: int) -> Any:
+    """Rows `rows` of every batch-leading tensor (a chunk of the batch)."""
+    return _map_batch(obj, batch, lambda t: t[rows])
 
 
 class _Unsupported(Exception):
@@ -366,7 +379,6 @@ class PatchSweep:
         offset = self.suffix_start() if method == "suffix" else 0
         clean_logits, layer_inputs, layer_kwargs, last_output, kv = self.clean_run(min(first, self.num_layers - 1), offset)
         seq_len, batch = self.target.seq_len, self.target.batch_size
-        layer_modules = self.adapter.decoder_layers()
 
         if offset:
             try:
@@ -376,58 +388,103 @@ class PatchSweep:
         else:
             step_kwargs = layer_kwargs
 
+        suffix_len = seq_len - offset
+        # Rows per call: whole batch when it fits the token cap, else chunks of rows (cache-sized calls).
+        rows_per_call = batch if batch * suffix_len <= self.max_tokens_per_call else max(1, self.max_tokens_per_call // suffix_len)
+        chunks = [slice(r0, min(batch, r0 + rows_per_call)) for r0 in range(0, batch, rows_per_call)]
+        try:
+            chunk_kwargs = [
+                step_kwargs if len(chunks) == 1 else {j: self._row_kwargs(kw, rows) for j, kw in step_kwargs.items()}
+                for rows in chunks
+            ]
+        except _Unsupported:  # some argument cannot be split by rows: one chunk
+            chunks, chunk_kwargs = [slice(0, batch)], [step_kwargs]
+        results: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        with torch.no_grad():
+            for rows, kwargs in zip(chunks, chunk_kwargs):
+                for layer, logits in self._recompute(values, starts, layer_inputs, last_output, kwargs, layer_kwargs, rows, offset):
+                    results[layer].append(logits)
+        return clean_logits, [torch.cat(results[layer]) for layer in self.layers], method
+
+    def _row_kwargs(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
+        """A layer's suffix kwargs for a chunk of batch rows (its prefix keys/values sliced alike)."""
+        batch = self.target.batch_size
+        out = {}
+        for name, value in kwargs.items():
+            if isinstance(value, _PrefixKV):
+                out[name] = value.rows(rows)
+            else:
+                out[name] = _select_rows(value, rows, batch)
+        return out
+
+    def _recompute(
+        self,
+        values: Activations,
+        starts: dict[int, int | None],
+        layer_inputs: dict[int, torch.Tensor],
+        last_output: torch.Tensor,
+        step_kwargs: dict[int, dict],
+        layer_kwargs: dict[int, dict],
+        rows: slice,
+        offset: int,
+    ):
+        """Yield (layer, last-position logits of `rows`) for every swept layer: patched states of
+        different layers are stacked along the batch as they start, up to the token cap per call."""
+        layer_modules = self.adapter.decoder_layers()
+        seq_len = self.target.seq_len
+        n_rows = len(range(*rows.indices(self.target.batch_size)))
+
         def patched_state(layer: int) -> torch.Tensor:
             start = starts[layer]
             base = last_output if start == self.num_layers else layer_inputs[start]
-            state = base.clone()
+            state = base[rows].clone()
             site_values = values[layer_site(self.site, layer)]
-            for row, positions in enumerate(self.target_positions):
+            for row, positions in enumerate(self.target_positions[rows]):
                 if positions.numel():
                     index = positions - offset
-                    state[row, index.to(state.device)] = site_values[row].to(state.device, state.dtype)
+                    state[row, index.to(state.device)] = site_values[rows.start + row].to(state.device, state.dtype)
             return state
 
-        tokens_per_copy = batch * (seq_len - offset)
+        tokens_per_copy = n_rows * (seq_len - offset)
         copies_per_call = max(1, self.max_tokens_per_call // tokens_per_copy)
         order = sorted(self.layers, key=lambda layer: starts[layer])
-        results: dict[int, torch.Tensor] = {}
         repeated: dict[tuple[int, int], dict] = {}
-        with torch.no_grad():
-            for group_start in range(0, len(order), copies_per_call):
-                group = order[group_start : group_start + copies_per_call]
-                hidden: torch.Tensor | None = None
-                members: list[int] = []
-                for j in range(starts[group[0]], self.num_layers + 1):
-                    new = [layer for layer in group if starts[layer] == j]
-                    if new:
-                        fresh = torch.cat([patched_state(layer) for layer in new])
-                        if j == self.num_layers:  # after the last layer only the last position matters
-                            fresh = fresh[:, -1:]
-                            hidden = None if hidden is None else hidden[:, -1:]
-                        hidden = fresh if hidden is None else torch.cat([hidden, fresh])
-                        members.extend(new)
-                    if j == self.num_layers or hidden is None:
+        for group_start in range(0, len(order), copies_per_call):
+            group = order[group_start : group_start + copies_per_call]
+            hidden: torch.Tensor | None = None
+            members: list[int] = []
+            for j in range(starts[group[0]], self.num_layers + 1):
+                new = [layer for layer in group if starts[layer] == j]
+                if new:
+                    fresh = torch.cat([patched_state(layer) for layer in new])
+                    if j == self.num_layers:  # after the last layer only the last position matters
+                        fresh = fresh[:, -1:]
+                        hidden = None if hidden is None else hidden[:, -1:]
+                    hidden = fresh if hidden is None else torch.cat([hidden, fresh])
+                    members.extend(new)
+                if j == self.num_layers or hidden is None:
+                    continue
+                copies = len(members)
+                key = (j, copies)
+                if key not in repeated:
+                    repeated = {k: v for k, v in repeated.items() if k[0] == j}
+                    repeated[key] = _repeat_batch(step_kwargs[j], copies, n_rows)
+                if j == self.num_layers - 1 and offset and hidden.shape[1] > 1:
+                    last = self._last_layer_at_last_position(
+                        layer_modules[j], hidden, repeated[key], layer_kwargs[j], copies, rows
+                    )
+                    if last is not None:
+                        hidden = last
                         continue
-                    copies = len(members)
-                    key = (j, copies)
-                    if key not in repeated:
-                        repeated = {k: v for k, v in repeated.items() if k[0] == j}
-                        repeated[key] = _repeat_batch(step_kwargs[j], copies, batch)
-                    if j == self.num_layers - 1 and offset and hidden.shape[1] > 1:
-                        last = self._last_layer_at_last_position(layer_modules[j], hidden, repeated[key], layer_kwargs[j], copies)
-                        if last is not None:
-                            hidden = last
-                            continue
-                    out = layer_modules[j](hidden, **repeated[key])
-                    hidden = out[0] if isinstance(out, (tuple, list)) else out
-                assert hidden is not None
-                logits = self.adapter.final_logits(hidden[:, -1])
-                for copy, layer in enumerate(members):
-                    results[layer] = logits[copy * batch : (copy + 1) * batch]
-        return clean_logits, [results[layer] for layer in self.layers], method
+                out = layer_modules[j](hidden, **repeated[key])
+                hidden = out[0] if isinstance(out, (tuple, list)) else out
+            assert hidden is not None
+            logits = self.adapter.final_logits(hidden[:, -1])
+            for copy, layer in enumerate(members):
+                yield layer, logits[copy * n_rows : (copy + 1) * n_rows]
 
     def _last_layer_at_last_position(
-        self, module: nn.Module, hidden: torch.Tensor, step_kwargs: dict, full_kwargs: dict, copies: int
+        self, module: nn.Module, hidden: torch.Tensor, step_kwargs: dict, full_kwargs: dict, copies: int, rows: slice
     ) -> torch.Tensor | None:
         """The last decoder layer's output at the last position only, (rows, 1, hidden), or None.
 
@@ -437,6 +494,7 @@ class PatchSweep:
         MLP and attention of all other positions are skipped.
         """
         seq_len, batch = self.target.seq_len, self.target.batch_size
+        n_rows = len(range(*rows.indices(batch)))
         if not _prefix_blind_to_suffix(full_kwargs.get("attention_mask"), seq_len, seq_len - 1):
             return None
         cache_name = next(name for name in _CACHE_KWARGS if name in step_kwargs)
@@ -448,11 +506,12 @@ class PatchSweep:
         else:
             return None  # the layer never reached its cache: no shortcut
         layer = self.num_layers - 1
-        prefix_keys, prefix_values = (t.repeat(copies, 1, 1, 1) for t in self._prefix_kv.prefix[layer])
+        prefix_keys, prefix_values = (t[rows].repeat(copies, 1, 1, 1) for t in self._prefix_kv.prefix[layer])
         keys = torch.cat([prefix_keys, recorder.keys[..., :-1, :]], dim=-2)
         values = torch.cat([prefix_values, recorder.values[..., :-1, :]], dim=-2)
         stand_in = _PrefixKV({layer: (keys, values)})
-        last_kwargs = _repeat_batch(_suffix_step_kwargs(full_kwargs, seq_len, seq_len - 1, stand_in, self._attention), copies, batch)
+        last_kwargs = _suffix_step_kwargs(_select_rows(full_kwargs, rows, batch), seq_len, seq_len - 1, stand_in, self._attention)
+        last_kwargs = _repeat_batch(last_kwargs, copies, n_rows)
         out = module(hidden[:, -1:], **last_kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 

@@ -9,8 +9,10 @@ Held-out by construction (documented in the model card):
 - scenes: training items come from seeds >= `SCENES_TRAIN_SEED_BASE`; evaluation uses small seeds.
 
 Besides its questions, each training image carries dense labels for the vision stage: the identity
-of what covers each LM-token cell (the "what is at this grid cell" head) and, for object cells, the
-identity of the object's nearest neighbour on each side along its line (a dense relational caption).
+of what covers each LM-token cell (the "what is at this grid cell" head); for every cell, the ordinal
+(1st/2nd/3rd along the layout's axis) of the object whose strip holds it, background included (the
+paper's "strips": a layout signal spread over all image tokens); and, for object cells, the identity
+of the object's nearest neighbour on each side along its line (a dense relational caption).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ SCENES_TRAIN_SEED_BASE = 100_000  # scenes items for training come from seeds at
 SIDES = ("left", "right", "above", "below")  # order of the neighbour heads
 IGNORE = -100  # label for cells a head does not supervise
 FIXED_SPACING_SHARE = 0.75  # share of random grid layouts drawn with the geometry's spacing (else random gaps)
-EVALUATION_LAYOUT_SHARE = 0.5  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
+EVALUATION_LAYOUT_SHARE = 0.75  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
+THREE_OBJECT_SHARE = 0.85  # share of grid images with three objects (when three are allowed); the rest have two
 
 
 @dataclass
@@ -45,6 +48,7 @@ class TrainingImage:
     image: Image.Image
     cell_labels: np.ndarray  # (tokens, tokens) identity class per LM-token cell, 0 = background
     neighbour_labels: np.ndarray  # (tokens, tokens, 4) class of the nearest neighbour per side, 0 = none
+    ordinal_labels: np.ndarray  # (tokens, tokens) 1 + ordinal of the object whose strip holds the cell, 0 = none
     questions: list[tuple[str, str]] = field(default_factory=list)  # (prompt, answer word)
     n_objects: int = 0
 
@@ -138,6 +142,22 @@ def dense_labels(
         for row, col in covered:
             neighbours[row, col] = sides
     return cells, neighbours
+
+
+def strip_ordinal_labels(item: Item, geometry: GridGeometry) -> np.ndarray:
+    """Per cell, 1 + the ordinal along the item's axis of the object whose strip (its extent along the
+    axis, across the whole image) holds the cell; 0 between strips. Objects of one line never share
+    a strip, so the label is unique."""
+    n = geometry.tokens_per_side
+    labels = np.zeros((n, n), dtype=np.int64)
+    for index, obj in enumerate(item.objects):
+        row0, col0, row1, col1 = geometry.px_to_cells(tuple(obj.box_px))
+        ordinal = obj.ordinal.get(item.axis, index) + 1
+        if item.axis == "horizontal":
+            labels[:, col0:col1] = ordinal
+        else:
+            labels[row0:row1, :] = ordinal
+    return labels
 
 
 # ----------------------------------------------------------------------------------------- grid tasks
@@ -274,7 +294,10 @@ class TrainingSource:
         if name == SCENES_TASK:
             return self._scene_image(rng)
         grid_task = self._tasks[name]
-        n_objects = rng.randint(2, max_objects) if max_objects >= 2 else 1
+        if max_objects >= 3:
+            n_objects = 3 if rng.random() < THREE_OBJECT_SHARE else 2
+        else:
+            n_objects = max(1, max_objects)
         item = random_grid_item(grid_task, rng, n_objects, self.geometry)
         cells, neighbours = dense_labels(item, self.vocabulary, self.geometry)
         return TrainingImage(
@@ -282,6 +305,7 @@ class TrainingSource:
             image=render_objects(item),
             cell_labels=cells,
             neighbour_labels=neighbours,
+            ordinal_labels=strip_ordinal_labels(item, self.geometry),
             questions=grid_questions(grid_task, item),
             n_objects=n_objects,
         )
@@ -298,6 +322,7 @@ class TrainingSource:
             image=task.image(item),
             cell_labels=cells,
             neighbour_labels=neighbours,
+            ordinal_labels=np.full_like(cells, IGNORE),  # scenes are not laid out on one line
             questions=questions,
             n_objects=2,  # two named objects (clutter is not asked about)
         )

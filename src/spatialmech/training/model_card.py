@@ -94,8 +94,10 @@ def render_model_card(log: dict[str, Any]) -> str:
         f"1. Vision stage ({config['vision_steps']} steps, batch {config['vision_batch']}, AdamW lr {config['vision_lr']}):"
         " the vision tower and merger learn",
         "   from dense per-token labels on rendered images of all tasks: what occupies each LM-token cell",
-        "   (background or which colour/shape/object), and for object cells which object is the nearest neighbour",
-        "   on each side along its row/column (a dense relational caption). The linear heads are discarded.",
+        "   (background or which colour/shape/object); for every cell, the ordinal (1st/2nd/3rd along the",
+        "   line) of the object whose strip holds it, background included (the paper's \"strips\"); and for",
+        "   object cells which object is the nearest neighbour on each side along its row/column (a dense",
+        "   relational caption). The linear heads are discarded.",
         f"2. Cache: the vision blocks are frozen; their output (`vision.out`) is computed once for {config['cache_images']}",
         "   training images.",
         f"3. Language stage ({config['language_steps']} steps of {config['language_images']} images with all their questions, AdamW lr {config['language_lr']}):"
@@ -117,8 +119,9 @@ def render_model_card(log: dict[str, Any]) -> str:
         "",
         "## Loss curves (mean over windows of steps)",
         "",
-        f"- vision (identity + neighbour cross-entropy): {_curve(log['history']['vision'], 'loss')}",
+        f"- vision (identity + ordinal + neighbour cross-entropy): {_curve(log['history']['vision'], 'loss')}",
         f"- vision identity-head batch accuracy: {_curve(log['history']['vision'], 'identity_acc')}",
+        f"- vision strip-ordinal-head batch accuracy (cells inside a strip): {_curve(log['history']['vision'], 'ordinal_acc')}",
         f"- vision neighbour-head batch accuracy: {_curve(log['history']['vision'], 'neighbour_acc')}"
         " (about 0.7 of neighbour labels are 'none'; a head stuck near 0.7 has not learnt relations)",
         f"- language (answer cross-entropy): {_curve(log['history']['language'], 'loss')}",

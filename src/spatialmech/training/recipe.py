@@ -58,18 +58,18 @@ class TrainingConfig:
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     threads: int = 2
     # stage 1: vision tower with dense heads
-    vision_steps: int = 120
+    vision_steps: int = 1000
     vision_batch: int = 12
     vision_lr: float = 2e-3
-    vision_warmup: int = 10
+    vision_warmup: int = 20
     # stage 2: frozen-tower features of the LM-stage images
-    cache_images: int = 2000
+    cache_images: int = 3000
     # stage 3: projector + LM on cached features (every question of `language_images` images per step)
-    language_steps: int = 1800
+    language_steps: int = 3000
     language_images: int = 12
     language_lr: float = 1.5e-3
     language_warmup: int = 20
-    two_object_fraction: float = 0.2  # curriculum: first part of the LM stage sees 2-object images only
+    two_object_fraction: float = 0.05  # curriculum: first part of the LM stage sees 2-object images only
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     checkpoint_every: int = 50
@@ -213,7 +213,12 @@ def train(
             state.history["vision"].append({"step": step, "loss": round(float(loss.detach()), 5), **{k: round(v, 5) for k, v in info.items()}})
             state.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", id_acc=f"{info['identity_acc']:.2f}", nb_acc=f"{info['neighbour_acc']:.2f}")
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.3f}",
+                id_acc=f"{info['identity_acc']:.2f}",
+                ord_acc=f"{info['ordinal_acc']:.2f}",
+                nb_acc=f"{info['neighbour_acc']:.2f}",
+            )
             if state.step % config.checkpoint_every == 0 or state.step == config.vision_steps:
                 _add_timings(state, "vision", timer, time.perf_counter() - stage_start, config.vision_batch)
                 timer = StageTimer()

@@ -1,9 +1,10 @@
 """The training stages of the bundled model, the way real VLMs are trained.
 
 1. `vision`: the vision tower (patch embed, blocks, merger) learns from dense per-token labels on
-   our rendered images: what occupies each LM-token cell, and for object cells which object is the
-   nearest neighbour on each side (a dense relational caption). Small linear heads read the merger
-   output; they are thrown away afterwards.
+   our rendered images: what occupies each LM-token cell, the ordinal of the object whose strip
+   holds each cell (background included), and for object cells which object is the nearest
+   neighbour on each side (a dense relational caption). Small linear heads read the merger output;
+   they are thrown away afterwards.
 2. `cache`: the vision blocks are frozen, and their output (`vision.out`, the merger input) is
    computed once per training image and kept in memory.
 3. `language`: projector (merger) and LM learn to answer the questions from the cached features,
@@ -33,7 +34,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT
 from spatialmech.models.qwen2_vl import Adapter
 from spatialmech.training.architecture import IMAGE_SIDE, PATCHES_PER_IMAGE, TOKENS_PER_IMAGE, TOKENS_PER_SIDE
-from spatialmech.training.data import SIDES, TrainingImage, TrainingSource
+from spatialmech.training.data import IGNORE, SIDES, TrainingImage, TrainingSource
+
+MAX_ORDINALS = 3  # grid images hold at most three objects on their line
 
 
 def step_rng(seed: int, stage: str, step: int) -> random.Random:
@@ -64,10 +67,12 @@ class VisionHeads(nn.Module):
         super().__init__()
         self.identity = nn.Linear(width, n_classes)
         self.neighbours = nn.Linear(width, n_classes * len(SIDES))
+        self.ordinal = nn.Linear(width, 1 + MAX_ORDINALS)
         self.n_classes = n_classes
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.identity(tokens), self.neighbours(tokens).view(-1, len(SIDES), self.n_classes)
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        neighbours = self.neighbours(tokens).view(-1, len(SIDES), self.n_classes)
+        return self.identity(tokens), neighbours, self.ordinal(tokens)
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -103,30 +108,39 @@ def vision_batch(source: TrainingSource, seed: int, step: int, batch_size: int) 
 def vision_loss(
     adapter: Adapter, heads: VisionHeads, batch: list[TrainingImage], timer: StageTimer | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of the identity and neighbour heads on the merger output, per LM-token cell."""
+    """Cross-entropy of the identity, strip-ordinal and neighbour heads on the merger output, per LM-token cell."""
     pixel_values, grid_thw = preprocess(adapter, [example.image for example in batch])
     if timer:
         timer.lap("preprocess")
     tokens = adapter.model.model.visual(pixel_values, grid_thw=grid_thw).pooler_output
-    identity_logits, neighbour_logits = heads(tokens)
+    identity_logits, neighbour_logits, ordinal_logits = heads(tokens)
     identity_labels = torch.from_numpy(np.stack([e.cell_labels.reshape(-1) for e in batch]).reshape(-1))
     neighbour_labels = torch.from_numpy(
         np.stack([e.neighbour_labels.reshape(-1, len(SIDES)) for e in batch]).reshape(-1, len(SIDES))
     )
+    ordinal_labels = torch.from_numpy(np.stack([e.ordinal_labels.reshape(-1) for e in batch]).reshape(-1))
     identity = nn.functional.cross_entropy(identity_logits, identity_labels)
+    in_line = ordinal_labels != IGNORE
+    if in_line.any():
+        ordinal = nn.functional.cross_entropy(ordinal_logits[in_line], ordinal_labels[in_line])
+    else:
+        ordinal = ordinal_logits.sum() * 0.0
     supervised = neighbour_labels >= 0
     if supervised.any():
         neighbours = nn.functional.cross_entropy(neighbour_logits[supervised], neighbour_labels[supervised])
     else:
         neighbours = identity_logits.sum() * 0.0
-    loss = identity + neighbours
+    loss = identity + ordinal + neighbours
     with torch.no_grad():
         identity_acc = float((identity_logits.argmax(-1) == identity_labels).float().mean())
         neighbour_acc = float((neighbour_logits[supervised].argmax(-1) == neighbour_labels[supervised]).float().mean()) if supervised.any() else float("nan")
+        in_strip = in_line & (ordinal_labels > 0)
+        ordinal_acc = float((ordinal_logits[in_strip].argmax(-1) == ordinal_labels[in_strip]).float().mean()) if in_strip.any() else float("nan")
     if timer:
         timer.lap("forward")
-    return loss, {"identity_loss": float(identity.detach()), "neighbour_loss": float(neighbours.detach()),
-                  "identity_acc": identity_acc, "neighbour_acc": neighbour_acc}
+    return loss, {"identity_loss": float(identity.detach()), "ordinal_loss": float(ordinal.detach()),
+                  "neighbour_loss": float(neighbours.detach()), "identity_acc": identity_acc,
+                  "ordinal_acc": ordinal_acc, "neighbour_acc": neighbour_acc}
 
 
 # ------------------------------------------------------------------------------------------ cache
