@@ -16,6 +16,7 @@ from spatialmech.training.data import (
     SIDES,
     TrainingSource,
     class_vocabulary,
+    data_shares,
     dense_labels,
     grid_questions,
     is_held_out_combination,
@@ -113,3 +114,14 @@ def test_strip_ordinal_labels_mark_each_objects_whole_strip() -> None:
         profile = labels if along == 1 else labels.T
         assert (profile == expected[None, :]).all()  # constant across the image: a strip
         assert sorted(set(expected[expected > 0])) == list(range(1, len(item.objects) + 1))
+
+
+def test_grid_images_hold_three_objects_at_the_recorded_share() -> None:
+    """Relation questions about the middle object are the only ones that need a direction, so most
+    grid images hold three objects; the curriculum's two-object level still draws only two."""
+    source = TrainingSource(GRID_TASKS, seed=0)
+    rng = random.Random(1)
+    counts = [source.sample(rng).n_objects for _ in range(400)]
+    assert set(counts) == {2, 3}
+    assert abs(counts.count(3) / len(counts) - data_shares()["three_object_share"]) < 0.06
+    assert {source.sample(rng, max_objects=2).n_objects for _ in range(20)} == {2}

@@ -156,8 +156,10 @@ class Engine:
 
         Equals one patched forward per layer (`method="naive"`) to float tolerance, but computes layers
         below l once, and only the last token when only the last position is patched.
-        `max_tokens_per_call` caps how many tokens of stacked patch copies go through a layer at once
-        (default: 4096 on CPU, where cache-sized calls are fastest, 32768 on accelerators).
+        `max_tokens_per_call` caps how many tokens go through a layer at once: patch copies of several
+        layers are stacked up to it, and a batch whose recomputed suffix alone exceeds it is split into
+        chunks of rows, so the sweep's activation memory is bounded whatever the batch size (default:
+        4096 on CPU, where cache-sized calls are fastest, 32768 on accelerators).
         """
         if max_tokens_per_call is None:
             max_tokens_per_call = CPU_TOKENS_PER_CALL if self.adapter.device.type == "cpu" else ACCELERATOR_TOKENS_PER_CALL

@@ -40,6 +40,15 @@ EVALUATION_LAYOUT_SHARE = 0.75  # share of 3-object grid images drawn in the eva
 THREE_OBJECT_SHARE = 0.85  # share of grid images with three objects (when three are allowed); the rest have two
 
 
+def data_shares() -> dict[str, float]:
+    """The sampling shares of the grid training images (recorded in the training log and model card)."""
+    return {
+        "three_object_share": THREE_OBJECT_SHARE,
+        "evaluation_layout_share": EVALUATION_LAYOUT_SHARE,
+        "fixed_spacing_share": FIXED_SPACING_SHARE,
+    }
+
+
 @dataclass
 class TrainingImage:
     """One rendered image with its dense vision labels and every question we ask about it."""

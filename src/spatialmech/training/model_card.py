@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spatialmech.io import atomic_write_text
+from spatialmech.training.data import EVALUATION_LAYOUT_SHARE, THREE_OBJECT_SHARE
 
 
 def _curve(history: list[dict[str, Any]], key: str, points: int = 8) -> str:
@@ -42,6 +43,8 @@ def render_model_card(log: dict[str, Any]) -> str:
     config = log["config"]
     arch = config["architecture"]
     held_out = log.get("held_out", {})
+    # the log's own record wins; logs written before it existed fall back to the recipe's constants
+    data = {"three_object_share": THREE_OBJECT_SHARE, "evaluation_layout_share": EVALUATION_LAYOUT_SHARE, **log.get("data", {})}
     total_seconds = sum(v.get("seconds", 0) for v in log["timings"].values() if isinstance(v, dict))
     lines = [
         "# spatialmech bundled model: tiny Qwen2-VL",
@@ -68,10 +71,11 @@ def render_model_card(log: dict[str, Any]) -> str:
         "  (3 objects centred, 2 tokens apart; the reference is the middle one). A quarter of the attribute",
         "  combinations (unordered sets of colours / shapes / objects, `data.is_held_out_combination`) is held",
         "  out: training images in the evaluation layout use only the other combinations, so the held-out",
-        "  items' images and combinations were never seen. Half of the 3-object training images use the",
-        "  evaluation layout; the rest are random layouts elsewhere on the grid (any combination, the",
-        "  evaluation layout excluded). Items of the other combinations may share their image with a",
-        "  training image, so the first column is not a held-out figure for the grid tasks.",
+        f"  items' images and combinations were never seen. {data['three_object_share']:.0%} of the grid training images hold",
+        f"  three objects, {data['evaluation_layout_share']:.0%} of those in the evaluation layout; the rest are random layouts",
+        "  elsewhere on the grid (any combination, the evaluation layout excluded). Items of the other",
+        "  combinations may share their image with a training image, so the first column is not a",
+        "  held-out figure for the grid tasks.",
         f"- scenes ({config['eval_n'].get('scenes')} items of seed {config['eval_seed']}): training scenes come from seeds >= 100000",
         "  (`data.SCENES_TRAIN_SEED_BASE`); forced-choice questions are scored strictly (right under both",
         "  option orders), chance 0.5.",
@@ -106,7 +110,7 @@ def render_model_card(log: dict[str, Any]) -> str:
         "   called with the same chat template, system prompt and M-RoPE positions as at evaluation. The",
         "   question-independent prefix (system turn + image) runs once per image and its keys/values serve",
         "   every question about that image (same logits as the full forward pass, about a third of the cost).",
-        f"   Curriculum: the first {config['two_object_fraction']:.0%} of steps use two-object images, then two- and three-object images.",
+        f"   Curriculum: the first {config['two_object_fraction']:.0%} of steps use two-object images, then all images.",
         "",
         f"Seed {log['seed']}; the data of every step is a pure function of (seed, stage, step), so runs are",
         f"deterministic and resumable (`--resume`, checkpoints every {config['checkpoint_every']} steps). Threads: {config['threads']}.",

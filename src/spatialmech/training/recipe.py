@@ -23,7 +23,13 @@ from spatialmech.io import write_json
 from spatialmech.provenance import file_sha256, package_versions, utc_now
 from spatialmech.training.architecture import ArchitectureConfig, build_adapter
 from spatialmech.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from spatialmech.training.data import GRID_TASKS, SCENES_TASK, TrainingSource, is_held_out_combination
+from spatialmech.training.data import (
+    GRID_TASKS,
+    SCENES_TASK,
+    TrainingSource,
+    data_shares,
+    is_held_out_combination,
+)
 from spatialmech.training.stages import (
     PromptEncoder,
     StageTimer,
@@ -302,6 +308,7 @@ def train(
     adapter.save_pretrained(str(out))
     training_log = {
         "config": _jsonable(config.to_dict()),
+        "data": data_shares(),
         "seed": config.seed,
         "started_at": state.started_at,
         "finished_at": utc_now(),
