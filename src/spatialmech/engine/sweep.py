@@ -134,7 +134,9 @@ def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
 
 
 def _select_rows(obj: Any, rows: slice, batch: int) -> Any:
-    """Rows `rows` of every batch-leading tensor (a chunk of the batch)."""
+    """Rows `rows` of every batch-leading tensor (a chunk of the batch); all rows: `obj` itself."""
+    if range(*rows.indices(batch)) == range(batch):
+        return obj
     return _map_batch(obj, batch, lambda t: t[rows])
 
 
@@ -510,8 +512,11 @@ class PatchSweep:
         keys = torch.cat([prefix_keys, recorder.keys[..., :-1, :]], dim=-2)
         values = torch.cat([prefix_values, recorder.values[..., :-1, :]], dim=-2)
         stand_in = _PrefixKV({layer: (keys, values)})
-        last_kwargs = _suffix_step_kwargs(_select_rows(full_kwargs, rows, batch), seq_len, seq_len - 1, stand_in, self._attention)
-        last_kwargs = _repeat_batch(last_kwargs, copies, n_rows)
+        try:
+            last_kwargs = _suffix_step_kwargs(_select_rows(full_kwargs, rows, batch), seq_len, seq_len - 1, stand_in, self._attention)
+            last_kwargs = _repeat_batch(last_kwargs, copies, n_rows)
+        except _Unsupported:
+            return None  # run the whole layer instead
         out = module(hidden[:, -1:], **last_kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
