@@ -157,4 +157,4 @@ def test_the_bundled_model_answers_grid_questions_far_above_chance() -> None:
     for name in ("squares", "shapes", "objects"):
         task = get_task(name, geometry=adapter.grid_spec())
         result = run_behavior(adapter, task, n=48, seed=7, batch_size=16)
-        assert result["accuracy"] >= 0.4, (name, result["accuracy"])  # chance 1/3; full-task figures in MODEL_CARD.md
+        assert result["accuracy"] >= 0.5, (name, result["accuracy"])  # chance 1/3; full-task figures in MODEL_CARD.md

@@ -197,19 +197,21 @@ def test_cli_on_the_bundled_model(tmp_path, capsys):
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not trained yet")
 def test_regions_hold_the_objects_on_the_trained_model():
     """Control on the bundled model: giving the clean run the counterfactual's object tokens *at the same
-    place* shows it the reversed image, so it answers the flipped attribute. (The criss-cross swap keeps
-    each attribute in place and moves only where its tokens were computed.)"""
+    place* shows it the reversed image's objects, so most pairs answer the flipped attribute (not all:
+    the clean image's background tokens, left in place, also carry some of what the model reads).
+    (The criss-cross swap keeps each attribute in place and moves only where its tokens were computed.)"""
     from spatialmech.experiments.common import filter_correct_pairs
     from spatialmech.models import load_model
 
     adapter = load_model("bundled")
     task = _squares(adapter)
     candidates = make_pairs(task, task.items(None)[::7], CF_REVERSED)
-    pairs, _ = filter_correct_pairs(adapter, task, candidates, n=2, batch_size=8)  # right on both inputs
-    assert len(pairs) == 2
+    pairs, _ = filter_correct_pairs(adapter, task, candidates, n=12, batch_size=12)  # right on both inputs
+    assert len(pairs) == 12
     control = criss_cross.sweep_batch(Engine(adapter), task, pairs, region="object", layers=[], mapping="aligned")
     assert control["layers"] == ["emb"]
-    assert [r["top1"][0][1] for r in control["pairs"]] == [1, 1]
+    flipped = [r["top1"][0][1] for r in control["pairs"]]
+    assert sum(flipped) > len(flipped) / 2, flipped
 
 
 def test_flip_summary():
