@@ -395,10 +395,7 @@ class PatchSweep:
         rows_per_call = batch if batch * suffix_len <= self.max_tokens_per_call else max(1, self.max_tokens_per_call // suffix_len)
         chunks = [slice(r0, min(batch, r0 + rows_per_call)) for r0 in range(0, batch, rows_per_call)]
         try:
-            chunk_kwargs = [
-                step_kwargs if len(chunks) == 1 else {j: self._row_kwargs(kw, rows) for j, kw in step_kwargs.items()}
-                for rows in chunks
-            ]
+            chunk_kwargs = [step_kwargs] if len(chunks) == 1 else [self._row_kwargs(step_kwargs, rows) for rows in chunks]
         except _Unsupported:  # some argument cannot be split by rows: one chunk
             chunks, chunk_kwargs = [slice(0, batch)], [step_kwargs]
         results: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
@@ -408,15 +405,18 @@ class PatchSweep:
                     results[layer].append(logits)
         return clean_logits, [torch.cat(results[layer]) for layer in self.layers], method
 
-    def _row_kwargs(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
-        """A layer's suffix kwargs for a chunk of batch rows (its prefix keys/values sliced alike)."""
+    def _row_kwargs(self, step_kwargs: dict[int, dict], rows: slice) -> dict[int, dict]:
+        """Every layer's suffix kwargs for a chunk of batch rows, with one prefix key/value cache sliced alike."""
         batch = self.target.batch_size
-        out = {}
-        for name, value in kwargs.items():
-            if isinstance(value, _PrefixKV):
-                out[name] = value.rows(rows)
-            else:
-                out[name] = _select_rows(value, rows, batch)
+        prefixes: dict[int, _PrefixKV] = {}  # id of a full-batch prefix cache -> its rows (one slice for all layers)
+        out: dict[int, dict] = {}
+        for j, kwargs in step_kwargs.items():
+            out[j] = {}
+            for name, value in kwargs.items():
+                if isinstance(value, _PrefixKV):
+                    out[j][name] = prefixes.setdefault(id(value), value.rows(rows))
+                else:
+                    out[j][name] = _select_rows(value, rows, batch)
         return out
 
     def _recompute(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spatialmech.io import atomic_write_text
-from spatialmech.training.data import EVALUATION_LAYOUT_SHARE, THREE_OBJECT_SHARE
+from spatialmech.training.data import data_shares
 
 
 def _curve(history: list[dict[str, Any]], key: str, points: int = 8) -> str:
@@ -44,7 +44,7 @@ def render_model_card(log: dict[str, Any]) -> str:
     arch = config["architecture"]
     held_out = log.get("held_out", {})
     # the log's own record wins; logs written before it existed fall back to the recipe's constants
-    data = {"three_object_share": THREE_OBJECT_SHARE, "evaluation_layout_share": EVALUATION_LAYOUT_SHARE, **log.get("data", {})}
+    data = {**data_shares(), **log.get("data", {})}
     total_seconds = sum(v.get("seconds", 0) for v in log["timings"].values() if isinstance(v, dict))
     lines = [
         "# spatialmech bundled model: tiny Qwen2-VL",
