@@ -177,6 +177,41 @@ def engine_sweep(adapter: VLMAdapter, pairs: SweepPairs) -> tuple[torch.Tensor, 
     return torch.cat(logits, dim=1), "/".join(sorted(methods))
 
 
+def exact_work_ceiling(adapter: VLMAdapter, pairs: SweepPairs) -> dict[str, Any]:
+    """The best speed-up over the naive loop that an exact sweep could reach, from timings of this run.
+
+    Per pair the naive loop runs L + 1 whole batch-1 forwards (one source, one patched target per layer).
+    An exact sweep needs at least the source and clean-target forwards (2 whole forwards: the source
+    values and the state to resume from), then for a patch at layer l, layers l..L-2 over the positions
+    from the first patched one on (the suffix; under causal attention nothing before it changes), and
+    nothing at the last layer (counted as free, which flatters the sweep). With T1 the time of one whole
+    batch-1 forward, T and T_lm the per-pair times of a whole and a language-model-only forward in the
+    sweep's batches, and s the suffix's share of the sequence:
+    ceiling = (L + 1) T1 / (2 T + T_lm s sum_l (L - 1 - l) / L).
+    """
+    batch = pairs.batches[0]
+    rows = batch.target.batch_size
+    with torch.no_grad():
+        encoded = adapter.encode_images(batch.target)
+        single = pairs.singles[0][0]
+        samples: dict[str, list[float]] = {"single": [], "batch": [], "lm": []}
+        for _ in range(3):
+            samples["single"].append(timed(adapter.forward, single)[1])
+            samples["batch"].append(timed(adapter.forward, batch.target)[1] / rows)
+            samples["lm"].append(timed(adapter.forward, encoded)[1] / rows)
+    single_s, whole, lm_part = (statistics.median(samples[k]) for k in ("single", "batch", "lm"))
+    layers = adapter.num_layers
+    suffix_share = statistics.mean((t.seq_len - int(p.min())) / t.seq_len for t, _s, p, _sp in pairs.singles)
+    recompute = lm_part * suffix_share * sum(layers - 1 - layer for layer in range(layers)) / layers
+    return {
+        "batch1_forward_seconds": round(single_s, 4),
+        "batched_forward_seconds_per_pair": round(whole, 4),
+        "batched_lm_forward_seconds_per_pair": round(lm_part, 4),
+        "suffix_share": round(suffix_share, 3),
+        "ceiling_vs_naive": round((layers + 1) * single_s / (2 * whole + recompute), 2),
+    }
+
+
 def timed(fn, *args) -> tuple[Any, float, float]:
     """(result, wall seconds, CPU seconds of this process). CPU time is the fairer figure on a shared
     machine: other processes' load stretches wall time but not the work this process does."""
@@ -232,10 +267,12 @@ def run_model(name: str, n_pairs: int, kinds: list[str], methods: list[str], rep
                 if method in results:
                     row[f"speedup_vs_{method}"] = round(row[f"{method}_seconds"] / row["engine_seconds"], 2)
                     row[f"cpu_speedup_vs_{method}"] = round(row[f"{method}_cpu_seconds"] / row["engine_cpu_seconds"], 2)
+        if kind == "strip":
+            row["exact_work"] = exact_work_ceiling(adapter, pairs)
         info["sweeps"][kind] = row
         print(
             f"  {kind}: engine path {row.get('engine_path')}; "
-            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("speedup", "cpu_speedup", "engine_max", "nnsight_max"))),
+            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("speedup", "cpu_speedup", "engine_max", "nnsight_max", "exact_work"))),
             flush=True,
         )
     return info
@@ -277,6 +314,11 @@ def main() -> int:
     print("\nratios (engine speed-up, same run) and equality with the naive loop:")
     for check in checks:
         print(f"  {check['model']:8s} {check['sweep']:5s} {check['metric']:30s} {check['value']:<12.4g} target {check['target']}  {'MET' if check['met'] else 'NOT MET'}")
+    for model in result["models"]:
+        for kind, row in model["sweeps"].items():
+            if "exact_work" in row:
+                print(f"  {model['model']:8s} {kind:5s} exact-work ceiling vs naive (no exact sweep can beat it): "
+                      f"{row['exact_work']['ceiling_vs_naive']}  (engine {row.get('speedup_vs_naive')})")
     print(f"saved {path}")
     print(dumps(result["machine"]))
     return 0

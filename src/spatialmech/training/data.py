@@ -38,6 +38,9 @@ IGNORE = -100  # label for cells a head does not supervise
 FIXED_SPACING_SHARE = 0.75  # share of random grid layouts drawn with the geometry's spacing (else random gaps)
 EVALUATION_LAYOUT_SHARE = 0.75  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
 THREE_OBJECT_SHARE = 0.85  # share of grid images with three objects (when three are allowed); the rest have two
+# Relative sampling weight of each task's images. scenes gets half a grid task's share: its strict
+# forced-choice score stays near chance on a model this small, and its images cost as much as a grid image.
+TASK_WEIGHTS = {"squares": 1.0, "shapes": 1.0, "objects": 1.0, SCENES_TASK: 0.5}
 
 
 def data_shares() -> dict[str, float]:
@@ -46,6 +49,7 @@ def data_shares() -> dict[str, float]:
         "three_object_share": THREE_OBJECT_SHARE,
         "evaluation_layout_share": EVALUATION_LAYOUT_SHARE,
         "fixed_spacing_share": FIXED_SPACING_SHARE,
+        **{f"task_weight_{name}": weight for name, weight in TASK_WEIGHTS.items()},
     }
 
 
@@ -297,9 +301,10 @@ class TrainingSource:
         self.seed = seed
         self.vocabulary = class_vocabulary(tasks)
         self._tasks = {name: get_task(name, geometry=geometry) for name in tasks}
+        self._weights = [TASK_WEIGHTS.get(name, 1.0) for name in tasks]
 
     def sample(self, rng: random.Random, max_objects: int = 3, task: str | None = None) -> TrainingImage:
-        name = task or rng.choice(self.tasks)
+        name = task or rng.choices(self.tasks, weights=self._weights)[0]
         if name == SCENES_TASK:
             return self._scene_image(rng)
         grid_task = self._tasks[name]

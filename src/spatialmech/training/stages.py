@@ -106,7 +106,11 @@ def vision_batch(source: TrainingSource, seed: int, step: int, batch_size: int) 
 
 
 def vision_loss(
-    adapter: Adapter, heads: VisionHeads, batch: list[TrainingImage], timer: StageTimer | None = None
+    adapter: Adapter,
+    heads: VisionHeads,
+    batch: list[TrainingImage],
+    timer: StageTimer | None = None,
+    neighbour_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy of the identity, strip-ordinal and neighbour heads on the merger output, per LM-token cell."""
     pixel_values, grid_thw = preprocess(adapter, [example.image for example in batch])
@@ -130,17 +134,21 @@ def vision_loss(
         neighbours = nn.functional.cross_entropy(neighbour_logits[supervised], neighbour_labels[supervised])
     else:
         neighbours = identity_logits.sum() * 0.0
-    loss = identity + ordinal + neighbours
+    loss = identity + ordinal + neighbour_weight * neighbours
     with torch.no_grad():
         identity_acc = float((identity_logits.argmax(-1) == identity_labels).float().mean())
-        neighbour_acc = float((neighbour_logits[supervised].argmax(-1) == neighbour_labels[supervised]).float().mean()) if supervised.any() else float("nan")
+        neighbour_hits = neighbour_logits.argmax(-1) == neighbour_labels
+        neighbour_acc = float(neighbour_hits[supervised].float().mean()) if supervised.any() else float("nan")
+        present = neighbour_labels > 0  # a real neighbour on that side (not 'none')
+        neighbour_present_acc = float(neighbour_hits[present].float().mean()) if present.any() else float("nan")
         in_strip = in_line & (ordinal_labels > 0)
         ordinal_acc = float((ordinal_logits[in_strip].argmax(-1) == ordinal_labels[in_strip]).float().mean()) if in_strip.any() else float("nan")
     if timer:
         timer.lap("forward")
     return loss, {"identity_loss": float(identity.detach()), "ordinal_loss": float(ordinal.detach()),
                   "neighbour_loss": float(neighbours.detach()), "identity_acc": identity_acc,
-                  "ordinal_acc": ordinal_acc, "neighbour_acc": neighbour_acc}
+                  "ordinal_acc": ordinal_acc, "neighbour_acc": neighbour_acc,
+                  "neighbour_present_acc": neighbour_present_acc}
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -339,7 +347,7 @@ def lm_logits_shared_prefix(
     slot_mask = torch.zeros(len(prefix.ids), dtype=torch.bool)
     slot_mask[prefix.image_slots] = True
     embeds = torch.where(slot_mask[None, :, None], torch.zeros_like(embeds), embeds)
-    embeds = embeds.index_put((torch.arange(n_images)[:, None], prefix.image_slots[None, :]), merged, accumulate=True)
+    embeds = embeds.index_put((torch.arange(n_images)[:, None], prefix.image_slots[None, :]), merged.to(embeds.dtype), accumulate=True)
     cache = DynamicCache(config=language_model.config)
     language_model(
         inputs_embeds=embeds,
