@@ -9,6 +9,7 @@ while it is not without the ablation, and the curves move at later layers; schem
 from __future__ import annotations
 
 import pytest
+import torch
 
 from spatialmech.engine import Engine
 from spatialmech.errors import UserInputError
@@ -25,6 +26,8 @@ from spatialmech.tasks.base import CF_REVERSED
 FAMILIES = {"qwen2-vl": {"num_layers": 3}, "qwen2.5-vl": {}, "paligemma": {}, "gemma3": {"tokens_per_side": 6}}
 SAME = 1e-9  # tracked probabilities (~1/vocab here) of runs that must be equal; they come out exactly equal
 MOVED = 1e-7  # logits: random tiny models move by 1e-6..1e-2 where anything changes, by exactly 0 otherwise
+ROUNDING = 1e-6  # logits: a sweep's recomputation vs a whole forward of the same run (float32 order of operations)
+CONTEXT = 1e-5  # residuals of the same tokens after one layer in two contexts: 2e-4..2.6 in these models
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -64,6 +67,11 @@ def test_source_equals_target_is_the_ablated_clean_run(setup):
             assert record["top1"][label] == [int(h) for h in ablated_hits[row].tolist()]
 
 
+def _swapped_values(engine, site, inputs, positions, interventions=()):
+    values = engine.cache(inputs, {site: positions}, interventions=interventions)[site]
+    return values if isinstance(values, list) else list(values)
+
+
 def test_object_swap_is_a_no_op_at_the_input_only_under_the_ablation(setup):
     adapter, engine, task, items, ablation = setup
     pairs = make_pairs(task, items, CF_REVERSED)
@@ -72,19 +80,31 @@ def test_object_swap_is_a_no_op_at_the_input_only_under_the_ablation(setup):
     assert out["layers"] == ["emb", *layers]
     assert _max_change(out, 0) < SAME  # embeddings: alone(c0) at the clean start == alone(c0) at the counterfactual end
     assert _max_change(out, 1) < SAME  # layer 0's input is the same tokens
-    plain = criss_cross.sweep_batch(engine, task, pairs, region="object", layers=[])
-    assert _max_change(plain, 0) > SAME  # without the ablation the swapped object tokens differ already
 
-    # From layer 1 on, the swapped tokens carry what the LM wrote in the other context: logits move.
     clean_inputs, counter_inputs = criss_cross.encode_pairs(adapter, task, pairs)
     targets, sources = criss_cross.swap_positions(clean_inputs, counter_inputs, pairs, "object")
+    clean_ablation = ablation.interventions(clean_inputs, [p.clean for p in pairs])
+    counter_ablation = ablation.interventions(counter_inputs, [p.counter for p in pairs])
+    # The swapped tokens at layer 0's input: identical under the ablation, different pictures' tokens without it.
+    ablated = zip(_swapped_values(engine, "lm.resid_pre.0", clean_inputs, targets, clean_ablation),
+                  _swapped_values(engine, "lm.resid_pre.0", counter_inputs, sources, counter_ablation))
+    assert all(torch.equal(a, b) for a, b in ablated)
+    plain = zip(_swapped_values(engine, "lm.resid_pre.0", clean_inputs, targets),
+                _swapped_values(engine, "lm.resid_pre.0", counter_inputs, sources))
+    assert any(not torch.equal(a, b) for a, b in plain)
+    # From layer 1 on, they carry what the LM wrote in the other context.
+    later = zip(_swapped_values(engine, "lm.resid_pre.1", clean_inputs, targets, clean_ablation),
+                _swapped_values(engine, "lm.resid_pre.1", counter_inputs, sources, counter_ablation))
+    assert max(float((a - b).abs().max()) for a, b in later) > CONTEXT
+
+    # So the patched logits stay the clean run's at layer 0 (up to the float32 rounding of the sweep's
+    # recomputation, whose order of operations differs from a whole forward) and move more after it.
     sweep = engine.patch_sweep(
         clean_inputs, counter_inputs, targets, sources, layers=layers, keep_logits=True,
-        target_interventions=ablation.interventions(clean_inputs, [p.clean for p in pairs]),
-        source_interventions=ablation.interventions(counter_inputs, [p.counter for p in pairs]),
+        target_interventions=clean_ablation, source_interventions=counter_ablation,
     )
     moved = (sweep.logits - sweep.clean_logits[None]).abs().amax(dim=(1, 2))
-    assert float(moved[0]) == 0.0 and float(moved[1:].max()) > MOVED
+    assert float(moved[0]) <= ROUNDING and float(moved[1:].max()) > float(moved[0])
 
 
 def test_experiment_schema_and_resume(tmp_path):

@@ -17,10 +17,26 @@ def _curve(history: list[dict[str, Any]], key: str, points: int = 8) -> str:
     cells = []
     for start in range(0, len(history), size):
         window = history[start : start + size]
-        values = [row[key] for row in window if row.get(key) is not None]
+        values = [row[key] for row in window if row.get(key) is not None and row[key] == row[key]]  # skip NaN
         if values:
             cells.append(f"{window[0]['step']}-{window[-1]['step']}: {sum(values) / len(values):.3f}")
     return "; ".join(cells)
+
+
+def _present_curve(history: list[dict[str, Any]]) -> list[str]:
+    """The neighbour head on real neighbours only (logs from before it was recorded have none)."""
+    if not any("neighbour_present_acc" in entry for entry in history):
+        return []
+    return [f"- vision neighbour-head batch accuracy on real neighbours (not 'none'): {_curve(history, 'neighbour_present_acc')}"]
+
+
+def _task_share_line(data: dict[str, Any]) -> list[str]:
+    weights = {key.removeprefix("task_weight_"): value for key, value in data.items() if key.startswith("task_weight_")}
+    if not weights:
+        return []
+    total = sum(weights.values())
+    shares = ", ".join(f"{name} {weight / total:.0%}" for name, weight in weights.items())
+    return [f"- Training images per task: {shares}."]
 
 
 def _timing_rows(timings: dict[str, Any]) -> list[str]:
@@ -56,13 +72,16 @@ def render_model_card(log: dict[str, Any]) -> str:
         "",
         "## Accuracy on evaluation items (`spatialmech eval --task T`)",
         "",
-        "| task | accuracy (`eval` default items) | n | chance | unseen combinations only | n |",
-        "|---|---|---|---|---|---|",
+        "| task | accuracy (`eval` default items) | n | chance | left/right | above/below | unseen combinations only | n |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, metrics in held_out.items():
         unseen = metrics.get("held_out_combinations")
         unseen_cells = f"{unseen['accuracy']:.4f} | {unseen['n']}" if unseen and unseen.get("accuracy") is not None else "- | -"
-        lines.append(f"| {task} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['chance']:.2f} | {unseen_cells} |")
+        axes = " | ".join(
+            f"{metrics[key]:.4f}" if key in metrics else "-" for key in ("accuracy_horizontal", "accuracy_vertical")
+        )
+        lines.append(f"| {task} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['chance']:.2f} | {axes} | {unseen_cells} |")
     lines += [
         "",
         "The last column is the held-out figure: items new in every respect.",
@@ -76,6 +95,7 @@ def render_model_card(log: dict[str, Any]) -> str:
         "  elsewhere on the grid (any combination, the evaluation layout excluded). Items of the other",
         "  combinations may share their image with a training image, so the first column is not a",
         "  held-out figure for the grid tasks.",
+        *_task_share_line(data),
         f"- scenes ({config['eval_n'].get('scenes')} items of seed {config['eval_seed']}): training scenes come from seeds >= 100000",
         "  (`data.SCENES_TRAIN_SEED_BASE`); forced-choice questions are scored strictly (right under both",
         "  option orders), chance 0.5.",
@@ -101,7 +121,7 @@ def render_model_card(log: dict[str, Any]) -> str:
         "   (background or which colour/shape/object); for every cell, the ordinal (1st/2nd/3rd along the",
         "   line) of the object whose strip holds it, background included (the paper's \"strips\"); and for",
         "   object cells which object is the nearest neighbour on each side along its row/column (a dense",
-        "   relational caption). The linear heads are discarded.",
+        f"   relational caption, its loss weighted {config.get('neighbour_loss_weight', 1.0):g}x). The linear heads are discarded.",
         f"2. Cache: the vision blocks are frozen; their output (`vision.out`) is computed once for {config['cache_images']}",
         "   training images.",
         f"3. Language stage ({config['language_steps']} steps of {config['language_images']} images with all their questions, AdamW lr {config['language_lr']}):"
@@ -128,6 +148,7 @@ def render_model_card(log: dict[str, Any]) -> str:
         f"- vision strip-ordinal-head batch accuracy (cells inside a strip): {_curve(log['history']['vision'], 'ordinal_acc')}",
         f"- vision neighbour-head batch accuracy: {_curve(log['history']['vision'], 'neighbour_acc')}"
         " (about 0.7 of neighbour labels are 'none'; a head stuck near 0.7 has not learnt relations)",
+        *_present_curve(log["history"]["vision"]),
         f"- language (answer cross-entropy): {_curve(log['history']['language'], 'loss')}",
         f"- language batch accuracy: {_curve(log['history']['language'], 'accuracy')}",
         "",
