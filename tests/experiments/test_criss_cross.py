@@ -196,13 +196,13 @@ def test_cli_on_the_bundled_model(tmp_path, capsys):
 
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not trained yet")
 def test_regions_hold_the_objects_on_the_trained_model():
-    """Control on the bundled model: giving the clean run the counterfactual's end-object tokens *at the
-    same place* shows it the reversed image's end objects, so the flipped attribute gains probability.
-    How much is the model's business: the shipped model reads the answer mostly off the reference
-    object's own tokens (its vision tower encodes each object's neighbours), so only some answers flip;
-    a region that missed the objects (background) would move nothing, the strips' ordinals being the
-    same in both images. (The criss-cross swap keeps each attribute in place and moves only where its
-    tokens were computed.)"""
+    """Control on the bundled model: giving the clean run the reversed image's tokens of *all three*
+    object boxes, each at the same place, shows it the reversed image's objects, so the flipped
+    attribute must take over; a region that missed the objects would move nothing (the strips'
+    ordinals are the same in both images). The end objects alone move it far less on the shipped
+    model: its vision tower encodes each object's neighbours, and it reads the answer off the
+    reference (middle) object's tokens, which the end-object criss-cross leaves in place."""
+    from spatialmech.engine import Patch
     from spatialmech.experiments.common import filter_correct_pairs
     from spatialmech.models import load_model
 
@@ -211,12 +211,30 @@ def test_regions_hold_the_objects_on_the_trained_model():
     candidates = make_pairs(task, task.items(None)[::7], CF_REVERSED)
     pairs, _ = filter_correct_pairs(adapter, task, candidates, n=12, batch_size=12)  # right on both inputs
     assert len(pairs) == 12
-    control = criss_cross.sweep_batch(Engine(adapter), task, pairs, region="object", layers=[], mapping="aligned")
-    assert control["layers"] == ["emb"]
-    patched = sum(r["iia"][0][1] for r in control["pairs"]) / len(pairs)  # P(flipped) with the patch
-    clean = sum(r["clean_run"]["flipped"] for r in control["pairs"]) / len(pairs)
-    assert patched > clean + 0.1, (patched, clean)
-    assert any(r["top1"][0][1] for r in control["pairs"])
+    engine = Engine(adapter)
+    clean_inputs, counter_inputs = criss_cross.encode_pairs(adapter, task, pairs)
+
+    def object_positions(inputs, items):
+        return [
+            torch.cat([criss_cross.box_positions(inputs.images[row][0], item.box_fraction(i)) for i in range(3)])
+            for row, item in enumerate(items)
+        ]
+
+    targets = object_positions(clean_inputs, [p.clean for p in pairs])
+    sources = object_positions(counter_inputs, [p.counter for p in pairs])
+    assert [t.numel() for t in targets] == [s.numel() for s in sources]
+    values = engine.cache(counter_inputs, {criss_cross.EMBEDDINGS_SITE: sources})[criss_cross.EMBEDDINGS_SITE]
+    patched_logits = engine.logits(clean_inputs, [Patch(criss_cross.EMBEDDINGS_SITE, targets, values)])
+    words = [criss_cross.tracked_answers(p) for p in pairs]
+    records = patching.batch_records(
+        adapter, pairs, words, patched_logits[None], engine.logits(clean_inputs), engine.logits(counter_inputs))
+    all_objects = sum(r["iia"][0][1] for r in records) / len(pairs)  # P(flipped) with every object patched
+    clean = sum(r["clean_run"]["flipped"] for r in records) / len(pairs)
+    assert all_objects > clean + 0.5, (all_objects, clean)
+    assert sum(r["top1"][0][1] for r in records) >= len(pairs) // 2
+    ends = criss_cross.sweep_batch(engine, task, pairs, region="object", layers=[], mapping="aligned")
+    end_objects = sum(r["iia"][0][1] for r in ends["pairs"]) / len(pairs)
+    assert end_objects < all_objects, (end_objects, all_objects)
 
 
 def test_flip_summary():
