@@ -36,7 +36,7 @@ SCENES_TRAIN_SEED_BASE = 100_000  # scenes items for training come from seeds at
 SIDES = ("left", "right", "above", "below")  # order of the neighbour heads
 IGNORE = -100  # label for cells a head does not supervise
 FIXED_SPACING_SHARE = 0.75  # share of random grid layouts drawn with the geometry's spacing (else random gaps)
-EVALUATION_LAYOUT_SHARE = 0.75  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
+EVALUATION_LAYOUT_SHARE = 0.5  # share of 3-object grid images drawn in the evaluation layout (non-held-out combinations)
 THREE_OBJECT_SHARE = 0.85  # share of grid images with three objects (when three are allowed); the rest have two
 # Relative sampling weight of each task's images. scenes gets half a grid task's share: its strict
 # forced-choice score stays near chance on a model this small, and its images cost as much as a grid image.

@@ -64,7 +64,7 @@ class TrainingConfig:
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     threads: int = 2
     # stage 1: vision tower with dense heads
-    vision_steps: int = 2500
+    vision_steps: int = 2000
     vision_batch: int = 12
     vision_lr: float = 2e-3
     vision_warmup: int = 20
@@ -72,9 +72,9 @@ class TrainingConfig:
     # and with weight 1 they lagged far behind identity and ordinal (about 0.6-0.9 per side at 1000 steps).
     neighbour_loss_weight: float = 4.0
     # stage 2: frozen-tower features of the LM-stage images
-    cache_images: int = 6000
+    cache_images: int = 10000
     # stage 3: projector + LM on cached features (every question of `language_images` images per step)
-    language_steps: int = 4500
+    language_steps: int = 3500
     language_images: int = 12
     language_lr: float = 1.5e-3
     language_warmup: int = 20
