@@ -24,7 +24,8 @@ from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_REVERSED
 
 FAMILIES = {"qwen2-vl": {"num_layers": 3}, "qwen2.5-vl": {}, "paligemma": {}, "gemma3": {"tokens_per_side": 6}}
-SAME = 1e-9  # tracked probabilities (~1/vocab here) of runs that must be equal; they come out exactly equal
+SAME = 1e-9  # tracked probabilities (~1/vocab here) of runs that must be equal: exactly equal on Intel Xeon, while
+REL = 1e-6  # a sweep's recomputation differs by float32 rounding on AMD EPYC (2e-7 relative seen)
 MOVED = 1e-7  # logits: random tiny models move by 1e-6..1e-2 where anything changes, by exactly 0 otherwise
 ROUNDING = 1e-6  # logits: a sweep's recomputation vs a whole forward of the same run (float32 order of operations)
 CONTEXT = 1e-5  # residuals of the same tokens after one layer in two contexts: 2e-4..2.6 in these models
@@ -61,9 +62,9 @@ def test_source_equals_target_is_the_ablated_clean_run(setup):
     ablated_p, ablated_hits = patching.tracked_scores(ablated_logits, answers)
     for row, record in enumerate(out["pairs"]):
         clean = [record["clean_run"][key] for key in criss_cross.ANSWERS]
-        assert clean == pytest.approx(ablated_p[row].tolist(), abs=SAME)
+        assert clean == pytest.approx(ablated_p[row].tolist(), rel=REL, abs=SAME)
         for label in range(len(out["layers"])):
-            assert record["iia"][label] == pytest.approx(clean, abs=SAME)
+            assert record["iia"][label] == pytest.approx(clean, rel=REL, abs=SAME)
             assert record["top1"][label] == [int(h) for h in ablated_hits[row].tolist()]
 
 
@@ -144,3 +145,24 @@ def test_layers_option_and_bad_n(tmp_path):
         run_experiment("backup", adapter, out_root=tmp_path, options={"n": 0}, progress=False)
     with pytest.raises(UserInputError, match="does not run on task"):
         run_experiment("backup", adapter, out_root=tmp_path, task="scenes", progress=False)
+
+
+def test_no_pair_answered_under_the_ablation_is_a_result_not_a_failure(tmp_path):
+    """A model that cannot answer under the ablation (here: an all-zero LM head, so every answer ties and
+    none wins) has no backup to patch: the run finishes with zero pairs, the filter's counts and a finding."""
+    adapter = adapter_class("qwen2-vl").tiny(0, num_layers=2)
+    with torch.no_grad():
+        adapter.model.lm_head.weight.zero_()
+    path = run_experiment("backup", adapter, out_root=tmp_path, options={"n": 2}, batch_size=8, progress=False)
+    result = load_result(path.parent)
+    metrics = result["metrics"]
+    candidates = metrics["pairs"]["candidates"]
+    assert candidates > 0 and metrics["candidate_pairs"] == candidates
+    assert metrics["n_pairs"] == metrics["kept_pairs"] == 0 and metrics["max_flip_rate"] is None
+    assert metrics["pairs"]["dropped_both_wrong"] == candidates
+    assert metrics["finding"].startswith(f"no backup: under the vision ablation the model answered none of {candidates}")
+    assert result["figures"] == [] and "curves" not in metrics
+    # resuming the finished run reuses the saved filter and gives the same result
+    path.unlink()
+    resumed = run_experiment("backup", adapter, out_root=tmp_path, options={"n": 2}, batch_size=8, resume=True, progress=False)
+    assert load_result(resumed.parent)["metrics"] == metrics

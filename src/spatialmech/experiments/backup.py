@@ -14,7 +14,9 @@ no-op under the ablation: the counterfactual's last object *is* the clean first 
 token for token. Any flip must come from what the LM layers wrote onto those tokens.
 
 Pairs are kept when the model answers correctly on *both ablated* inputs (`filter_correct`); an
-untrained or tiny model may keep few; the result records how many and why the rest were dropped.
+untrained or tiny model may keep few; the result records how many and why the rest were dropped. A
+model that keeps none (it cannot answer at all without vision-derived position, as the bundled model)
+gets a result with no curves and a `finding` that says so: no backup to measure.
 """
 
 from __future__ import annotations
@@ -101,22 +103,43 @@ def plot_curves(ctx: ExperimentContext, labels: Sequence[Any], curves: dict[str,
                              ylabel="mean P (IIA) / top-1 rate", shade=shade)
 
 
+def no_pairs_output(ctx: ExperimentContext, report: dict[str, Any]) -> ExperimentOutput:
+    """The result when the model answers no pair under the ablation: that is a finding, not a failure.
+
+    Without vision-derived position the model cannot answer at all, so there is no LM-written
+    ordering left to patch: the backup mechanism is absent (or too weak to answer with). The result
+    says so, with the filter's counts, and has no curves (nothing was patched).
+    """
+    finding = (
+        f"no backup: under the vision ablation the model answered none of {report['candidates']} {ctx.task_name} pairs "
+        f"correctly on both inputs ({report['dropped_both_wrong']} both wrong, {report['dropped_clean_wrong']} clean wrong, "
+        f"{report['dropped_counterfactual_wrong']} counterfactual wrong), so there is nothing to patch"
+    )
+    metrics = {
+        "region": REGION,
+        "n_pairs": 0,
+        "kept_pairs": 0,
+        "candidate_pairs": report["candidates"],
+        "layers": criss_cross.layer_labels(ctx.config),
+        "max_flip_rate": None,
+        "finding": finding,
+        "pairs": report,
+    }
+    return ExperimentOutput(metrics=metrics, data={"answers": LEGEND})
+
+
 def run(ctx: ExperimentContext) -> ExperimentOutput:
     task = patching.load_task(ctx)
     engine = Engine(ctx.adapter)
     ablation = VisionAblation(engine, task, PARTS, source_tokens=SourceTokens(engine, task))
     try:
         pairs, report = patching.select_pairs(ctx, task, CF_REVERSED, logits_fn=ablation.logits)
-    except UserInputError as exc:  # no pair kept (the saved `pairs` unit says why): say it in terms of the ablation
-        if not (ctx.units_dir / "pairs.json").is_file():
+    except UserInputError:
+        saved = ctx.units_dir / "pairs.json"
+        report = read_json(saved, "saved unit")["report"] if saved.is_file() else {}
+        if report.get("kept") != 0:
             raise
-        report = read_json(ctx.units_dir / "pairs.json", "saved unit")["report"]
-        raise UserInputError(
-            f"under the vision ablation the model answered none of {report['candidates']} {ctx.task_name} pairs correctly "
-            f"on both the clean and the counterfactual input ({report['dropped_both_wrong']} both wrong, "
-            f"{report['dropped_clean_wrong']} clean wrong, {report['dropped_counterfactual_wrong']} counterfactual wrong)",
-            "backup needs a model that keeps some accuracy under the ablation: `spatialmech run ablate-vision` shows it",
-        ) from exc
+        return no_pairs_output(ctx, report)
     layers = list(ctx.config["layers"])
     include_embeddings = bool(ctx.config.get("include_embeddings", True))
 
