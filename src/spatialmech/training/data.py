@@ -1,11 +1,13 @@
 """Training examples for the bundled model, drawn from the same renderers as the evaluation tasks.
 
 Held-out by construction (documented in the model card):
-- grid tasks (squares, shapes, objects): training images are *random layouts* (1-3 objects of the
-  task's k x k size anywhere on a row or column, random gaps, any reference object with a neighbour
-  on the asked side), drawn with the task's own glyphs and prompt templates. The task's evaluation
-  items all use one fixed layout (3 objects centred, spacing k); every training layout that equals
-  it is rejected, so no evaluation image is ever seen in training.
+- grid tasks (squares, shapes, objects): the task's evaluation items all use one fixed layout (3
+  objects centred, spacing k). Half of the 3-object training images (`EVALUATION_LAYOUT_SHARE`) use
+  that layout, but only with attribute combinations that are not held out
+  (`is_held_out_combination`); the rest are *random layouts* (1-3 objects of the task's k x k size
+  anywhere on a row or column, random gaps, never the evaluation layout, any combination), drawn
+  with the task's own glyphs and prompt templates. So the held-out combinations' evaluation images
+  are never seen in training.
 - scenes: training items come from seeds >= `SCENES_TRAIN_SEED_BASE`; evaluation uses small seeds.
 
 Besides its questions, each training image carries dense labels for the vision stage: the identity
