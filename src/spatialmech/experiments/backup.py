@@ -25,12 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from spatialmech.engine import Engine
-from spatialmech.errors import UserInputError
 from spatialmech.experiments import criss_cross, patching
 from spatialmech.experiments.ablate_vision import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.experiments.common import Pair
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
-from spatialmech.io import read_json
 from spatialmech.tasks.base import CF_REVERSED, Task
 
 NAME = "backup"
@@ -132,13 +130,8 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
     task = patching.load_task(ctx)
     engine = Engine(ctx.adapter)
     ablation = VisionAblation(engine, task, PARTS, source_tokens=SourceTokens(engine, task))
-    try:
-        pairs, report = patching.select_pairs(ctx, task, CF_REVERSED, logits_fn=ablation.logits)
-    except UserInputError:
-        saved = ctx.units_dir / "pairs.json"
-        report = read_json(saved, "saved unit")["report"] if saved.is_file() else {}
-        if report.get("kept") != 0:
-            raise
+    pairs, report = patching.select_pairs(ctx, task, CF_REVERSED, logits_fn=ablation.logits, allow_none=True)
+    if not pairs:
         return no_pairs_output(ctx, report)
     layers = list(ctx.config["layers"])
     include_embeddings = bool(ctx.config.get("include_embeddings", True))

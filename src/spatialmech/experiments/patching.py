@@ -78,13 +78,14 @@ def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
 
 
 def select_pairs(
-    ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None
+    ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None, *, allow_none: bool = False
 ) -> tuple[list[Pair], dict[str, Any]]:
     """The experiment's pairs and the filter report, saved as the unit `pairs` (so --resume reuses it).
 
     With `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
     `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the
-    first `n` candidates. No kept pair at all is an error: every curve would be empty.
+    first `n` candidates. No kept pair at all is an error (every curve would be empty) unless
+    `allow_none`, for an experiment where that is itself the finding (`backup`).
     """
     n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
     candidates = candidate_pairs(task, kind, ctx.seed)
@@ -102,7 +103,7 @@ def select_pairs(
 
     unit = ctx.unit("pairs", compute)
     pairs = [by_id[item_id] for item_id in unit["clean_ids"]]
-    if not pairs:
+    if not pairs and not allow_none:
         report = unit["report"]
         raise UserInputError(
             f"the model answered none of {report['candidates']} {ctx.task_name} pairs correctly on both the clean and "
