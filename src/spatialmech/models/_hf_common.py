@@ -19,6 +19,7 @@ from torch import nn
 from spatialmech.errors import UserInputError
 from spatialmech.models._taps import FlatTaps, RowOrder
 from spatialmech.models.base import GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.placement import Placement, from_pretrained_kwargs, make_placement, resolve_device
 
 # ------------------------------------------------------------------------------------------ loading
 
@@ -28,11 +29,17 @@ def load_hf_model(
     path_or_id: str,
     *,
     dtype: torch.dtype | None,
-    device: str,
+    device: str | Placement,
     trust_remote_code: bool,
 ) -> nn.Module:
-    """`model_cls.from_pretrained` with safetensors only, turning missing/corrupt files into one-line errors."""
+    """`model_cls.from_pretrained` with safetensors only, turning missing/corrupt files into one-line errors.
+
+    `device` is a device name (resolved by `resolve_device`: 'auto' = CUDA if present) or a
+    `Placement`; a sharded placement is handed to accelerate at load time (the weights never sit
+    whole on one device)."""
+    placement = device if isinstance(device, Placement) else make_placement(device)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    kwargs.update(from_pretrained_kwargs(placement))
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -52,7 +59,9 @@ def load_hf_model(
             f"model {path_or_id!r} does not load ({_first_line(exc)})",
             "check that the folder is a complete checkpoint of a supported family",
         ) from exc
-    return model.to(device).eval()
+    if not placement.sharded:
+        model = model.to(resolve_device(placement.device))
+    return model.eval()
 
 
 def load_tokenizer(path_or_id: str, *, trust_remote_code: bool) -> Any:
@@ -153,7 +162,7 @@ class HFAdapter(VLMAdapter):
 
     @classmethod
     def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str | Placement = "auto", trust_remote_code: bool = False
     ) -> VLMAdapter:
         model_cls, processor_cls = cls.checkpoint_classes(path_or_id, trust_remote_code=trust_remote_code)
         model = load_hf_model(model_cls, path_or_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

@@ -163,6 +163,16 @@ def _to_device(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+def _inputs_to_model_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    from spatialmech.models.placement import input_device
+
+    device = input_device(model)
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    if all(t.device == device for t in tensors) and device.type == "cpu":
+        return None  # the common CPU case: nothing to move (nested encoder outputs are made on the model's device)
+    return _to_device(args, device), _to_device(kwargs, device)
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """The token grid the LM sees for a square image: what synthetic stimuli are drawn on."""
@@ -188,6 +198,9 @@ class VLMAdapter(ABC):
         self.image_processor = image_processor
         self.model_id = model_id
         self.model.eval()
+        # Inputs are built on the CPU; every forward (ours, generate's, the engine's) gets them on the
+        # model's input device, so no caller has to move a batch.
+        self.model.register_forward_pre_hook(_inputs_to_model_device, with_kwargs=True)
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:
@@ -202,7 +215,7 @@ class VLMAdapter(ABC):
     @classmethod
     @abstractmethod
     def from_pretrained(
-        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: str = "cpu", trust_remote_code: bool = False
+        cls, path_or_id: str, *, dtype: torch.dtype | None = None, device: Any = "auto", trust_remote_code: bool = False
     ) -> VLMAdapter:
         """Load a checkpoint (local folder or hub id) with safetensors weights."""
 
@@ -222,7 +235,10 @@ class VLMAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the model's device, or the first GPU of an accelerate device map."""
+        from spatialmech.models.placement import input_device
+
+        return input_device(self.model)
 
     @abstractmethod
     def grid_spec(self) -> GridSpec:

@@ -13,6 +13,7 @@ from typing import Any
 from spatialmech.errors import UserInputError
 from spatialmech.io import read_json
 from spatialmech.models.base import VLMAdapter
+from spatialmech.models.placement import Placement
 
 # family name -> module (relative to spatialmech.models) holding its `Adapter` class.
 FAMILY_MODULES: dict[str, str] = {
@@ -123,9 +124,12 @@ def _read_config(path_or_id: str, trust_remote_code: bool) -> dict[str, Any]:
 
 
 def load_model(
-    path_or_id: str | None = None, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False
+    path_or_id: str | None = None, *, dtype=None, device: str | Placement = "auto", trust_remote_code: bool = False
 ) -> VLMAdapter:
-    """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model."""
+    """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model.
+
+    `device`: a device name ('auto' = CUDA when present, else CPU) or a `Placement` (accelerate's
+    device map over GPUs, CPU and disk; see `spatialmech.models.placement`)."""
     if path_or_id in (None, BUNDLED_MODEL_NAME):
         path = bundled_model_path()
         if not (path / "config.json").is_file():
