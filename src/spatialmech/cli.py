@@ -34,7 +34,12 @@ EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vi
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="bundled", help="checkpoint folder or hub id (default: the bundled tiny Qwen2-VL)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                        help="split the model over GPUs, CPU and disk with accelerate (needs the distributed extra)")
+    parser.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE[,...]",
+                        help="with --device-map: memory per device, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB")
+    parser.add_argument("--offload-folder", default=None, metavar="DIR", help="with --device-map: where weights that fit nowhere go")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints that ship their own code (off by default)")
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default: 8)")

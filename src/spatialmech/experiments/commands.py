@@ -119,9 +119,10 @@ def load_adapter_from_args(args: argparse.Namespace):
     import torch
 
     from spatialmech.models import load_model
+    from spatialmech.models.placement import placement_from_args
 
     dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
-    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return load_model(args.model, dtype=dtype, device=placement_from_args(args), trust_remote_code=args.trust_remote_code)
 
 
 def run_command(args: argparse.Namespace) -> int:
