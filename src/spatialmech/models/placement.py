@@ -107,7 +107,8 @@ def make_placement(
     if device_map is None:
         if memory or offload_folder:
             raise UserInputError("--max-memory and --offload-folder only apply with --device-map", "add --device-map auto")
-        return Placement(device=resolve_device(device))
+        resolve_device(device)  # fail now on a bad name; resolved again where the model loads (a Ray worker's own GPU)
+        return Placement(device=device or "auto")
     require_extra("accelerate", "--device-map")
     if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
         raise UserInputError(f"unknown --device-map {device_map!r}", f"use one of {', '.join(DEVICE_MAPS)}")
