@@ -136,3 +136,24 @@ def test_bad_cluster_options_are_one_line_errors(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(UserInputError, match=r"--ray-address needs ray.*pip install -e \.\[distributed\]"), ray_cluster(address="x:1"):
         pass
+
+
+def prompt_logits(adapter, prompt: str) -> torch.Tensor:
+    return adapter.forward(adapter.build_inputs([[]], [prompt]))[0]
+
+
+def test_model_spec_factory_loads_the_model_in_each_worker(cluster):
+    """The factory the runner uses: `load_adapter(ModelSpec)`, device 'auto' resolved in the worker."""
+    from spatialmech.models import load_model
+    from spatialmech.models.placement import make_placement
+    from spatialmech.pipeline.workers import ModelSpec, load_adapter
+
+    spec = ModelSpec("bundled", placement=make_placement("auto"))
+    local = load_adapter(spec)
+    assert local.device == load_model(None, device="cpu").device
+    with WorkerPool(load_adapter, spec) as pool:
+        results = dict(pool.map(prompt_logits, PROMPTS, progress=False))
+    for index, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(results[index], prompt_logits(local, prompt), atol=1e-5, rtol=1e-4)
+    with pytest.raises(UserInputError, match="gpus_per_worker 0 must be at least 1"):
+        WorkerPool(load_adapter, spec, gpus_per_worker=0)

@@ -365,7 +365,7 @@ class PatchSweep:
 
     def _check_final_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
         with torch.no_grad():
-            mine = self.adapter.final_logits(hidden)
+            mine = self.adapter.final_logits(hidden).to(logits.device)  # the LM head may sit on another GPU
         scale = 1.0 + float(logits.abs().max())
         tolerance = 1e-4 if logits.dtype == torch.float32 else 2e-2
         if mine.shape != logits.shape or float((mine.float() - logits.float()).abs().max()) > tolerance * scale:
@@ -403,7 +403,8 @@ class PatchSweep:
             for rows, kwargs in zip(chunks, chunk_kwargs):
                 for layer, logits in self._recompute(values, starts, layer_inputs, last_output, kwargs, layer_kwargs, rows, offset):
                     results[layer].append(logits)
-        return clean_logits, [torch.cat(results[layer]) for layer in self.layers], method
+        # recomputed logits come off the LM head's device; the clean ones off the model's output device
+        return clean_logits, [torch.cat(results[layer]).to(clean_logits.device) for layer in self.layers], method
 
     def _row_kwargs(self, step_kwargs: dict[int, dict], rows: slice) -> dict[int, dict]:
         """Every layer's suffix kwargs for a chunk of batch rows, with one prefix key/value cache sliced alike."""

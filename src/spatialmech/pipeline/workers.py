@@ -115,8 +115,10 @@ class _Worker:
 class WorkerPool(Generic[Spec, State]):
     """Actors that each hold `factory(spec)`; `map(fn, payloads)` runs `fn(state, payload)` on them.
 
-    `num_workers`: how many actors (default: one per GPU of the cluster, else one per CPU slot).
-    `max_attempts`: how often a task may lose its actor before the pool gives up (`WorkerLost`).
+    `num_workers`: how many actors (default: one per `gpus_per_worker` GPUs of the cluster, else one
+    per CPU slot). `gpus_per_worker` > 1 for a model sharded over several GPUs (`--device-map`): Ray
+    shows each actor only its own GPUs. `max_attempts`: how often a task may lose its actor before the
+    pool gives up (`WorkerLost`).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class WorkerPool(Generic[Spec, State]):
         spec: Spec,
         *,
         num_workers: int | None = None,
+        gpus_per_worker: int = 1,
         max_attempts: int = 3,
     ):
         require_extra("ray", "the Ray worker pool")
@@ -135,8 +138,13 @@ class WorkerPool(Generic[Spec, State]):
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         self.factory, self.spec = factory, spec
+        if gpus_per_worker < 1:
+            raise UserInputError(f"gpus_per_worker {gpus_per_worker} must be at least 1", "pass a positive number of GPUs")
+        if gpus and gpus_per_worker > gpus:
+            raise UserInputError(f"{gpus_per_worker} GPUs per worker but the cluster has {gpus}", "lower the GPUs per worker")
         self.uses_gpus = gpus > 0
-        self.num_workers = num_workers or (gpus if self.uses_gpus else max(1, cpus))
+        self.gpus_per_worker = gpus_per_worker
+        self.num_workers = num_workers or (gpus // gpus_per_worker if self.uses_gpus else max(1, cpus))
         self.max_attempts = max_attempts
         self.replaced = 0  # actors replaced after dying (for logs and tests)
         self._actors: list[Any] = []
@@ -145,7 +153,7 @@ class WorkerPool(Generic[Spec, State]):
     def _new_actor(self) -> Any:
         import ray
 
-        options = {"num_gpus": 1, "num_cpus": 0} if self.uses_gpus else {"num_cpus": 1}
+        options = {"num_gpus": self.gpus_per_worker, "num_cpus": 0} if self.uses_gpus else {"num_cpus": 1}
         return ray.remote(_Worker).options(max_restarts=0, max_concurrency=1, **options).remote(self.factory, self.spec)
 
     def start(self) -> None:
