@@ -35,7 +35,7 @@ EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vi
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="bundled", help="checkpoint folder or hub id (default: the bundled tiny Qwen2-VL)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the authors' per family: float32 Qwen2-VL and Gemma3, bfloat16 Pixtral; others the checkpoint's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints that ship their own code (off by default)")
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default: 8)")
 

@@ -181,6 +181,9 @@ class VLMAdapter(ABC):
     family: ClassVar[str]  # our name, e.g. "qwen2-vl"
     model_types: ClassVar[tuple[str, ...]]  # HF `config.model_type` values this adapter handles
     description: ClassVar[str] = ""
+    # Weights dtype when the user gives no --dtype: the authors' choice for the paper's families
+    # (their shared/models.py DEFAULT_DTYPE), None = the checkpoint's own dtype.
+    default_dtype: ClassVar[torch.dtype | None] = None
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, model_id: str):
         self.model = model

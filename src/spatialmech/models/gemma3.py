@@ -84,6 +84,7 @@ class Adapter(hf.HFAdapter):
     family = "gemma3"
     model_types = ("gemma3",)
     description = "Gemma3 (SigLIP pooled to mm_tokens_per_image, 16x16 at 896 px); paper's second model"
+    default_dtype = torch.float32  # the authors run Gemma3 in fp32 (shared/models.py DEFAULT_DTYPE)
 
     hf_model = "transformers:Gemma3ForConditionalGeneration"
     hf_image_processor = "transformers.models.gemma3.image_processing_pil_gemma3:Gemma3ImageProcessorPil"

@@ -57,6 +57,7 @@ CHAT_TEMPLATE = (
 class Adapter(LlavaAdapterBase):
     family: ClassVar[str] = "pixtral"
     description: ClassVar[str] = "Pixtral: Llava class with a Pixtral tower (native resolution, [IMG_BREAK] rows)"
+    default_dtype: ClassVar[torch.dtype | None] = torch.bfloat16  # the authors run Pixtral-12B in bf16
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:

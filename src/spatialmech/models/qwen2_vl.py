@@ -72,6 +72,7 @@ class Adapter(hf.HFAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     description = "Qwen2-VL (ViT 14 px patches, 2x2 merger, M-RoPE); paper's main model"
+    default_dtype = torch.float32  # the authors run Qwen2-VL in fp32 (Table 5 is precision-sensitive)
 
     # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
     hf_model = "transformers:Qwen2VLForConditionalGeneration"

@@ -122,10 +122,37 @@ def _read_config(path_or_id: str, trust_remote_code: bool) -> dict[str, Any]:
     return config.to_dict()
 
 
+def check_device(device: str) -> None:
+    """A device this machine has, or a one-line error (before minutes of loading weights)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise UserInputError(f"--device {device!r} is not a torch device", "use cpu, cuda or cuda:N") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(
+            f"--device {device} asked for a CUDA GPU but this machine has none (torch.cuda.is_available() is False)",
+            "pass --device cpu, or run on a machine with a CUDA GPU and a CUDA build of torch",
+        )
+    if kind == "cuda" and ":" in str(device) and torch.device(device).index >= torch.cuda.device_count():
+        raise UserInputError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError(f"--device {device}: MPS is not available on this machine", "pass --device cpu")
+
+
 def load_model(
     path_or_id: str | None = None, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False
 ) -> VLMAdapter:
-    """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model."""
+    """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model.
+
+    `dtype` None = the family's `default_dtype` (the authors' fp32 for Qwen2-VL and Gemma3, bf16 for
+    Pixtral), else the checkpoint's own.
+    """
+    check_device(device)
     if path_or_id in (None, BUNDLED_MODEL_NAME):
         path = bundled_model_path()
         if not (path / "config.json").is_file():
@@ -135,6 +162,9 @@ def load_model(
             )
         path_or_id = str(path)
     family = family_for_config(_read_config(str(path_or_id), trust_remote_code))
-    return adapter_class(family).from_pretrained(
+    cls = adapter_class(family)
+    if dtype is None:
+        dtype = cls.default_dtype
+    return cls.from_pretrained(
         str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
