@@ -126,7 +126,7 @@ class CocoSpatialTask(DataTask):
             if len(subject_boxes) != 1 or len(reference_boxes) != 1:
                 skipped["not_single_instance"] += 1
                 continue
-            file = resolve_image(self.root, question.image_path, (self.root / "data",))
+            file = resolve_image(self.root, question.image_path)
             size = sizes[image_id]
             subject_box, reference_box = _pixel_box(subject_boxes[0], size), _pixel_box(reference_boxes[0], size)
             axis = "horizontal" if question.relation in ("left", "right") else "vertical"
