@@ -38,6 +38,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the authors' per family: float32 Qwen2-VL and Gemma3, bfloat16 Pixtral; others the checkpoint's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints that ship their own code (off by default)")
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default: 8)")
+    _add_grid_option(parser)
+
+
+def _add_grid_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grid", type=int, default=None, metavar="N",
+        help="draw synthetic stimuli on N x N image tokens (default: the family's preset: Qwen2-VL 12, Gemma3 16, "
+        "Pixtral 15; else the processor's largest square); capped, with a warning, where the processor cannot keep it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=None, help="number of items (default: all)")
     p.add_argument("--model", default=None, help="draw on this model's token grid (default: the Qwen geometry)")
-    p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma) instead of --model")
+    p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma, pixtral) instead of --model")
+    _add_grid_option(p)
     p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
     p.add_argument("--seed", type=int, default=0)
 

@@ -169,6 +169,9 @@ class GridSpec:
 
     tokens_per_side: int
     pixels_per_token: int
+    preset: str | None = None  # the authors' geometry preset of this family (tasks.geometry.PRESETS)
+    family: str | None = None
+    note: str | None = None  # set when the grid is not the size asked for (and why)
 
     @property
     def image_size(self) -> int:
@@ -184,6 +187,10 @@ class VLMAdapter(ABC):
     # Weights dtype when the user gives no --dtype: the authors' choice for the paper's families
     # (their shared/models.py DEFAULT_DTYPE), None = the checkpoint's own dtype.
     default_dtype: ClassVar[torch.dtype | None] = None
+    # The authors' synthetic-grid preset for this family (a name in tasks.geometry.PRESETS), or None.
+    paper_preset: ClassVar[str | None] = None
+    # Tokens per side asked for with --grid (None = the preset's, else the processor's largest).
+    requested_grid: int | None = None
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, model_id: str):
         self.model = model
@@ -229,7 +236,27 @@ class VLMAdapter(ABC):
 
     @abstractmethod
     def grid_spec(self) -> GridSpec:
-        """The token grid of the model's native square input, for drawing synthetic stimuli on."""
+        """The token grid synthetic stimuli are drawn on: `requested_grid`, else the family's preset,
+        else the native square input, fitted to what the processor allows (`fit_grid`)."""
+
+    def fit_grid(self, lowest: int, highest: int, pixels_per_token: int) -> GridSpec:
+        """The grid to draw on when the processor keeps square images of `lowest`..`highest` tokens per
+        side: the one asked for (`--grid`), else the preset's, else the largest; clamped to what the
+        processor allows, saying so in `note` (an image drawn bigger would be resized by the processor
+        and its objects would no longer sit on whole tokens)."""
+        from spatialmech.tasks.geometry import PRESETS
+
+        preset = PRESETS.get(self.paper_preset or "")
+        if preset is not None and preset.pixels_per_token != pixels_per_token:
+            preset = None
+        wanted = self.requested_grid or (preset.tokens_per_side if preset is not None else highest)
+        tokens = max(lowest, min(wanted, highest))
+        note = None
+        if tokens != wanted:
+            asked = "--grid" if self.requested_grid else f"the {self.paper_preset} preset's"
+            note = (f"{self.family} model {self.model_id}: its image processor keeps square inputs of {lowest}..{highest} "
+                    f"tokens per side, not {asked} {wanted}; drawing on {tokens}x{tokens} tokens of {pixels_per_token} px")
+        return GridSpec(tokens, pixels_per_token, preset=self.paper_preset, family=self.family, note=note)
 
     # ------------------------------------------------------------------ inputs
     @abstractmethod

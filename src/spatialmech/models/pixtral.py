@@ -58,6 +58,7 @@ class Adapter(LlavaAdapterBase):
     family: ClassVar[str] = "pixtral"
     description: ClassVar[str] = "Pixtral: Llava class with a Pixtral tower (native resolution, [IMG_BREAK] rows)"
     default_dtype: ClassVar[torch.dtype | None] = torch.bfloat16  # the authors run Pixtral-12B in bf16
+    paper_preset: ClassVar[str | None] = "pixtral"  # 15x15 tokens of 16 px (240 px images)
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:
@@ -65,7 +66,9 @@ class Adapter(LlavaAdapterBase):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def tiny(cls, seed: int = 0) -> Adapter:
+    def tiny(cls, seed: int = 0, *, max_side: int = 32, patch_size: int = 8) -> Adapter:
+        """Random tiny Pixtral; `max_side` / `patch_size` set the processor's longest_edge and the patch
+        (the real model: 1024 and 16)."""
         from transformers import LlavaConfig, MistralConfig, PixtralVisionConfig
         from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
@@ -78,7 +81,6 @@ class Adapter(LlavaAdapterBase):
             pad_token="<pad>",
             unk_token="<unk>",
         )
-        max_side, patch_size = 32, 8
         vision = PixtralVisionConfig(**hf.tiny_vision_sizes(), head_dim=16, image_size=max_side, patch_size=patch_size)
         text = MistralConfig(**hf.tiny_text_config(tokenizer, max_positions=512, head_dim=16))
         config = LlavaConfig(
@@ -97,9 +99,10 @@ class Adapter(LlavaAdapterBase):
 
     # ------------------------------------------------------------------ model facts
     def grid_spec(self) -> GridSpec:
-        """A square image at the processor's largest size: longest_edge / patch tokens per side."""
+        """The authors' 15x15 grid of 16 px patches (or --grid). The processor keeps any image up to
+        `size.longest_edge` as it is (it only scales down), so the grid can be 1 .. longest_edge / patch."""
         longest = int(self.image_processor.size.longest_edge)
-        return GridSpec(tokens_per_side=longest // self.patch_size, pixels_per_token=self.patch_size)
+        return self.fit_grid(1, max(1, longest // self.patch_size), self.patch_size)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

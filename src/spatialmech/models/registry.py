@@ -145,14 +145,19 @@ def check_device(device: str) -> None:
 
 
 def load_model(
-    path_or_id: str | None = None, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False
+    path_or_id: str | None = None, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False,
+    grid: int | None = None,
 ) -> VLMAdapter:
     """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model.
 
     `dtype` None = the family's `default_dtype` (the authors' fp32 for Qwen2-VL and Gemma3, bf16 for
-    Pixtral), else the checkpoint's own.
+    Pixtral), else the checkpoint's own. `grid` (--grid): tokens per side to draw synthetic stimuli on
+    instead of the family's preset; a processor that cannot keep that size gets the largest it allows,
+    and a warning line says so.
     """
     check_device(device)
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+        raise UserInputError(f"--grid {grid!r} is not a positive number of tokens per side", "pass e.g. --grid 12")
     if path_or_id in (None, BUNDLED_MODEL_NAME):
         path = bundled_model_path()
         if not (path / "config.json").is_file():
@@ -165,6 +170,23 @@ def load_model(
     cls = adapter_class(family)
     if dtype is None:
         dtype = cls.default_dtype
-    return cls.from_pretrained(
-        str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
-    )
+    adapter = cls.from_pretrained(str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    set_grid(adapter, grid)
+    return adapter
+
+
+def set_grid(adapter: VLMAdapter, grid: int | None) -> None:
+    """Ask the adapter for a `grid` x `grid` token grid (None = its preset) and print a warning line when
+    the processor cannot give it (the note also travels in every item's `grid`)."""
+    import sys
+
+    adapter.requested_grid = grid
+    try:
+        spec = adapter.grid_spec()
+    except UserInputError:
+        return  # a processor without a square grid: the tasks that need one say so themselves
+    note = spec.note
+    if grid is not None and not note and spec.tokens_per_side != grid:
+        note = f"{adapter.family} model {adapter.model_id} has a fixed {spec.tokens_per_side}x{spec.tokens_per_side} token grid; --grid {grid} is not possible"
+    if note:
+        print(f"spatialmech: warning: {note}", file=sys.stderr)
