@@ -29,7 +29,8 @@ class GridGeometry:
     spacing_tokens: int
     strip_tokens: int
     name: str = "custom"
-    note: str = ""  # why this is not the size asked for (e.g. a processor capped below the preset)
+    note: str = ""
+    family: str | None = None  # the model family whose grid this is (tasks pick the authors' per-family prompt by it)  # why this is not the size asked for (e.g. a processor capped below the preset)
 
     def __post_init__(self) -> None:
         if min(self.tokens_per_side, self.pixels_per_token, self.object_tokens) < 1 or self.spacing_tokens < 0:
@@ -52,10 +53,10 @@ class GridGeometry:
         """
         get = spec.get if isinstance(spec, dict) else (lambda key: getattr(spec, key, None))
         tokens, pixels = get("tokens_per_side"), get("pixels_per_token")
-        note = get("note") or ""
+        note, family = get("note") or "", get("family")
         known = PRESETS.get(get("preset") or "")
         if known is not None and (known.tokens_per_side, known.pixels_per_token) == (tokens, pixels):
-            return replace(known, note=note)
+            return replace(known, note=note, family=family)
         if not isinstance(tokens, int) or not isinstance(pixels, int) or tokens < 1 or pixels < 1:
             raise UserInputError(f"grid spec {spec!r} has no valid tokens_per_side / pixels_per_token", "pass a model GridSpec")
         k = tokens // 5
@@ -64,11 +65,11 @@ class GridGeometry:
                 f"a {tokens}x{tokens} token grid is too small for 3 objects (needs at least 5 tokens per side)",
                 "use a model (or image size) with a larger token grid",
             )
-        return cls(tokens, pixels, k, k, 2 * k, name=name or f"grid{tokens}x{pixels}px", note=note)
+        return cls(tokens, pixels, k, k, 2 * k, name=name or f"grid{tokens}x{pixels}px", note=note, family=family)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridGeometry:
-        fields = ("tokens_per_side", "pixels_per_token", "object_tokens", "spacing_tokens", "strip_tokens", "name", "note")
+        fields = ("tokens_per_side", "pixels_per_token", "object_tokens", "spacing_tokens", "strip_tokens", "name", "note", "family")
         return cls(**{key: data[key] for key in fields if key in data})
 
     def to_dict(self) -> dict[str, Any]:
