@@ -67,6 +67,7 @@ class WhatsUpStitchedTask(DataTask):
     def __init__(self, data_root: str | Path, geometry: Any = None, tokenizer: Any = None):
         super().__init__(data_root, geometry)
         self.tokenizer = tokenizer
+        self._photos: dict[str, Path] | None = None
 
     def check_data(self) -> None:
         find_data_file(self.root, CONTROLLED_FILES["A"], "What'sUp file")
@@ -78,7 +79,7 @@ class WhatsUpStitchedTask(DataTask):
     def all_items(self) -> list[Item]:
         if self._items is None:
             records, skipped = load_controlled(self.root, "A")
-            photos = {Path(r.image_path).name.lower(): r.file for r in records}
+            photos = self._photos = {Path(r.image_path).name.lower(): r.file for r in records}
             keep = one_token_filter(self.tokenizer) if self.tokenizer is not None else (lambda word: True)
             items: list[Item] = []
             side_stats: dict[str, Any] = {}
@@ -122,6 +123,22 @@ class WhatsUpStitchedTask(DataTask):
 
     def items(self, n: int | None = None, seed: int = 0) -> list[Item]:
         return subset(self.all_items(), n, seed)
+
+    def composite(self, reference: str, left_side: str, right_side: str, relation: str, item_id: str | None = None) -> Item:
+        """The item of one composite given by names (file stems): `left_side`'s left-of photo beside
+        `right_side`'s right-of photo of `reference`, asking `relation` (for pairs read from a file)."""
+        if self._photos is None:
+            records, _ = load_controlled(self.root, "A")
+            self._photos = {Path(r.image_path).name.lower(): r.file for r in records}
+        for side, rel in ((left_side, "left_of"), (right_side, "right_of")):
+            if f"{side}_{rel}_{reference}.jpeg" not in self._photos:
+                raise UserInputError(f"What'sUp photo {side}_{rel}_{reference}.jpeg is not in {self.root}",
+                                     "use the full What'sUp controlled_images download")
+        target, distractor = (left_side, right_side) if relation == "left" else (right_side, left_side)
+        item = self._item(reference, target, distractor, relation, self._photos)
+        if item_id:
+            item.id = item_id
+        return item
 
     def _item(self, reference: str, target: str, distractor: str, relation: str, photos: dict[str, Path]) -> Item:
         size = self.canvas_px
