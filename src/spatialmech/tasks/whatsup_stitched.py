@@ -4,8 +4,9 @@ Protocol (SPEC section 7; `whatsup_data.py` cites their files):
 - For each reference R in (chair, table, armchair), their side-object list for R, kept only where the
   name is one token for the model's tokenizer (lower-case and capitalised; the answer is one next
   token) and both `<X>_left_of_<R>` and `<X>_right_of_<R>` photos are in the data. Dropped names are
-  counted in `task.stats["side_objects"]`, never an error (a small tokenizer simply keeps fewer).
-  Without a tokenizer (`render`), no name is dropped for its length.
+  counted in `task.stats["side_objects"]` (and a stderr line), never an error. A tokenizer under which
+  that rule leaves no pair at all (the bundled model's splits capitalised names) is asked the
+  lower-case spelling only (`stats["one_token_rule"]`). Without a tokenizer (`render`) none is dropped.
 - Every ordered pair (target, distractor) of kept names, asked in both directions: "left" shows the
   target's left-of photo beside the distractor's right-of photo (answer: target), "right" the
   distractor's left-of photo beside the target's right-of photo.
@@ -20,6 +21,7 @@ Protocol (SPEC section 7; `whatsup_data.py` cites their files):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,15 +37,15 @@ from spatialmech.tasks.whatsup import CONTROLLED_FILES, find_data_file, load_con
 from spatialmech.tasks.whatsup_data import REFERENCES, SIDE_OBJECTS, STITCH_PX, regions
 
 
-def one_token_filter(tokenizer: Any) -> Callable[[str], bool]:
-    """Is a word one token for this tokenizer, lower-case and capitalised (the authors' test)?"""
+def one_token_filter(tokenizer: Any, capitalised: bool = True) -> Callable[[str], bool]:
+    """Is a word one token for this tokenizer, lower-case and (the authors' test) capitalised?"""
 
     def count(text: str) -> int:
         if hasattr(tokenizer, "tokenize"):
             return len(tokenizer.tokenize(text))
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    return lambda word: count(word) == 1 and count(word[:1].upper() + word[1:]) == 1
+    return lambda word: count(word) == 1 and (not capitalised or count(word[:1].upper() + word[1:]) == 1)
 
 
 def stitch(left_photo: Image.Image, right_photo: Image.Image, size: int) -> Image.Image:
@@ -80,30 +82,24 @@ class WhatsUpStitchedTask(DataTask):
         if self._items is None:
             records, skipped = load_controlled(self.root, "A")
             photos = self._photos = {Path(r.image_path).name.lower(): r.file for r in records}
-            keep = one_token_filter(self.tokenizer) if self.tokenizer is not None else (lambda word: True)
+            rule = "authors" if self.tokenizer is not None else "none"
+            side_stats = self._side_objects(photos, rule)
+            if rule == "authors" and all(len(s["kept"]) < 2 for s in side_stats.values()):
+                # A small tokenizer (the bundled model's) may split every capitalised name; rather than
+                # no task at all, ask only the lower-case spelling, and say so in the stats.
+                rule = "lower-case"
+                side_stats = self._side_objects(photos, rule)
             items: list[Item] = []
-            side_stats: dict[str, Any] = {}
-            for reference in REFERENCES:
-                kept, multi_token, no_photos = [], [], []
-                for side in SIDE_OBJECTS[reference]:
-                    pair = [photos.get(f"{side}_{rel}_{reference}.jpeg") for rel in ("left_of", "right_of")]
-                    if None in pair:
-                        no_photos.append(side)
-                    elif not keep(side):
-                        multi_token.append(side)
-                    else:
-                        kept.append(side)
-                side_stats[reference] = {"listed": len(SIDE_OBJECTS[reference]), "kept": kept,
-                                         "dropped_multi_token": multi_token, "dropped_no_photos": no_photos}
-                for target in kept:
-                    for distractor in kept:
+            for reference, stats in side_stats.items():
+                for target in stats["kept"]:
+                    for distractor in stats["kept"]:
                         if target != distractor:
                             items.extend(self._item(reference, target, distractor, relation, photos)
                                          for relation in ("left", "right"))
             if not items:
                 raise UserInputError(
-                    f"no What'sUp composites to build in {self.root} (side objects per reference: "
-                    + ", ".join(f"{r} kept {len(s['kept'])}" for r, s in side_stats.items()) + ")",
+                    f"no What'sUp composites to build in {self.root} (side objects kept per reference: "
+                    + ", ".join(f"{r} {len(s['kept'])}" for r, s in side_stats.items()) + ")",
                     "the data needs '<obj>_left_of_<ref>' and '<obj>_right_of_<ref>' photos of at least two of "
                     "the authors' side objects whose names are one token for the model",
                 )
@@ -113,13 +109,36 @@ class WhatsUpStitchedTask(DataTask):
                 "items": len(items),
                 "items_per_direction": len(items) // 2,
                 "canvas_px": self.canvas_px,
-                "tokenizer_filter": self.tokenizer is not None,
+                "one_token_rule": rule,
                 "dropped_multi_token": sum(len(s["dropped_multi_token"]) for s in side_stats.values()),
                 "dropped_no_photos": sum(len(s["dropped_no_photos"]) for s in side_stats.values()),
                 "side_objects": side_stats,
             }
+            if self.stats["dropped_multi_token"]:
+                print(f"spatialmech: whatsup: {len(items) // 2} composites per direction from "
+                      + ", ".join(f"{r} {len(s['kept'])}" for r, s in side_stats.items())
+                      + f" side objects; {self.stats['dropped_multi_token']} names dropped as several tokens for this "
+                      f"tokenizer ({rule} rule), {self.stats['dropped_no_photos']} without both photos", file=sys.stderr)
             self._items = items
         return self._items
+
+    def _side_objects(self, photos: dict[str, Path], rule: str) -> dict[str, dict[str, Any]]:
+        """Per reference: the authors' side objects kept, and those dropped (several tokens under
+        `rule`: "authors" = lower-case and capitalised, "lower-case", "none"; or a photo missing)."""
+        keep = (lambda word: True) if rule == "none" else one_token_filter(self.tokenizer, capitalised=rule == "authors")
+        out: dict[str, dict[str, Any]] = {}
+        for reference in REFERENCES:
+            kept, multi_token, no_photos = [], [], []
+            for side in SIDE_OBJECTS[reference]:
+                if any(f"{side}_{rel}_{reference}.jpeg" not in photos for rel in ("left_of", "right_of")):
+                    no_photos.append(side)
+                elif not keep(side):
+                    multi_token.append(side)
+                else:
+                    kept.append(side)
+            out[reference] = {"listed": len(SIDE_OBJECTS[reference]), "kept": kept,
+                              "dropped_multi_token": multi_token, "dropped_no_photos": no_photos}
+        return out
 
     def items(self, n: int | None = None, seed: int = 0) -> list[Item]:
         return subset(self.all_items(), n, seed)
