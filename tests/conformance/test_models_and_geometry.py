@@ -42,6 +42,22 @@ def test_geometry_per_family_and_the_processor_keeps_it(family):
     assert item.objects[0].box_cells[3] - item.objects[0].box_cells[1] == preset.object_tokens
 
 
+def test_pixtral_palette_and_object_set():
+    """Follows shared/palette.py (COLOR_RGB_PIXTRAL: Orange (255, 165, 0) for Brown) and
+    behavioral_analysis/src/tasks/objects.py (Pixtral drops 'bomb': 7 objects, 840 items)."""
+    pixtral = Pixtral.tiny(max_side=1024, patch_size=16).grid_spec()
+    squares = get_task("squares", geometry=pixtral)
+    assert squares.attributes == ("Red", "Green", "Blue", "Black", "Orange", "Gray") and len(squares) == 480
+    orange = next(i for i in squares.items() if i.answer == "Orange")
+    assert orange.objects[orange.target].color == (255, 165, 0)
+    shapes = get_task("shapes", geometry=pixtral)
+    cross = next(i for i in shapes.items() if "Cross" in i.meta["attributes"])
+    assert (255, 165, 0) in [o.color for o in cross.objects]
+    objects = get_task("objects", geometry=pixtral)
+    assert "bomb" not in objects.attributes and len(objects) == 840
+    assert len(get_task("objects", geometry=QWEN)) == 1344 and "Brown" in get_task("squares", geometry=QWEN).attributes
+
+
 def test_grid_option_and_capped_processors(capsys):
     """--grid N on any family; a processor that cannot keep N gets the largest it allows, and says so."""
     qwen = Qwen2VL.tiny(tokens_per_side=12)

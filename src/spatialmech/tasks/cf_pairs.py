@@ -107,12 +107,13 @@ def _attribute(task: Task, entity: Any, where: str) -> str:
         if isinstance(entity, str):
             return entity
     elif task.name == "shapes" and isinstance(entity, list) and len(entity) == 2 and all(isinstance(e, str) for e in entity):
-        from spatialmech.tasks.vocabulary import SHAPE_COLORS
+        from spatialmech.tasks.vocabulary import PIXTRAL_SHAPE_COLORS, SHAPE_COLORS
 
+        colours = PIXTRAL_SHAPE_COLORS if getattr(task, "pixtral", False) else SHAPE_COLORS
         shape, colour = entity
-        name = next((s for s in SHAPE_COLORS if s.lower() == shape.lower()), None)
-        if name is None or SHAPE_COLORS[name].lower() != colour.lower():
-            raise UserInputError(f"{where}: shape {entity!r} is not one of this task's shapes ({SHAPE_COLORS})",
+        name = next((s for s in colours if s.lower() == shape.lower()), None)
+        if name is None or colours[name].lower() != colour.lower():
+            raise UserInputError(f"{where}: shape {entity!r} is not one of this task's shapes ({colours})",
                                  "use pairs made with the same shape palette (Pixtral's Orange shapes differ)")
         return name
     elif isinstance(entity, str) and task.name in ("squares", "objects"):
