@@ -254,7 +254,7 @@ class VLMAdapter(ABC):
         note = None
         if tokens != wanted:
             asked = "--grid" if self.requested_grid else f"the {self.paper_preset} preset's"
-            note = (f"{self.family} model {self.model_id}: its image processor keeps square inputs of {lowest}..{highest} "
+            note = (f"this {self.family} model's image processor keeps square inputs of {lowest}..{highest} "
                     f"tokens per side, not {asked} {wanted}; drawing on {tokens}x{tokens} tokens of {pixels_per_token} px")
         return GridSpec(tokens, pixels_per_token, preset=self.paper_preset, family=self.family, note=note)
 

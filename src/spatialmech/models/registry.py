@@ -187,6 +187,6 @@ def set_grid(adapter: VLMAdapter, grid: int | None) -> None:
         return  # a processor without a square grid: the tasks that need one say so themselves
     note = spec.note
     if grid is not None and not note and spec.tokens_per_side != grid:
-        note = f"{adapter.family} model {adapter.model_id} has a fixed {spec.tokens_per_side}x{spec.tokens_per_side} token grid; --grid {grid} is not possible"
+        note = f"this {adapter.family} model has a fixed {spec.tokens_per_side}x{spec.tokens_per_side} token grid; --grid {grid} is not possible"
     if note:
-        print(f"spatialmech: warning: {note}", file=sys.stderr)
+        print(f"spatialmech: warning: {adapter.model_id}: {note}", file=sys.stderr)
