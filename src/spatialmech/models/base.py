@@ -237,26 +237,8 @@ class VLMAdapter(ABC):
     @abstractmethod
     def grid_spec(self) -> GridSpec:
         """The token grid synthetic stimuli are drawn on: `requested_grid`, else the family's preset,
-        else the native square input, fitted to what the processor allows (`fit_grid`)."""
+        else the native square input, fitted to what the processor allows (`_grid.fit_grid`)."""
 
-    def fit_grid(self, lowest: int, highest: int, pixels_per_token: int) -> GridSpec:
-        """The grid to draw on when the processor keeps square images of `lowest`..`highest` tokens per
-        side: the one asked for (`--grid`), else the preset's, else the largest; clamped to what the
-        processor allows, saying so in `note` (an image drawn bigger would be resized by the processor
-        and its objects would no longer sit on whole tokens)."""
-        from spatialmech.tasks.geometry import PRESETS
-
-        preset = PRESETS.get(self.paper_preset or "")
-        if preset is not None and preset.pixels_per_token != pixels_per_token:
-            preset = None
-        wanted = self.requested_grid or (preset.tokens_per_side if preset is not None else highest)
-        tokens = max(lowest, min(wanted, highest))
-        note = None
-        if tokens != wanted:
-            asked = "--grid" if self.requested_grid else f"the {self.paper_preset} preset's"
-            note = (f"this {self.family} model's image processor keeps square inputs of {lowest}..{highest} "
-                    f"tokens per side, not {asked} {wanted}; drawing on {tokens}x{tokens} tokens of {pixels_per_token} px")
-        return GridSpec(tokens, pixels_per_token, preset=self.paper_preset, family=self.family, note=note)
 
     # ------------------------------------------------------------------ inputs
     @abstractmethod

@@ -25,6 +25,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._taps import pixel_shuffle_groups
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -159,7 +160,7 @@ class Adapter(hf.HFAdapter):
         """tokens_per_side from mm_tokens_per_image; pixels per token from the processor's input size.
         The grid is fixed (every image is resized to it), so --grid can only get this size."""
         native = hf.square_processor_grid(self.image_processor, self.tokens_per_side)
-        return self.fit_grid(native.tokens_per_side, native.tokens_per_side, native.pixels_per_token)
+        return fit_grid(self, native.tokens_per_side, native.tokens_per_side, native.pixels_per_token)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

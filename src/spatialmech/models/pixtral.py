@@ -22,6 +22,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders, split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec
 from spatialmech.models.llava import LlavaAdapterBase, tiny_words
@@ -102,7 +103,7 @@ class Adapter(LlavaAdapterBase):
         """The authors' 15x15 grid of 16 px patches (or --grid). The processor keeps any image up to
         `size.longest_edge` as it is (it only scales down), so the grid can be 1 .. longest_edge / patch."""
         longest = int(self.image_processor.size.longest_edge)
-        return self.fit_grid(1, max(1, longest // self.patch_size), self.patch_size)
+        return fit_grid(self, 1, max(1, longest // self.patch_size), self.patch_size)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

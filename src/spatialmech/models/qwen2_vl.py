@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._layout import split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -145,7 +146,7 @@ class Adapter(hf.HFAdapter):
         size = self.image_processor.size
         max_side = int(math.isqrt(int(size["longest_edge"])) // factor)
         min_side = math.ceil(math.sqrt(int(size["shortest_edge"])) / factor)
-        return self.fit_grid(min_side, max(min_side, max_side), factor)
+        return fit_grid(self, min_side, max(min_side, max_side), factor)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(
