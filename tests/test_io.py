@@ -73,9 +73,17 @@ def test_resolve_under_refuses_escapes(tmp_path):
         resolve_under(root, "../secret.txt")
     with pytest.raises(UserInputError, match="absolute"):
         resolve_under(root, "/etc/passwd")
-    os.symlink("/etc", root / "link")
+    os.symlink("/etc/passwd", root / "link")
     with pytest.raises(UserInputError, match="escapes"):
-        resolve_under(root, "link/passwd")
+        resolve_under(root, "link")
+    # A folder the user linked elsewhere (val2017 -> a shared COCO copy) is followed.
+    shared = tmp_path / "shared" / "val2017"
+    shared.mkdir(parents=True)
+    (shared / "1.jpg").write_bytes(b"x")
+    os.symlink(shared, root / "val2017", target_is_directory=True)
+    assert resolve_under(root, "val2017/1.jpg").read_bytes() == b"x"
+    with pytest.raises(UserInputError, match="escapes"):
+        resolve_under(root, "val2017/../../secret.txt")
 
 
 def test_open_image_errors(tmp_path):

@@ -40,9 +40,18 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE[,...]",
                         help="with --device-map: memory per device, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB")
     parser.add_argument("--offload-folder", default=None, metavar="DIR", help="with --device-map: where weights that fit nowhere go")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the authors' per family: float32 Qwen2-VL and Gemma3, bfloat16 Pixtral; others the checkpoint's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints that ship their own code (off by default)")
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default: 8)")
+    _add_grid_option(parser)
+
+
+def _add_grid_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grid", type=int, default=None, metavar="N",
+        help="draw synthetic stimuli on N x N image tokens (default: the family's preset: Qwen2-VL 12, Gemma3 16, "
+        "Pixtral 15; else the processor's largest square); capped, with a warning, where the processor cannot keep it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=None, help="number of items (default: all)")
     p.add_argument("--model", default=None, help="draw on this model's token grid (default: the Qwen geometry)")
-    p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma) instead of --model")
+    p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma, pixtral) instead of --model")
+    _add_grid_option(p)
     p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
     p.add_argument("--seed", type=int, default=0)
 

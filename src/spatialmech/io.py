@@ -168,17 +168,34 @@ def read_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> list[Any]:
 
 
 def resolve_under(root: str | os.PathLike, relative: str | os.PathLike, what: str = "path") -> Path:
-    """Join `relative` onto `root`, refusing anything (.., absolute paths, symlinks) that escapes `root`."""
+    """Join `relative` (a path written in a data file) onto `root`, never leaving `root`.
+
+    The written path is checked as text: absolute paths and `..` that climb out are refused. Folders
+    on the way may be symlinks the user made (`val2017 -> /shared/coco/val2017`, the usual cluster
+    set-up), so they are followed; only a symlinked *file* must still land inside the root or inside
+    the folder that holds the link (a stray link to /etc/passwd in a downloaded archive is refused).
+    The result is the resolved root joined with the normalised relative path.
+    """
     base = Path(root).resolve()
     rel = Path(relative)
     if rel.is_absolute():
         raise UserInputError(f"{what} {relative!s} is absolute", f"data files must use paths relative to {base}")
-    candidate = (base / rel).resolve()
-    if candidate != base and base not in candidate.parents:
+    normal = Path(os.path.normpath(rel)) if str(rel) not in ("", ".") else Path(".")
+    if normal.parts[:1] == ("..",):
         raise UserInputError(
             f"{what} {relative!s} escapes the data root {base}",
             "remove '..' or symlinks pointing outside the data folder",
         )
+    candidate = base / normal
+    if candidate.is_symlink():
+        target = candidate.resolve()
+        folder = candidate.parent.resolve()
+        inside = [b for b in (base, folder) if target == b or b in target.parents]
+        if not inside:
+            raise UserInputError(
+                f"{what} {relative!s} escapes the data root {base} (it is a symlink to {target})",
+                "remove '..' or symlinks pointing outside the data folder",
+            )
     return candidate
 
 

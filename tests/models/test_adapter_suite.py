@@ -275,7 +275,8 @@ def test_save_load_round_trip_gives_identical_logits(tiny_adapter: VLMAdapter, t
     tiny_adapter.save_pretrained(str(tmp_path))
     assert list(tmp_path.glob("*.safetensors")), "weights must be saved as safetensors"
     assert not list(tmp_path.glob("*.bin")), "no pickle weights"
-    loaded = load_model(str(tmp_path))
+    # The saved dtype, not the family default (Pixtral loads in bfloat16 unless told otherwise).
+    loaded = load_model(str(tmp_path), dtype=tiny_adapter.model.dtype)
     assert type(loaded) is type(tiny_adapter)
     assert loaded.grid_spec() == tiny_adapter.grid_spec()
     original = tiny_adapter.forward(tiny_adapter.build_inputs(images, prompts, SYNTHETIC_SYSTEM_PROMPT))

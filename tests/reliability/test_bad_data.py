@@ -98,7 +98,7 @@ WRONG_SHAPES: list[tuple[Path, object, str]] = [
     (CONTROLLED_JSON, [{"image_path": 7, "caption_options": ["a"]}], "entry 0"),
     (CONTROLLED_JSON, [{"image_path": "data/controlled_images/mug_left_of_chair.jpeg", "caption_options": "a mug"}], "entry 0"),
     (CONTROLLED_JSON, [{"image_path": "data/controlled_images/mug_left_of_chair.jpeg", "caption_options": []}], "entry 0"),
-    (CONTROLLED_JSON, [], "no What'sUp photo pairs"),
+    (CONTROLLED_JSON, [], "no What'sUp composites"),
     (COCO_QA_JSON, {"139": "A photo of a dog to the left of a cat"}, "wrong shape"),
     (COCO_QA_JSON, [[139, "A photo of a dog to the left of a cat"]], "entry 0"),
     (COCO_QA_JSON, [[None, "a", "b"]], "entry 0"),
@@ -206,12 +206,14 @@ def test_coco_image_symlinked_outside(data, tiny_model, tmp_path, capsys):
     assert_no_partial_result(out)
 
 
-def test_coco_image_folder_symlinked_outside(data, tiny_model, tmp_path, capsys):
+def test_coco_image_folder_symlinked_outside_is_followed(data, tiny_model, tmp_path, capsys):
+    """A folder the user linked to a shared copy (val2017 -> /shared/coco/val2017) is the usual cluster
+    set-up and works (issue 17); paths written in the data files still may not climb out."""
     elsewhere = tmp_path / "elsewhere-val2017"
     (data / "data" / "val2017").rename(elsewhere)
     (data / "data" / "val2017").symlink_to(elsewhere, target_is_directory=True)
     result = run_cli(["eval", "--model", tiny_model, "--task", "coco-spatial", "--data", data], capsys)
-    assert_bad_input(result, "escapes the data root")
+    assert result.code == 0, result.err
 
 
 @pytest.mark.parametrize("file", [CONTROLLED_JSON, COCO_QA_JSON, INSTANCES_JSON], ids=lambda f: f.name)

@@ -67,7 +67,8 @@ def test_render_gemma_geometry(tmp_path):
 def test_render_real_data_tasks(tmp_path):
     assert main(["render", "coco-spatial", "--data", str(FIXTURE), "--out", str(tmp_path / "c")]) == 0
     rows = read_rows(tmp_path / "c")
-    assert len(rows) == 3 and rows[0]["meta"]["prompt_swapped"].endswith("right or left.")
+    # 5 entries: several people in image 632 -> the largest box (kept); no horse in image 724 -> dropped.
+    assert len(rows) == 4 and rows[0]["meta"]["prompt_swapped"].endswith("right or left.")
     assert main(["render", "whatsup", "--data", str(FIXTURE), "--out", str(tmp_path / "w"), "--n", "3"]) == 0
     assert len(read_rows(tmp_path / "w")) == 3
 

@@ -119,7 +119,7 @@ def run_behavior(
 def get_task_for(adapter: VLMAdapter, task_name: str, data_root: str | None) -> Any:
     from spatialmech.tasks import get_task
 
-    return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root)
+    return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root, tokenizer=adapter.tokenizer)
 
 
 def run(ctx: ExperimentContext) -> ExperimentOutput:

@@ -122,7 +122,8 @@ def load_adapter_from_args(args: argparse.Namespace):
     from spatialmech.models.placement import placement_from_args
 
     dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
-    return load_model(args.model, dtype=dtype, device=placement_from_args(args), trust_remote_code=args.trust_remote_code)
+    return load_model(args.model, dtype=dtype, device=placement_from_args(args), trust_remote_code=args.trust_remote_code,
+                      grid=getattr(args, "grid", None))
 
 
 def run_command(args: argparse.Namespace) -> int:

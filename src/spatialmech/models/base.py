@@ -179,6 +179,9 @@ class GridSpec:
 
     tokens_per_side: int
     pixels_per_token: int
+    preset: str | None = None  # the authors' geometry preset of this family (tasks.geometry.PRESETS)
+    family: str | None = None
+    note: str | None = None  # set when the grid is not the size asked for (and why)
 
     @property
     def image_size(self) -> int:
@@ -191,6 +194,13 @@ class VLMAdapter(ABC):
     family: ClassVar[str]  # our name, e.g. "qwen2-vl"
     model_types: ClassVar[tuple[str, ...]]  # HF `config.model_type` values this adapter handles
     description: ClassVar[str] = ""
+    # Weights dtype when the user gives no --dtype: the authors' choice for the paper's families
+    # (their shared/models.py DEFAULT_DTYPE), None = the checkpoint's own dtype.
+    default_dtype: ClassVar[torch.dtype | None] = None
+    # The authors' synthetic-grid preset for this family (a name in tasks.geometry.PRESETS), or None.
+    paper_preset: ClassVar[str | None] = None
+    # Tokens per side asked for with --grid (None = the preset's, else the processor's largest).
+    requested_grid: int | None = None
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, model_id: str):
         self.model = model
@@ -242,7 +252,9 @@ class VLMAdapter(ABC):
 
     @abstractmethod
     def grid_spec(self) -> GridSpec:
-        """The token grid of the model's native square input, for drawing synthetic stimuli on."""
+        """The token grid synthetic stimuli are drawn on: `requested_grid`, else the family's preset,
+        else the native square input, fitted to what the processor allows (`_grid.fit_grid`)."""
+
 
     # ------------------------------------------------------------------ inputs
     @abstractmethod

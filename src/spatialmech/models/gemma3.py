@@ -25,6 +25,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._taps import pixel_shuffle_groups
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -84,6 +85,8 @@ class Adapter(hf.HFAdapter):
     family = "gemma3"
     model_types = ("gemma3",)
     description = "Gemma3 (SigLIP pooled to mm_tokens_per_image, 16x16 at 896 px); paper's second model"
+    default_dtype = torch.float32  # the authors run Gemma3 in fp32 (shared/models.py DEFAULT_DTYPE)
+    paper_preset = "gemma"  # 16x16 tokens of 56 px (896 px images)
 
     hf_model = "transformers:Gemma3ForConditionalGeneration"
     hf_image_processor = "transformers.models.gemma3.image_processing_pil_gemma3:Gemma3ImageProcessorPil"
@@ -154,8 +157,10 @@ class Adapter(hf.HFAdapter):
         return int(vision.image_size) // int(vision.patch_size)
 
     def grid_spec(self) -> GridSpec:
-        """tokens_per_side from mm_tokens_per_image; pixels per token from the processor's input size."""
-        return hf.square_processor_grid(self.image_processor, self.tokens_per_side)
+        """tokens_per_side from mm_tokens_per_image; pixels per token from the processor's input size.
+        The grid is fixed (every image is resized to it), so --grid can only get this size."""
+        native = hf.square_processor_grid(self.image_processor, self.tokens_per_side)
+        return fit_grid(self, native.tokens_per_side, native.tokens_per_side, native.pixels_per_token)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

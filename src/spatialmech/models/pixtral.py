@@ -22,6 +22,7 @@ import torch
 
 from spatialmech.errors import UserInputError
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._layout import FULL_IMAGE, View, expand_placeholders, split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec
 from spatialmech.models.llava import LlavaAdapterBase, tiny_words
@@ -57,6 +58,8 @@ CHAT_TEMPLATE = (
 class Adapter(LlavaAdapterBase):
     family: ClassVar[str] = "pixtral"
     description: ClassVar[str] = "Pixtral: Llava class with a Pixtral tower (native resolution, [IMG_BREAK] rows)"
+    default_dtype: ClassVar[torch.dtype | None] = torch.bfloat16  # the authors run Pixtral-12B in bf16
+    paper_preset: ClassVar[str | None] = "pixtral"  # 15x15 tokens of 16 px (240 px images)
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:
@@ -64,7 +67,9 @@ class Adapter(LlavaAdapterBase):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def tiny(cls, seed: int = 0) -> Adapter:
+    def tiny(cls, seed: int = 0, *, max_side: int = 32, patch_size: int = 8) -> Adapter:
+        """Random tiny Pixtral; `max_side` / `patch_size` set the processor's longest_edge and the patch
+        (the real model: 1024 and 16)."""
         from transformers import LlavaConfig, MistralConfig, PixtralVisionConfig
         from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
@@ -77,7 +82,6 @@ class Adapter(LlavaAdapterBase):
             pad_token="<pad>",
             unk_token="<unk>",
         )
-        max_side, patch_size = 32, 8
         vision = PixtralVisionConfig(**hf.tiny_vision_sizes(), head_dim=16, image_size=max_side, patch_size=patch_size)
         text = MistralConfig(**hf.tiny_text_config(tokenizer, max_positions=512, head_dim=16))
         config = LlavaConfig(
@@ -96,9 +100,10 @@ class Adapter(LlavaAdapterBase):
 
     # ------------------------------------------------------------------ model facts
     def grid_spec(self) -> GridSpec:
-        """A square image at the processor's largest size: longest_edge / patch tokens per side."""
+        """The authors' 15x15 grid of 16 px patches (or --grid). The processor keeps any image up to
+        `size.longest_edge` as it is (it only scales down), so the grid can be 1 .. longest_edge / patch."""
         longest = int(self.image_processor.size.longest_edge)
-        return GridSpec(tokens_per_side=longest // self.patch_size, pixels_per_token=self.patch_size)
+        return fit_grid(self, 1, max(1, longest // self.patch_size), self.patch_size)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

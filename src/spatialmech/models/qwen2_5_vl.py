@@ -22,6 +22,7 @@ class Adapter(qwen2_vl.Adapter):
     family = "qwen2.5-vl"
     model_types = ("qwen2_5_vl",)
     description = "Qwen2.5-VL (Qwen2-VL layout, windowed-attention ViT; rows un-permuted via row_order)"
+    default_dtype = None  # not a paper model: the checkpoint's own dtype
 
     hf_model = "transformers:Qwen2_5_VLForConditionalGeneration"
     hf_config = "transformers:Qwen2_5_VLConfig"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spatialmech.models import _hf_common as hf
+from spatialmech.models._grid import fit_grid
 from spatialmech.models._layout import split_per_row
 from spatialmech.models.base import BatchInputs, GridSpec, HookPoint
 from spatialmech.models.tiny_tokenizer import train_tokenizer
@@ -55,9 +56,6 @@ QWEN_SPECIAL_TOKENS = (
 )
 IMAGE_PAD = "<|image_pad|>"
 
-# SPEC Table 4: synthetic stimuli for Qwen use a 12x12 token grid (336 px).
-PAPER_TOKENS_PER_SIDE = 12
-
 
 def qwen_tiny_tokenizer() -> Any:
     return train_tokenizer(
@@ -72,6 +70,8 @@ class Adapter(hf.HFAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     description = "Qwen2-VL (ViT 14 px patches, 2x2 merger, M-RoPE); paper's main model"
+    default_dtype = torch.float32  # the authors run Qwen2-VL in fp32 (Table 5 is precision-sensitive)
+    paper_preset = "qwen"  # 12x12 tokens of 28 px (336 px images)
 
     # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
     hf_model = "transformers:Qwen2VLForConditionalGeneration"
@@ -140,13 +140,13 @@ class Adapter(hf.HFAdapter):
         return int(self.model.config.vision_config.spatial_merge_size)
 
     def grid_spec(self) -> GridSpec:
-        """28 px per token (patch * merge); the paper's 12x12 grid, or the largest square the
-        processor's max_pixels allows (tiny models)."""
+        """28 px per token (patch * merge); the paper's 12x12 grid (or --grid), within the square sizes
+        the processor's min_pixels / max_pixels keep unresized."""
         factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
         size = self.image_processor.size
         max_side = int(math.isqrt(int(size["longest_edge"])) // factor)
         min_side = math.ceil(math.sqrt(int(size["shortest_edge"])) / factor)
-        return GridSpec(tokens_per_side=max(min_side, min(PAPER_TOKENS_PER_SIDE, max_side)), pixels_per_token=factor)
+        return fit_grid(self, min_side, max(min_side, max_side), factor)
 
     # ------------------------------------------------------------------ inputs
     def build_inputs(

@@ -13,7 +13,7 @@ from typing import Any
 from spatialmech.errors import UserInputError
 from spatialmech.io import read_json
 from spatialmech.models.base import VLMAdapter
-from spatialmech.models.placement import Placement
+from spatialmech.models.placement import Placement, resolve_device
 
 # family name -> module (relative to spatialmech.models) holding its `Adapter` class.
 FAMILY_MODULES: dict[str, str] = {
@@ -124,12 +124,21 @@ def _read_config(path_or_id: str, trust_remote_code: bool) -> dict[str, Any]:
 
 
 def load_model(
-    path_or_id: str | None = None, *, dtype=None, device: str | Placement = "auto", trust_remote_code: bool = False
+    path_or_id: str | None = None, *, dtype=None, device: str | Placement = "auto", trust_remote_code: bool = False,
+    grid: int | None = None,
 ) -> VLMAdapter:
     """Load any supported checkpoint behind its family adapter. None or 'bundled' = the shipped model.
 
     `device`: a device name ('auto' = CUDA when present, else CPU) or a `Placement` (accelerate's
-    device map over GPUs, CPU and disk; see `spatialmech.models.placement`)."""
+    device map over GPUs, CPU and disk; see `spatialmech.models.placement`); checked before weights
+    load. `dtype` None = the family's `default_dtype` (the authors' fp32 for Qwen2-VL and Gemma3, bf16
+    for Pixtral), else the checkpoint's own. `grid` (--grid): tokens per side to draw synthetic stimuli
+    on instead of the family's preset; a processor that cannot keep that size gets the largest it
+    allows, and a warning line says so.
+    """
+    resolve_device(device.device if isinstance(device, Placement) else device)
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+        raise UserInputError(f"--grid {grid!r} is not a positive number of tokens per side", "pass e.g. --grid 12")
     if path_or_id in (None, BUNDLED_MODEL_NAME):
         path = bundled_model_path()
         if not (path / "config.json").is_file():
@@ -139,6 +148,26 @@ def load_model(
             )
         path_or_id = str(path)
     family = family_for_config(_read_config(str(path_or_id), trust_remote_code))
-    return adapter_class(family).from_pretrained(
-        str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
-    )
+    cls = adapter_class(family)
+    if dtype is None:
+        dtype = cls.default_dtype
+    adapter = cls.from_pretrained(str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    set_grid(adapter, grid)
+    return adapter
+
+
+def set_grid(adapter: VLMAdapter, grid: int | None) -> None:
+    """Ask the adapter for a `grid` x `grid` token grid (None = its preset) and print a warning line when
+    the processor cannot give it (the note also travels in every item's `grid`)."""
+    import sys
+
+    adapter.requested_grid = grid
+    try:
+        spec = adapter.grid_spec()
+    except UserInputError:
+        return  # a processor without a square grid: the tasks that need one say so themselves
+    note = spec.note
+    if grid is not None and not note and spec.tokens_per_side != grid:
+        note = f"this {adapter.family} model has a fixed {spec.tokens_per_side}x{spec.tokens_per_side} token grid; --grid {grid} is not possible"
+    if note:
+        print(f"spatialmech: warning: {adapter.model_id}: {note}", file=sys.stderr)

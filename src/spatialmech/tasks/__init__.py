@@ -31,7 +31,7 @@ _REGISTRY: dict[str, tuple[str, bool, str]] = {
         "natural-looking scenes (texture, clutter, occlusion), two-object left/right/above/below questions; COCO-spatial stand-in",
     ),
     "whatsup": (
-        "spatialmech.tasks.whatsup:WhatsUpStitchedTask",
+        "spatialmech.tasks.whatsup_stitched:WhatsUpStitchedTask",
         True,
         "What'sUp Controlled_Images_A photos stitched into 3-object composites (needs --data)",
     ),
@@ -45,8 +45,8 @@ _REGISTRY: dict[str, tuple[str, bool, str]] = {
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
 DATA_HELP: dict[str, str] = {
     "whatsup": (
-        "pass --data pointing at a What'sUp checkout (github.com/amitakamath/whatsup_vlms) holding "
-        "data/controlled_images_dataset.json and data/controlled_images/"
+        "pass --data pointing at a What'sUp checkout (github.com/amitakamath/whatsup_vlms) or its data/ folder, "
+        "after its download step put controlled_images_dataset.json and controlled_images/ in data/"
     ),
     "coco-spatial": (
         "pass --data pointing at a folder with What'sUp's coco_qa_two_obj.json, COCO val2017/ images and "
@@ -82,8 +82,12 @@ def resolve_geometry(geometry: Any = None) -> GridGeometry:
     return GridGeometry.from_grid_spec(geometry)
 
 
-def get_task(name: str, geometry: Any = None, data_root: str | None = None) -> Task:
-    """The task called `name`, drawn on `geometry` (default Qwen), reading real data from `data_root`."""
+def get_task(name: str, geometry: Any = None, data_root: str | None = None, tokenizer: Any = None) -> Task:
+    """The task called `name`, drawn on `geometry` (default Qwen), reading real data from `data_root`.
+
+    `tokenizer` (the model's): tasks whose answer words depend on it use it (What'sUp keeps only side
+    objects whose names are one token, as the authors do); others ignore it.
+    """
     target, data_task, _ = _registry_entry(name)
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
@@ -91,6 +95,8 @@ def get_task(name: str, geometry: Any = None, data_root: str | None = None) -> T
     if data_task:
         if data_root is None:
             raise UserInputError(f"task {name!r} needs real data that is not bundled", DATA_HELP[name])
+        if getattr(cls, "uses_tokenizer", False):
+            return cls(data_root, geometry=grid, tokenizer=tokenizer)
         return cls(data_root, geometry=grid)
     return cls(geometry=grid)
 

@@ -5,11 +5,17 @@ Data root layout (also accepted one level down in `data/`):
     val2017/{image_id:012d}.jpg            COCO 2017 validation images
     annotations/instances_val2017.json     COCO 2017 validation instance annotations
 
-Kept: left/right/above/below captions whose subject and reference are COCO category names, differ,
-and are each exactly one annotated instance in the image (so the box is unambiguous); the paper's
-authors kept 440 (279 horizontal, 161 vertical) by a similar filter. Each item is the forced-choice
-question of `prompts.py` (Qwen and Gemma styles, both option orders for strict scoring), answered
-left/right/above/below. `objects` = [subject, reference] with COCO boxes in pixels; `grid` is None.
+All 440 entries of the authors' copy (150 left, 129 right, 86 above, 75 below) are items, as in their
+coco_amplification code: each object's box is the largest COCO instance of its category in the image
+(by box area, their `find_coco_bbox`), so an image with several chairs still gives an item. Where COCO
+has no instance of a category they ask a Grounding-DINO detector; we run no detector, so such an entry
+is dropped and counted in `stats["skipped"]["no_coco_box"]` (What'sUp wrote these captions from COCO's
+own annotations, so on the real files none should be). Same-category pairs are kept (both get the same
+box, `meta["boxes_agree"]` is then False, which the paper-protocol probe drops as they do).
+Each item is the forced-choice question of `prompts.py` in the authors' COCO wording, styled for the
+model family the task is built for (`prompts.PAPER_PROMPT_STYLE`: Gemma3 its own question, others the
+reference-point one), with both option orders for strict scoring (chance 1/4). `objects` =
+[subject, reference] with COCO boxes in pixels; `grid` is None.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from PIL import Image
 from spatialmech import io
 from spatialmech.errors import UserInputError
 from spatialmech.tasks.base import CF_BLANK, Counterfactual, DataTask, Item, SceneObject
-from spatialmech.tasks.prompts import forced_choice_fields
+from spatialmech.tasks.prompts import forced_choice_fields, prompt_style_for
 from spatialmech.tasks.synthetic import subset
 from spatialmech.tasks.vocabulary import answer_variants
 from spatialmech.tasks.whatsup import QA_FILES, find_data_file, load_caption_questions, resolve_image
@@ -76,6 +82,11 @@ def _pixel_box(bbox: list[float], size: tuple[int, int]) -> tuple[int, int, int,
     return (x0, y0, x1, y1)
 
 
+def largest_box(boxes: list[list[float]]) -> list[float]:
+    """The COCO [x, y, w, h] box of largest area (w * h; the first of equals), as the authors pick."""
+    return max(boxes, key=lambda box: box[2] * box[3])
+
+
 def _boxes_agree(subject: tuple[int, int, int, int], reference: tuple[int, int, int, int], relation: str) -> bool:
     """Do the box centres order the two objects the way the caption says?"""
     axis = 0 if relation in ("left", "right") else 1
@@ -109,6 +120,8 @@ class CocoSpatialTask(DataTask):
         sizes, boxes = load_instances(self._annotations_path())
         skipped: Counter[str] = Counter()
         items = []
+        several = 0
+        style = prompt_style_for(getattr(self.geometry, "family", None))
         root = self.root.resolve()
         for index, question in enumerate(questions):
             if question.relation not in RELATIONS or question.reference is None:
@@ -116,22 +129,20 @@ class CocoSpatialTask(DataTask):
                 continue
             image_id = int(question.image_id)
             if image_id not in sizes:
-                skipped["image_not_annotated"] += 1
+                skipped["no_coco_box"] += 1
                 continue
             per_category = boxes.get(image_id, {})
             subject_boxes, reference_boxes = per_category.get(question.subject, []), per_category.get(question.reference, [])
-            if question.subject == question.reference:
-                skipped["same_category"] += 1
+            if not subject_boxes or not reference_boxes:
+                skipped["no_coco_box"] += 1
                 continue
-            if len(subject_boxes) != 1 or len(reference_boxes) != 1:
-                skipped["not_single_instance"] += 1
-                continue
-            file = resolve_image(self.root, question.image_path, (self.root / "data",))
+            several += len(subject_boxes) > 1 or len(reference_boxes) > 1
+            file = resolve_image(self.root, question.image_path)
             size = sizes[image_id]
-            subject_box, reference_box = _pixel_box(subject_boxes[0], size), _pixel_box(reference_boxes[0], size)
+            subject_box, reference_box = (_pixel_box(largest_box(found), size) for found in (subject_boxes, reference_boxes))
             axis = "horizontal" if question.relation in ("left", "right") else "vertical"
             first = question.relation in ("left", "above")
-            fields = forced_choice_fields(question.subject, question.reference, axis)
+            fields = forced_choice_fields(question.subject, question.reference, axis, style=style, paper=True)
             items.append(
                 Item(
                     id=f"coco-spatial/{index}/{image_id}",
@@ -161,13 +172,16 @@ class CocoSpatialTask(DataTask):
         if not items:
             raise UserInputError(
                 f"no usable COCO-spatial questions in {self.root} ({dict(skipped)} skipped)",
-                "check that coco_qa_two_obj.json and instances_val2017.json belong together",
+                "check that coco_qa_two_obj.json and instances_val2017.json (COCO 2017 val) belong together",
             )
         self.stats = {
             "entries": len(questions),
             "items": len(items),
             "horizontal": sum(i.axis == "horizontal" for i in items),
             "vertical": sum(i.axis == "vertical" for i in items),
+            "per_relation": {r: sum(i.relation == r for i in items) for r in RELATIONS},
+            "largest_of_several_instances": several,
+            "prompt_style": style,
             "skipped": dict(skipped),
         }
         self._items = items

@@ -12,7 +12,7 @@ from spatialmech import io
 from spatialmech.errors import UserInputError
 from spatialmech.tasks import TASKS, get_task, needs_data, resolve_geometry, task_description
 from spatialmech.tasks.base import Item, Task
-from spatialmech.tasks.geometry import GridGeometry
+from spatialmech.tasks.geometry import PRESETS, GridGeometry
 
 
 def list_tasks_command(args: argparse.Namespace) -> int:
@@ -35,14 +35,23 @@ def list_tasks_command(args: argparse.Namespace) -> int:
 
 
 def _geometry_for(args: argparse.Namespace) -> GridGeometry:
+    """The model's grid (--model, with --grid), a preset (--geometry), or N tokens of the preset's size (--grid)."""
+    grid = getattr(args, "grid", None)
     if getattr(args, "model", None) and getattr(args, "geometry", None):
         raise UserInputError("--model and --geometry both given", "pass only one: the model's grid or a named preset")
     if getattr(args, "model", None):
         from spatialmech.models import load_model
 
-        adapter = load_model(args.model)
-        return GridGeometry.from_grid_spec(adapter.grid_spec(), name=Path(str(args.model)).name or str(args.model))
-    return resolve_geometry(getattr(args, "geometry", None))
+        adapter = load_model(args.model, grid=grid)
+        spec = adapter.grid_spec()
+        name = None if spec.preset and spec.tokens_per_side == PRESETS[spec.preset].tokens_per_side else Path(str(args.model)).name
+        return GridGeometry.from_grid_spec(spec, name=name or str(args.model))
+    geometry = resolve_geometry(getattr(args, "geometry", None))
+    if grid is None or grid == geometry.tokens_per_side:
+        return geometry
+    if grid < 1:
+        raise UserInputError(f"--grid {grid} is not a positive number of tokens per side", "pass e.g. --grid 12")
+    return GridGeometry.from_grid_spec({"tokens_per_side": grid, "pixels_per_token": geometry.pixels_per_token})
 
 
 def png_bytes(image: Any) -> bytes:

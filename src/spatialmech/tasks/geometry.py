@@ -11,7 +11,7 @@ Cell boxes are (row0, col0, row1, col1) and pixel boxes (x0, y0, x1, y1), both w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from spatialmech.errors import UserInputError
@@ -29,6 +29,8 @@ class GridGeometry:
     spacing_tokens: int
     strip_tokens: int
     name: str = "custom"
+    note: str = ""
+    family: str | None = None  # the model family whose grid this is (tasks pick the authors' per-family prompt by it)  # why this is not the size asked for (e.g. a processor capped below the preset)
 
     def __post_init__(self) -> None:
         if min(self.tokens_per_side, self.pixels_per_token, self.object_tokens) < 1 or self.spacing_tokens < 0:
@@ -43,15 +45,18 @@ class GridGeometry:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_grid_spec(cls, spec: Any, name: str | None = None) -> GridGeometry:
-        """The paper's rule for any model grid: object = spacing = k = tokens_per_side // 5, strip = 2k.
+        """The geometry for a model grid: the authors' preset when the grid is the preset's (the spec
+        names it in `preset`), else the paper's rule object = spacing = k = tokens_per_side // 5, strip = 2k.
 
         `spec` is a `models.base.GridSpec` (or anything with `tokens_per_side` and `pixels_per_token`,
         or a dict with those keys).
         """
-        if isinstance(spec, dict):
-            tokens, pixels = spec.get("tokens_per_side"), spec.get("pixels_per_token")
-        else:
-            tokens, pixels = getattr(spec, "tokens_per_side", None), getattr(spec, "pixels_per_token", None)
+        get = spec.get if isinstance(spec, dict) else (lambda key: getattr(spec, key, None))
+        tokens, pixels = get("tokens_per_side"), get("pixels_per_token")
+        note, family = get("note") or "", get("family")
+        known = PRESETS.get(get("preset") or "")
+        if known is not None and (known.tokens_per_side, known.pixels_per_token) == (tokens, pixels):
+            return replace(known, note=note, family=family)
         if not isinstance(tokens, int) or not isinstance(pixels, int) or tokens < 1 or pixels < 1:
             raise UserInputError(f"grid spec {spec!r} has no valid tokens_per_side / pixels_per_token", "pass a model GridSpec")
         k = tokens // 5
@@ -60,11 +65,11 @@ class GridGeometry:
                 f"a {tokens}x{tokens} token grid is too small for 3 objects (needs at least 5 tokens per side)",
                 "use a model (or image size) with a larger token grid",
             )
-        return cls(tokens, pixels, k, k, 2 * k, name=name or f"grid{tokens}x{pixels}px")
+        return cls(tokens, pixels, k, k, 2 * k, name=name or f"grid{tokens}x{pixels}px", note=note, family=family)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridGeometry:
-        fields = ("tokens_per_side", "pixels_per_token", "object_tokens", "spacing_tokens", "strip_tokens", "name")
+        fields = ("tokens_per_side", "pixels_per_token", "object_tokens", "spacing_tokens", "strip_tokens", "name", "note", "family")
         return cls(**{key: data[key] for key in fields if key in data})
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,10 +131,13 @@ class GridGeometry:
         return (start, 0, min(n, start + self.strip_tokens), n)
 
 
-# The paper's Table 4 geometries.
+# The authors' geometries (their shared/experiment_config.py GEOM and STRIP_WIDTH, shared/GEOMETRY.md):
+# Qwen2-VL and Gemma3 as the paper's Table 4; Pixtral 15x15 tokens of 16 px (its patch stride; Table 4
+# says 16x15, the code explains why 15x16). Adapters name theirs (`VLMAdapter.paper_preset`).
 QWEN = GridGeometry(tokens_per_side=12, pixels_per_token=28, object_tokens=2, spacing_tokens=2, strip_tokens=4, name="qwen")
 GEMMA = GridGeometry(tokens_per_side=16, pixels_per_token=56, object_tokens=3, spacing_tokens=3, strip_tokens=3, name="gemma")
-PRESETS: dict[str, GridGeometry] = {"qwen": QWEN, "gemma": GEMMA}
+PIXTRAL = GridGeometry(tokens_per_side=15, pixels_per_token=16, object_tokens=2, spacing_tokens=2, strip_tokens=2, name="pixtral")
+PRESETS: dict[str, GridGeometry] = {"qwen": QWEN, "gemma": GEMMA, "pixtral": PIXTRAL}
 
 
 def preset(name: str) -> GridGeometry:

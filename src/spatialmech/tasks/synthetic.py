@@ -37,6 +37,9 @@ from spatialmech.tasks.geometry import QWEN, GridGeometry
 from spatialmech.tasks.vocabulary import (
     OBJECT_NAMES,
     OBJECTS_TEMPLATE,
+    PIXTRAL_OBJECT_NAMES,
+    PIXTRAL_SHAPE_COLORS,
+    PIXTRAL_SQUARE_COLORS,
     RELATION_PHRASES,
     SHAPE_COLORS,
     SHAPES_TEMPLATE,
@@ -76,9 +79,15 @@ class GridTask(Task):
     template: str = ""
     counterfactual_kinds: tuple[str, ...] = COUNTERFACTUAL_KINDS
 
+    pixtral_attributes: tuple[str, ...] = ()  # Pixtral's variant (vocabulary.PIXTRAL_*), where it differs
+
     def __init__(self, geometry: GridGeometry | None = None):
         self.geometry = geometry or QWEN
         self._all: list[Item] | None = None
+        # The authors draw Pixtral's stimuli with its own palette and object set (on its grid, or --grid).
+        self.pixtral = "pixtral" in (self.geometry.family, self.geometry.name)
+        if self.pixtral and self.pixtral_attributes:
+            self.attributes = self.pixtral_attributes
 
     # ------------------------------------------------------------------ per-task vocabulary
     def reference_name(self, attribute: str) -> str:
@@ -229,6 +238,7 @@ class SquaresTask(GridTask):
     name = "squares"
     description = "3 coloured squares in a row or column; 'The color of the square to the left of the green square is'"
     attributes = tuple(SQUARE_COLORS)
+    pixtral_attributes = tuple(PIXTRAL_SQUARE_COLORS)
     template = SQUARES_TEMPLATE
 
     def reference_name(self, attribute: str) -> str:
@@ -238,7 +248,7 @@ class SquaresTask(GridTask):
         return f"{attribute.lower()} square"
 
     def appearance(self, attribute: str) -> tuple[str, tuple[int, int, int]]:
-        return FILLED_SQUARE, SQUARE_COLORS[attribute]
+        return FILLED_SQUARE, (PIXTRAL_SQUARE_COLORS if self.pixtral else SQUARE_COLORS)[attribute]
 
 
 class ShapesTask(GridTask):
@@ -251,6 +261,8 @@ class ShapesTask(GridTask):
         return attribute.lower()
 
     def appearance(self, attribute: str) -> tuple[str, tuple[int, int, int]]:
+        if self.pixtral:
+            return attribute.lower(), PIXTRAL_SQUARE_COLORS[PIXTRAL_SHAPE_COLORS[attribute]]
         return attribute.lower(), SQUARE_COLORS[SHAPE_COLORS[attribute]]
 
 
@@ -258,6 +270,7 @@ class ObjectsTask(GridTask):
     name = "objects"
     description = "3 of 8 drawn object icons (apple, bell, ...); 'The object to the left of the key is a(n)'"
     attributes = OBJECT_NAMES
+    pixtral_attributes = PIXTRAL_OBJECT_NAMES
     template = OBJECTS_TEMPLATE
 
     def reference_name(self, attribute: str) -> str:

@@ -42,6 +42,15 @@ SHAPE_COLORS: dict[str, str] = {
 # Objects: our procedurally drawn icons (see `drawing.py`).
 OBJECT_NAMES: tuple[str, ...] = ("apple", "bell", "bomb", "hat", "key", "orange", "pot", "rose")
 
+# Pixtral's variant of the grid tasks (the authors' shared/palette.py COLOR_RGB_PIXTRAL and
+# behavioral_analysis/src/tasks/objects.py): Orange (255, 165, 0) takes Brown's place (Pixtral calls a
+# thin brown cross red), and the "bomb" icon is dropped (7 objects, 840 items).
+PIXTRAL_SQUARE_COLORS: dict[str, tuple[int, int, int]] = {
+    ("Orange" if name == "Brown" else name): ((255, 165, 0) if name == "Brown" else rgb) for name, rgb in SQUARE_COLORS.items()
+}
+PIXTRAL_SHAPE_COLORS: dict[str, str] = {shape: ("Orange" if c == "Brown" else c) for shape, c in SHAPE_COLORS.items()}
+PIXTRAL_OBJECT_NAMES: tuple[str, ...] = tuple(name for name in OBJECT_NAMES if name != "bomb")
+
 # Extra colours used only for scene shapes and clutter (never asked about).
 SCENE_SHAPE_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (210, 30, 30),

@@ -9,16 +9,12 @@ a one-line error naming the file and the entry:
   [image_id, correct_caption, distractor_caption]; images `val2017/{id:012d}.jpg` (COCO) or
   `vg_images/{id}.jpg` (Visual Genome).
 
-Files are looked for in the data root and in its `data/` folder (the What'sUp repository layout).
-Every image path is resolved with `io.resolve_under`, so nothing outside the data root is read.
+Files are looked for in the data root and in its `data/` folder (the What'sUp repository layout: its
+download puts the JSON files and image folders in `data/`, and `image_path` values start with
+`data/`), so `--data` may be the repository root or its `data/` folder. Every image path is resolved
+with `io.resolve_under`, so no path written in a data file leads outside the data root.
 
-The stitched task (`whatsup`): for each reference object R, a photo of "X to the left of R" is joined
-with the right half of a photo of "Y to the right of R", giving X | R | Y, three objects in a row
-(horizontal only). We pair every left-of photo with every right-of photo of the same reference whose
-object differs, and ask both directions ("The object on the floor to the left of the chair is a(n)" ->
-X; "... to the right of ..." -> Y). The paper's 1074 composites came from the authors' own pairing, which
-SPEC does not give, so our count depends on the photos present. Object boxes are the composite's
-thirds (the photos are staged that way), so they are approximate (`meta["approximate_boxes"]`).
+The stitched task built from the controlled photos is `whatsup_stitched.py`.
 """
 
 from __future__ import annotations
@@ -31,10 +27,9 @@ from PIL import Image
 
 from spatialmech import io
 from spatialmech.errors import UserInputError
-from spatialmech.tasks.base import CF_BLANK, Counterfactual, DataTask, Item, SceneObject
+from spatialmech.tasks.base import Item, SceneObject
 from spatialmech.tasks.prompts import forced_choice_fields
-from spatialmech.tasks.synthetic import subset
-from spatialmech.tasks.vocabulary import RELATION_PHRASES, WHATSUP_TEMPLATE, answer_variants
+from spatialmech.tasks.vocabulary import answer_variants
 
 CONTROLLED_FILES = {"A": "controlled_images_dataset.json", "B": "controlled_clevr_dataset.json"}
 QA_FILES = {
@@ -45,7 +40,11 @@ QA_FILES = {
 }
 SEARCH_FOLDERS = ("", "data")
 
-_CONTROLLED_NAME = re.compile(r"^(?P<obj>.+?)_(?P<rel>left_of|right_of|on|under)_(?P<ref>[^_]+)\.(?:jpe?g|png)$", re.I)
+# Subset A: left_of / right_of / on / under; subset B (CLEVR) also in-front_of / behind (What'sUp's
+# dataset_zoo/aro_datasets.py matches '_in-front_of_' and 'behind').
+_CONTROLLED_NAME = re.compile(
+    r"^(?P<obj>.+?)_(?P<rel>left_of|right_of|in-front_of|behind|on|under)_(?P<ref>[^_]+)\.(?:jpe?g|png)$", re.I
+)
 # The two-object captions: "A photo of a dog to the left of a cat", "... above a ...", "... behind ...".
 _TWO_OBJECT = re.compile(
     r"^(?:a photo of )?(?:an? |the )?(?P<subj>.+?) (?P<rel>to the left of|to the right of|on the left of|"
@@ -60,7 +59,8 @@ _RELATION_WORD = {
     "below": "below", "under": "under", "behind": "behind", "in front of": "in front",
     "left": "left", "right": "right", "top": "top", "bottom": "bottom",
 }
-_CONTROLLED_RELATION = {"left_of": "left", "right_of": "right", "on": "on", "under": "under"}
+_CONTROLLED_RELATION = {"left_of": "left", "right_of": "right", "on": "on", "under": "under",
+                        "in-front_of": "in front", "behind": "behind"}
 
 
 def find_data_file(root: str | Path, name: str, what: str) -> Path:
@@ -76,18 +76,28 @@ def find_data_file(root: str | Path, name: str, what: str) -> Path:
     raise UserInputError(f"{what} {name} not found in {base} or {base / 'data'}", "download it into the data folder")
 
 
-def resolve_image(root: Path, relative: str, extra_bases: tuple[Path, ...] = ()) -> Path:
-    """The image file `relative` under the data root (or another base inside it), never outside it."""
-    first = io.resolve_under(root, relative, what="image_path")
-    if first.is_file():
-        return first
-    for base in extra_bases:
-        candidate = io.resolve_under(base, relative, what="image_path")
-        if root.resolve() not in candidate.parents:
-            raise UserInputError(f"image_path {relative} escapes the data root {root.resolve()}", "fix the data file")
-        if candidate.is_file():
-            return candidate
-    raise UserInputError(f"image {first} (from {relative!r}) does not exist", "check the data folder or re-download the data set")
+def resolve_image(root: Path, relative: str) -> Path:
+    """The image `relative` (as written in a data file) under the data root, never outside it.
+
+    What'sUp writes paths from its repository root (`data/controlled_images/x.jpeg`) while its JSON
+    files sit in `data/`, so `--data` may be the repository root or its `data/` folder: a leading
+    `data/` is also tried without it (and a path without one, such as COCO's `val2017/...`, in `data/`).
+    """
+    tries = [relative]
+    parts = Path(relative).parts
+    if len(parts) > 1 and parts[0] == "data":
+        tries.append(str(Path(*parts[1:])))
+    else:
+        tries.append(str(Path("data", relative)))
+    for candidate in tries:
+        file = io.resolve_under(root, candidate, what="image_path")
+        if file.is_file():
+            return file
+    raise UserInputError(
+        f"image {relative!r} does not exist under the data root {Path(root).resolve()} (nor in or without its data/)",
+        "pass --data as the What'sUp repository root or its data/ folder, with the images the What'sUp download "
+        "unpacked (data/controlled_images/, data/controlled_clevr/, COCO val2017/)",
+    )
 
 
 def noun(text: str) -> str:
@@ -134,7 +144,7 @@ def load_controlled(root: str | Path, subset_name: str = "A") -> tuple[list[Cont
         if not match:
             skipped["unparsed_name"] += 1
             continue
-        file = resolve_image(root, entry["image_path"], (path.parent, path.parent.parent))
+        file = resolve_image(root, entry["image_path"])
         records.append(
             ControlledImage(
                 image_path=entry["image_path"],
@@ -149,10 +159,13 @@ def load_controlled(root: str | Path, subset_name: str = "A") -> tuple[list[Cont
 
 
 def controlled_items(root: str | Path, subset_name: str = "A") -> list[Item]:
-    """Controlled photos as forced-choice questions: left/right, and on/under asked as above/below."""
+    """Controlled photos as forced-choice questions: left/right, and on/under asked as above/below
+    (depth photos, subset B's in-front_of / behind, have no two-option axis here and are left out)."""
     records, _ = load_controlled(root, subset_name)
     items = []
     for record in records:
+        if record.relation in ("in front", "behind"):
+            continue
         relation = {"on": "above", "under": "below"}.get(record.relation, record.relation)
         axis = "horizontal" if relation in ("left", "right") else "vertical"
         fields = forced_choice_fields(record.subject, record.reference, axis)
@@ -246,107 +259,3 @@ def load_caption_questions(root: str | Path, source: str = "coco", objects: str 
             CaptionQuestion(image_id, image_relative_path(source, image_id), entry[1], entry[2], subject, relation, reference)
         )
     return questions
-
-
-# ------------------------------------------------------------------------------ the stitched task
-
-
-class WhatsUpStitchedTask(DataTask):
-    """What'sUp Controlled_Images_A photos stitched into X | R | Y composites (horizontal only)."""
-
-    name = "whatsup"
-    description = "What'sUp photos stitched into 3-object rows; 'The object on the floor to the left of the chair is a(n)'"
-    counterfactual_kinds = (CF_BLANK,)
-
-    def check_data(self) -> None:
-        find_data_file(self.root, CONTROLLED_FILES["A"], "What'sUp file")
-
-    def all_items(self) -> list[Item]:
-        if self._items is None:
-            records, skipped = load_controlled(self.root, "A")
-            lefts = [r for r in records if r.relation == "left"]
-            rights = [r for r in records if r.relation == "right"]
-            items = []
-            for left in lefts:
-                for right in rights:
-                    if right.reference != left.reference or right.subject == left.subject:
-                        continue
-                    for relation in ("left", "right"):
-                        items.append(self._item(left, right, relation))
-            if not items:
-                raise UserInputError(
-                    f"no What'sUp photo pairs to stitch in {self.root}",
-                    "the data needs '<obj>_left_of_<ref>' and '<obj>_right_of_<ref>' photos sharing a reference",
-                )
-            self.stats = {"photos": len(records), "left_of": len(lefts), "right_of": len(rights), "skipped": skipped, "items": len(items)}
-            self._items = items
-        return self._items
-
-    def items(self, n: int | None = None, seed: int = 0) -> list[Item]:
-        return subset(self.all_items(), n, seed)
-
-    def _composite_size(self) -> tuple[int, int]:
-        """Width = the geometry's image side; height = half of it (two 4:3 halves and one half photo)
-        rounded to whole tokens."""
-        width = self.geometry.image_size
-        p = self.geometry.pixels_per_token
-        return width, max(p, round(width / 2 / p) * p)
-
-    def _item(self, left: ControlledImage, right: ControlledImage, relation: str) -> Item:
-        width, height = self._composite_size()
-        thirds = [0, width // 3, 2 * width // 3, width]
-        names = [left.subject, left.reference, right.subject]
-        objects = [
-            SceneObject(
-                name=name,
-                attribute=name,
-                box_px=(thirds[slot], 0, thirds[slot + 1], height),
-                box_cells=self.geometry.px_to_cells((thirds[slot], 0, thirds[slot + 1], height)),
-                ordinal={"horizontal": slot},
-            )
-            for slot, name in enumerate(names)
-        ]
-        target = 0 if relation == "left" else 2
-        answer = names[target]
-        prompt = WHATSUP_TEMPLATE.format(relation=RELATION_PHRASES[relation], reference=left.reference)
-        root = self.root.resolve()
-        sources = [str(left.file.relative_to(root)), str(right.file.relative_to(root))]
-        return Item(
-            id=f"whatsup/{Path(left.image_path).stem}+{Path(right.image_path).stem}/{relation}",
-            task=self.name,
-            prompt=prompt,
-            answer=answer,
-            answer_variants=answer_variants(answer),
-            axis="horizontal",
-            relation=relation,
-            reference=1,
-            target=target,
-            objects=objects,
-            image_size=(width, height),
-            grid={**self.geometry.to_dict(), "rows": height // self.geometry.pixels_per_token},
-            meta={"sources": sources, "approximate_boxes": True},
-        )
-
-    def image(self, item: Item) -> Image.Image:
-        """The left-of photo in full, then the right half of the right-of photo, scaled to the item size."""
-        width, height = item.image_size
-        if not item.meta.get("sources"):  # a blank counterfactual
-            return Image.new("RGB", (width, height), (255, 255, 255))
-        root = self.root.resolve()
-        left_photo, right_photo = (io.open_image(io.resolve_under(root, s, "image_path"), "What'sUp image") for s in item.meta["sources"])
-        photo_height = min(left_photo.height, right_photo.height)
-        left_photo = left_photo.resize((round(left_photo.width * photo_height / left_photo.height), photo_height))
-        right_photo = right_photo.resize((round(right_photo.width * photo_height / right_photo.height), photo_height))
-        half = right_photo.crop((right_photo.width // 2, 0, right_photo.width, photo_height))
-        canvas = Image.new("RGB", (left_photo.width + half.width, photo_height))
-        canvas.paste(left_photo, (0, 0))
-        canvas.paste(half, (left_photo.width, 0))
-        return canvas.resize((width, height), Image.Resampling.BICUBIC)
-
-    def counterfactuals(self, item: Item, kind: str) -> list[Counterfactual]:
-        if kind != CF_BLANK:
-            raise UserInputError(f"task whatsup has no {kind!r} counterfactuals", "use the synthetic tasks for that experiment")
-        blank = Item(**{**vars(item), "id": f"{item.id}#{kind}", "objects": [], "reference": -1, "target": -1,
-                        "meta": {"role": kind, "clean_id": item.id}})
-        return [Counterfactual(kind, blank)]
-
