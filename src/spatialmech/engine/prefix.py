@@ -1,0 +1,499 @@
+"""Prefix sharing: rows of a batch that begin alike run their common beginning once (issue 21).
+
+Both option orders of a forced-choice item, the four query directions of a synthetic picture and the
+conditions of an ablation share the system turn, the picture and the text up to the first token that
+differs. A plain forward computes that prefix once per row; here it runs once per group of rows and
+every row's suffix attends to the group's keys/values, as the training code's shared prefix does.
+
+How it stays exact, for every family, without knowing the family:
+1. One capture pass runs the model with every decoder layer replaced by the identity: the embeddings,
+   image encoder and all prompt-pass interventions acting before layer 0 (steering, ablation or
+   patching of picture tokens at `projector.out` / `lm.resid_pre.0`) run as usual, and each decoder
+   layer's call arguments (masks, rotary embeddings, position ids) are kept as the model built them.
+2. Groups come from layer 0's input itself: rows whose real (unpadded) tokens agree over the first
+   `p` positions, states, positions, rotary embeddings and mask included (checked with
+   `torch.equal`), with one `p` per batch chosen to save the most token-layer passes.
+3. The prefix runs once per group, the suffixes (left-padded among themselves) once per row; every
+   tensor they need (masks, rotary tables) is gathered from the captured ones, so Gemma's sliding
+   windows and bidirectional image blocks and M-RoPE positions come along unchanged. Before using
+   it, the gathered masks must show that the prefix cannot see the suffix or the padding.
+Anything it cannot prove (a mask it cannot read, an argument that depends on the sequence, a cut
+inside a bidirectional block) falls back to the plain forward and says why (`PrefixStats`).
+Logits equal the plain forward to float32 rounding (tests, every family).
+
+Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
+`SPATIALMECH_PREFIX_SHARING=0` (the benchmark and the equality checks do).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from spatialmech.engine.hooks import HookSession
+from spatialmech.engine.interventions import Intervention
+from spatialmech.engine.sweep import _CACHE_KWARGS, _PrefixKV
+from spatialmech.models.base import BatchInputs, VLMAdapter
+
+ENV_SWITCH = "SPATIALMECH_PREFIX_SHARING"
+# Sites whose interventions act before decoder layer 0 runs: the capture pass applies them.
+UPSTREAM_SITES = ("vision.out", "projector.out", "lm.resid_pre.0")
+
+
+def sharing_default() -> bool:
+    """On unless SPATIALMECH_PREFIX_SHARING is 0/off/false/no."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+@dataclass
+class PrefixStats:
+    """What prefix sharing did over an engine's forwards, in tokens per decoder layer.
+
+    tokens_plain: what plain forwards of the same batches cost (rows x padded length);
+    tokens_run:   what actually ran (prefix once per group + padded suffixes, or plain on fallback);
+    tokens_floor: the no-repeat floor: every distinct (row prefix) position once;
+    fallbacks:    reason -> count of forwards that ran plain.
+    """
+
+    forwards: int = 0
+    shared: int = 0
+    tokens_plain: int = 0
+    tokens_run: int = 0
+    tokens_floor: int = 0
+    fallbacks: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "forwards": self.forwards, "shared": self.shared, "tokens_plain": self.tokens_plain,
+            "tokens_run": self.tokens_run, "tokens_floor": self.tokens_floor, "fallbacks": dict(self.fallbacks),
+        }
+
+
+class Unshareable(Exception):
+    """This batch cannot be shared exactly; the message says why (the plain forward runs instead)."""
+
+
+class _StopAtLayer0(Exception):
+    """Raised by the capture pass when only the inputs of layer 0 were wanted."""
+
+
+def interventions_upstream(interventions: Sequence[Intervention]) -> bool:
+    return all(i.site in UPSTREAM_SITES for i in interventions)
+
+
+@dataclass
+class Captured:
+    """Layer 0's input (batch, seq, hidden) and every decoder layer's call keyword arguments."""
+
+    hidden: torch.Tensor
+    kwargs: list[dict[str, Any]]
+
+
+def capture_layer_inputs(
+    adapter: VLMAdapter,
+    inputs: BatchInputs,
+    interventions: Sequence[Intervention],
+    record: Any = None,
+    stop: bool = False,
+    record_device: torch.device | str | None = "cpu",
+) -> tuple[Captured, HookSession]:
+    """Run embeddings, image encoder and the interventions, but not the decoder layers (identity), keeping
+    what every layer was called with. With `stop`, the forward ends at layer 0 (recording encoder sites)."""
+    layers = adapter.decoder_layers()
+    hidden: dict[str, torch.Tensor] = {}
+    kwargs: list[dict[str, Any]] = [{} for _ in layers]
+
+    def identity(index: int):
+        def forward(hidden_states: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+            if args:
+                raise Unshareable("decoder layer called with positional arguments")
+            if index == 0:
+                hidden["0"] = hidden_states
+                if stop:
+                    raise _StopAtLayer0
+            kwargs[index] = kw
+            return hidden_states
+
+        return forward
+
+    session = HookSession(adapter, inputs, interventions, record, record_device)
+    with session, _capturing():
+        for j, layer in enumerate(layers):
+            layer.forward = identity(j)  # an instance attribute shadows the method for this call
+        try:
+            with torch.no_grad():
+                adapter.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
+        except _StopAtLayer0:
+            pass
+        finally:
+            for layer in layers:
+                del layer.forward
+    if "0" not in hidden:
+        raise Unshareable("the forward never reached decoder layer 0")
+    return Captured(hidden["0"], kwargs), session
+
+
+_CAPTURING = [False]  # set during capture passes, whose identity layers do no work (not counted)
+
+
+@contextmanager
+def _capturing() -> Iterator[None]:
+    _CAPTURING[0] = True
+    try:
+        yield
+    finally:
+        _CAPTURING[0] = False
+
+
+# ------------------------------------------------------------------------------------------ gathering
+
+
+def _gather(t: torch.Tensor, batch_dim: int, seq_dim: int, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[rows[i]] with its `seq_dim` gathered at index[i] (rows, new_len): per-row slices of captured tensors."""
+    batch_dim, seq_dim = batch_dim % t.dim(), seq_dim % t.dim()
+    moved = t.movedim((batch_dim, seq_dim), (0, 1))
+    if moved.shape[0] == 1:
+        moved = moved.expand(int(rows.max()) + 1, *moved.shape[1:])
+    moved = moved[rows.to(moved.device)]
+    rest = moved.shape[2:]
+    idx = index.to(moved.device).view(*index.shape, *([1] * len(rest))).expand(*index.shape, *rest)
+    return moved.gather(1, idx).movedim((0, 1), (batch_dim, seq_dim))
+
+
+def _masked(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean 'this key is hidden from this query' for a boolean or additive mask."""
+    if mask.dtype == torch.bool:
+        return ~mask
+    return mask <= torch.finfo(mask.dtype).min / 2
+
+
+def _causal_mask(seq_len: int, attention: str, device: torch.device) -> torch.Tensor:
+    """The implicit causal mask made explicit (a layer called without a mask), in the kernel's format."""
+    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+    if attention == "sdpa":
+        return allowed
+    if attention == "eager":
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    raise Unshareable(f"no explicit causal mask for attention implementation {attention!r}")
+
+
+class _KVKeeper:
+    """A stand-in KV cache for the prefix pass: keeps each layer's keys/values and returns them unchanged."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.kept[layer_idx] = (key_states, value_states)
+        return key_states, value_states
+
+
+@dataclass
+class _Plan:
+    prefix_len: int
+    reps: torch.Tensor  # (groups,) representative row of each group
+    group_of_row: torch.Tensor  # (batch,)
+    pad: torch.Tensor  # (batch,) left padding of each row
+    floor: int  # distinct (row prefix) positions: the no-repeat floor
+
+
+def plan_groups(captured: Captured, attention_mask: torch.Tensor | None) -> _Plan:
+    """Group rows by the longest common start of their real tokens' layer-0 states; choose one prefix
+    length for the batch that saves the most token passes. Raises Unshareable when nothing is shared."""
+    hidden = captured.hidden
+    batch, seq_len = hidden.shape[:2]
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, seq_len, dtype=torch.long)
+    real = attention_mask.to(torch.bool).cpu()
+    lengths = real.sum(1)
+    pad = seq_len - lengths
+    if not all(bool(real[r, int(pad[r]) :].all()) for r in range(batch)):
+        raise Unshareable("rows are not left-padded")
+    if batch < 2:
+        raise Unshareable("one row")
+    # a fingerprint per position (exact equality is checked below); NaN where a row has no token
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randn(hidden.shape[-1], generator=gen, dtype=torch.float64)
+    sig = hidden.detach().cpu().double() @ probe
+    aligned = torch.full((batch, seq_len), float("nan"), dtype=torch.float64)
+    for r in range(batch):
+        aligned[r, : int(lengths[r])] = sig[r, int(pad[r]) :]
+    same = (aligned[:, None, :] == aligned[None, :, :]).long().cumprod(-1).sum(-1)  # (batch, batch) common start
+    max_prefix = int(lengths.min()) - 1  # every row keeps its last token in the suffix
+    floor = _distinct_prefix_positions(aligned, lengths)
+    best: tuple[int, int, torch.Tensor] | None = None
+    for p in sorted({int(v) for v in same.flatten().tolist() if 0 < v} | {max_prefix}):
+        p = min(p, max_prefix)
+        if p < 1:
+            continue
+        labels = _components(same >= p)
+        saving = (batch - int(labels.max()) - 1) * p
+        if saving > 0 and (best is None or saving > best[0]):
+            best = (saving, p, labels)
+    if best is None:
+        raise Unshareable("no rows share a prefix")
+    _, p, labels = best
+    reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
+    return _Plan(p, reps, labels, pad, floor)
+
+
+def _components(linked: torch.Tensor) -> torch.Tensor:
+    """Group labels (in first-appearance order) for an equivalence relation given as a boolean matrix."""
+    labels = torch.full((linked.shape[0],), -1, dtype=torch.long)
+    next_label = 0
+    for r in range(linked.shape[0]):
+        if labels[r] < 0:
+            labels[linked[r] & (labels < 0)] = next_label
+            next_label += 1
+    return labels
+
+
+def _distinct_prefix_positions(aligned: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Nodes of the rows' prefix tree: positions a no-repeat schedule computes."""
+    labels = torch.zeros(aligned.shape[0], dtype=torch.long)
+    total = 0
+    for t in range(int(lengths.max())):
+        alive = lengths > t
+        keys = list(zip(labels.tolist(), aligned[:, t].tolist()))
+        ids = {k: i for i, k in enumerate(dict.fromkeys(k for k, a in zip(keys, alive.tolist()) if a))}
+        total += len(ids)
+        labels = torch.tensor([ids.get(k, -1) for k in keys])
+    return total
+
+
+# ------------------------------------------------------------------------------------------ the shared forward
+
+
+class _LayerArgs:
+    """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
+    since layers of one kind share their mask and rotary tables)."""
+
+    def __init__(self, captured: Captured, plan: _Plan, attention: str):
+        self.captured, self.plan, self.attention = captured, plan, attention
+        self.seq_len = captured.hidden.shape[1]
+        self.batch = captured.hidden.shape[0]
+        p, pad, seq_len = plan.prefix_len, plan.pad, self.seq_len
+        self.suffix_len = seq_len - int(pad.min()) - p
+        n_pad = self.suffix_len - (seq_len - pad - p)  # left padding of each row's suffix
+        self.n_pad = n_pad
+        steps = torch.arange(self.suffix_len)
+        first_real = (pad + p)[:, None]
+        self.prefix_index = pad[:, None] + torch.arange(p)[None, :]  # (batch, p) real prefix positions
+        self.suffix_index = torch.maximum(first_real + steps[None, :] - n_pad[:, None], first_real)
+        pad_key = torch.zeros_like(self.suffix_index)
+        suffix_keys = torch.where(steps[None, :] < n_pad[:, None], pad_key, self.suffix_index)
+        self.suffix_keys = torch.cat([self.prefix_index, suffix_keys], dim=1)
+        self.all_rows = torch.arange(self.batch)
+        self.memo: dict[tuple[int, str], Any] = {}
+
+    def layer(self, kwargs: dict[str, Any], cache: Any, part: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not any(name in kwargs for name in _CACHE_KWARGS):
+            raise Unshareable("decoder layers take no KV cache argument")
+        if "attention_mask" not in kwargs:
+            raise Unshareable("decoder layers take no attention mask")
+        for name, value in kwargs.items():
+            if name in _CACHE_KWARGS:
+                out[name] = cache
+            elif name == "attention_mask":
+                key = (id(value), f"{name}:{part}")
+                if key not in self.memo:
+                    self.memo[key] = self.mask(value, part)
+                out[name] = self.memo[key]
+            elif name == "use_cache":
+                out[name] = False
+            elif name == "cache_position":
+                start, length = (0, self.plan.prefix_len) if part == "prefix" else (self.plan.prefix_len, self.suffix_len)
+                out[name] = torch.arange(start, start + length, device=self.captured.hidden.device)
+            elif isinstance(value, (torch.Tensor, tuple, list, dict)) and _mentions(value, self.seq_len):
+                key = (id(value), f"{name}:{part}")
+                if key not in self.memo:
+                    self.memo[key] = self._convert(name, value, part)
+                out[name] = self.memo[key]
+            else:
+                out[name] = value
+        return out
+
+    def _rows_and_index(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if part == "prefix":
+            return self.plan.reps, self.prefix_index[self.plan.reps]
+        if part == "check":
+            return self.all_rows, self.prefix_index
+        return self.all_rows, self.suffix_index
+
+    def _convert(self, name: str, value: Any, part: str) -> Any:
+        rows, index = self._rows_and_index(part)
+        if name == "attention_mask":
+            return self.mask(value, part)
+        if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return _gather(value, -2, -1, rows, index)
+        if name == "position_embeddings":
+            return _map_tensors(value, lambda t: _gather(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
+        raise Unshareable(f"decoder-layer argument {name!r} depends on the sequence")
+
+    def full_mask(self, mask: Any) -> torch.Tensor:
+        if mask is None:
+            return _causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
+            raise Unshareable(f"attention mask of type {type(mask).__name__}")
+        return mask
+
+    def mask(self, mask: Any, part: str) -> torch.Tensor:
+        mask = self.full_mask(mask)
+        rows, index = self._rows_and_index(part)
+        keys = index if part in ("prefix", "check") else self.suffix_keys
+        by_query = _gather(mask, 0, -2, rows, index)
+        return _gather(by_query, 0, -1, torch.arange(len(rows)), keys)
+
+
+def _mentions(value: Any, seq_len: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return seq_len in value.shape
+    if isinstance(value, (tuple, list)):
+        return any(_mentions(v, seq_len) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions(v, seq_len) for v in value.values())
+    return False
+
+
+def _map_tensors(value: Any, fn: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def _bad(name: str) -> Any:
+    raise Unshareable(f"decoder-layer argument {name!r} has a layout the engine does not know")
+
+
+def _same_in_group(value: Any, plan: _Plan) -> bool:
+    """Every row's prefix slice equals its group representative's (tensors gathered for all rows)."""
+    if isinstance(value, torch.Tensor):
+        if value.shape[0] != len(plan.group_of_row) or value.dim() < 2:
+            return True  # no per-row data (broadcast)
+        return torch.equal(value, value[plan.reps.to(value.device)][plan.group_of_row.to(value.device)])
+    if isinstance(value, (tuple, list)):
+        return all(_same_in_group(v, plan) for v in value)
+    if isinstance(value, dict):
+        return all(_same_in_group(v, plan) for v in value.values())
+    return True
+
+
+def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
+    """Prove the shared run exact: group members agree on everything the prefix computes from, the
+    prefix sees neither the padding nor the suffix, and the suffix never sees the padding."""
+    plan, seq_len = args.plan, args.seq_len
+    prefix_states = _gather(args.captured.hidden, 0, 1, args.all_rows, args.prefix_index)
+    if not _same_in_group(prefix_states, plan):
+        raise Unshareable("grouped rows differ inside the prefix")
+    checked: set[int] = set()
+    for kw in kwargs:
+        for name, value in kw.items():
+            if name in _CACHE_KWARGS or id(value) in checked or not _mentions(value, seq_len):
+                continue
+            checked.add(id(value))
+            if name in ("cache_position",):
+                continue
+            if name != "attention_mask" and not _same_in_group(args._convert(name, value, "check"), plan):
+                raise Unshareable(f"grouped rows differ in {name!r} inside the prefix")
+        mask = args.full_mask(kw.get("attention_mask"))
+        if id(mask) in checked:
+            continue
+        checked.add(id(mask))
+        if not _same_in_group(args.mask(mask, "check"), plan):
+            raise Unshareable("grouped rows differ in the attention mask inside the prefix")
+        hidden = _masked(mask)
+        for r in range(args.batch):
+            m = hidden[min(r, hidden.shape[0] - 1)]
+            a, p = int(plan.pad[r]), plan.prefix_len
+            if not bool(m[:, a:, :a].all()):
+                raise Unshareable("real tokens attend to padding")
+            if not bool(m[:, a : a + p, a + p :].all()):
+                raise Unshareable("the prefix attends to later positions (e.g. a bidirectional block cut by the prefix)")
+
+
+def continue_plain(adapter: VLMAdapter, captured: Captured) -> torch.Tensor:
+    """The plain forward's logits from a capture pass (the fallback: the encoder does not run twice)."""
+    with torch.no_grad():
+        hidden = captured.hidden
+        for layer, kwargs in zip(adapter.decoder_layers(), captured.kwargs):
+            hidden = _first(layer(hidden, **kwargs))
+        return adapter.final_logits(hidden[:, -1])
+
+
+def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Sequence[Intervention], stats: PrefixStats) -> torch.Tensor:
+    """Last-position logits (batch, vocab) of `inputs` under upstream `interventions`, sharing prefixes;
+    the plain forward (and a count of why) when sharing cannot be proven exact."""
+    stats.forwards += 1
+    plain = inputs.batch_size * inputs.seq_len
+    stats.tokens_plain += plain
+    captured, session = capture_layer_inputs(adapter, inputs, interventions)
+    session.check_fired()
+    try:
+        return _shared(adapter, inputs, captured, stats)
+    except Unshareable as exc:
+        stats.fallbacks[str(exc)] += 1
+        stats.tokens_run += plain
+        stats.tokens_floor += plain
+        return continue_plain(adapter, captured)
+
+
+def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
+    plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"))
+    attention = str(adapter.model.config.get_text_config()._attn_implementation)
+    args = _LayerArgs(captured, plan, attention)
+    _check(args, captured.kwargs)
+    layers = adapter.decoder_layers()
+    keeper = _KVKeeper()
+    prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
+    with torch.no_grad():
+        hidden = _gather(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
+        for j, layer in enumerate(layers):
+            hidden = _first(layer(hidden, **prefix_kwargs[j]))
+        if len(keeper.kept) != len(layers):
+            raise Unshareable("not every layer stored its keys/values")
+        rows = plan.group_of_row.to(hidden.device)
+        stand_in = _PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
+        suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
+        hidden = _gather(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
+        for j, layer in enumerate(layers):
+            hidden = _first(layer(hidden, **suffix_kwargs[j]))
+        logits = adapter.final_logits(hidden[:, -1])
+    stats.shared += 1
+    stats.tokens_run += len(plan.reps) * plan.prefix_len + args.batch * args.suffix_len
+    stats.tokens_floor += plan.floor
+    return logits
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def count_token_layer_passes(adapter: VLMAdapter) -> Iterator[Counter]:
+    """Counts tokens through decoder layers (rows x positions per call, summed over layers) while open:
+    the benchmark's measure of work, whatever path (plain, shared, sweep) ran."""
+    counts: Counter = Counter()
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not _CAPTURING[0]:
+            counts["token_layers"] += int(hidden.shape[0] * hidden.shape[1])
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.decoder_layers()]
+    try:
+        yield counts
+    finally:
+        for handle in handles:
+            handle.remove()
