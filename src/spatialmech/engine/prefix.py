@@ -80,6 +80,10 @@ class Unshareable(Exception):
     """This batch cannot be shared exactly; the message says why (the plain forward runs instead)."""
 
 
+class _GroupsDiffer(Unshareable):
+    """Grouped rows agree on their tokens' states but not on positions/masks (retried by padding)."""
+
+
 class _StopAtLayer0(Exception):
     """Raised by the capture pass when only the inputs of layer 0 were wanted."""
 
@@ -204,9 +208,10 @@ class _Plan:
     floor: int  # distinct (row prefix) positions: the no-repeat floor
 
 
-def plan_groups(captured: Captured, attention_mask: torch.Tensor | None) -> _Plan:
+def plan_groups(captured: Captured, attention_mask: torch.Tensor | None, same_pad: bool = False) -> _Plan:
     """Group rows by the longest common start of their real tokens' layer-0 states; choose one prefix
-    length for the batch that saves the most token passes. Raises Unshareable when nothing is shared."""
+    length for the batch that saves the most token passes. Raises Unshareable when nothing is shared.
+    `same_pad` also requires equal left padding (families whose positions count the padding, Gemma3)."""
     hidden = captured.hidden
     batch, seq_len = hidden.shape[:2]
     if attention_mask is None:
@@ -226,10 +231,12 @@ def plan_groups(captured: Captured, attention_mask: torch.Tensor | None) -> _Pla
     for r in range(batch):
         aligned[r, : int(lengths[r])] = sig[r, int(pad[r]) :]
     same = (aligned[:, None, :] == aligned[None, :, :]).long().cumprod(-1).sum(-1)  # (batch, batch) common start
+    if same_pad:
+        same = same * (pad[:, None] == pad[None, :])
     max_prefix = int(lengths.min()) - 1  # every row keeps its last token in the suffix
     floor = _distinct_prefix_positions(aligned, lengths)
     best: tuple[int, int, torch.Tensor] | None = None
-    for p in sorted({int(v) for v in same.flatten().tolist() if 0 < v} | {max_prefix}):
+    for p in sorted({int(v) for v in same.flatten().tolist() if v > 0} | {max_prefix}):
         p = min(p, max_prefix)
         if p < 1:
             continue
@@ -400,19 +407,17 @@ def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
     checked: set[int] = set()
     for kw in kwargs:
         for name, value in kw.items():
-            if name in _CACHE_KWARGS or id(value) in checked or not _mentions(value, seq_len):
+            if name in (*_CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not _mentions(value, seq_len):
                 continue
             checked.add(id(value))
-            if name in ("cache_position",):
-                continue
-            if name != "attention_mask" and not _same_in_group(args._convert(name, value, "check"), plan):
-                raise Unshareable(f"grouped rows differ in {name!r} inside the prefix")
+            if not _same_in_group(args._convert(name, value, "check"), plan):
+                raise _GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
         mask = args.full_mask(kw.get("attention_mask"))
         if id(mask) in checked:
             continue
         checked.add(id(mask))
         if not _same_in_group(args.mask(mask, "check"), plan):
-            raise Unshareable("grouped rows differ in the attention mask inside the prefix")
+            raise _GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
         hidden = _masked(mask)
         for r in range(args.batch):
             m = hidden[min(r, hidden.shape[0] - 1)]
@@ -450,10 +455,15 @@ def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Seque
 
 
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
-    plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"))
     attention = str(adapter.model.config.get_text_config()._attn_implementation)
-    args = _LayerArgs(captured, plan, attention)
-    _check(args, captured.kwargs)
+    try:
+        plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"))
+        args = _LayerArgs(captured, plan, attention)
+        _check(args, captured.kwargs)
+    except _GroupsDiffer:  # positions that count the padding: group rows with equal padding only
+        plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"), same_pad=True)
+        args = _LayerArgs(captured, plan, attention)
+        _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     keeper = _KVKeeper()
     prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
