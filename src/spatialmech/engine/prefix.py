@@ -31,7 +31,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,15 @@ from torch import nn
 
 from spatialmech.engine.hooks import HookSession
 from spatialmech.engine.interventions import Intervention
+from spatialmech.engine.prefix_groups import (
+    GroupsDiffer,
+    Plan,
+    Unshareable,
+    causal_mask,
+    gather_rows,
+    masked,
+    plan_groups,
+)
 from spatialmech.engine.sweep import _CACHE_KWARGS, _PrefixKV
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
@@ -70,18 +79,7 @@ class PrefixStats:
     fallbacks: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "forwards": self.forwards, "shared": self.shared, "tokens_plain": self.tokens_plain,
-            "tokens_run": self.tokens_run, "tokens_floor": self.tokens_floor, "fallbacks": dict(self.fallbacks),
-        }
-
-
-class Unshareable(Exception):
-    """This batch cannot be shared exactly; the message says why (the plain forward runs instead)."""
-
-
-class _GroupsDiffer(Unshareable):
-    """Grouped rows agree on their tokens' states but not on positions/masks (retried by padding)."""
+        return {**asdict(self), "fallbacks": dict(self.fallbacks)}
 
 
 class _StopAtLayer0(Exception):
@@ -156,38 +154,6 @@ def _capturing() -> Iterator[None]:
         _CAPTURING[0] = False
 
 
-# ------------------------------------------------------------------------------------------ gathering
-
-
-def _gather(t: torch.Tensor, batch_dim: int, seq_dim: int, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t[rows[i]] with its `seq_dim` gathered at index[i] (rows, new_len): per-row slices of captured tensors."""
-    batch_dim, seq_dim = batch_dim % t.dim(), seq_dim % t.dim()
-    moved = t.movedim((batch_dim, seq_dim), (0, 1))
-    if moved.shape[0] == 1:
-        moved = moved.expand(int(rows.max()) + 1, *moved.shape[1:])
-    moved = moved[rows.to(moved.device)]
-    rest = moved.shape[2:]
-    idx = index.to(moved.device).view(*index.shape, *([1] * len(rest))).expand(*index.shape, *rest)
-    return moved.gather(1, idx).movedim((0, 1), (batch_dim, seq_dim))
-
-
-def _masked(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean 'this key is hidden from this query' for a boolean or additive mask."""
-    if mask.dtype == torch.bool:
-        return ~mask
-    return mask <= torch.finfo(mask.dtype).min / 2
-
-
-def _causal_mask(seq_len: int, attention: str, device: torch.device) -> torch.Tensor:
-    """The implicit causal mask made explicit (a layer called without a mask), in the kernel's format."""
-    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
-    if attention == "sdpa":
-        return allowed
-    if attention == "eager":
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    raise Unshareable(f"no explicit causal mask for attention implementation {attention!r}")
-
-
 class _KVKeeper:
     """A stand-in KV cache for the prefix pass: keeps each layer's keys/values and returns them unchanged."""
 
@@ -199,82 +165,6 @@ class _KVKeeper:
         return key_states, value_states
 
 
-@dataclass
-class _Plan:
-    prefix_len: int
-    reps: torch.Tensor  # (groups,) representative row of each group
-    group_of_row: torch.Tensor  # (batch,)
-    pad: torch.Tensor  # (batch,) left padding of each row
-    floor: int  # distinct (row prefix) positions: the no-repeat floor
-
-
-def plan_groups(captured: Captured, attention_mask: torch.Tensor | None, same_pad: bool = False) -> _Plan:
-    """Group rows by the longest common start of their real tokens' layer-0 states; choose one prefix
-    length for the batch that saves the most token passes. Raises Unshareable when nothing is shared.
-    `same_pad` also requires equal left padding (families whose positions count the padding, Gemma3)."""
-    hidden = captured.hidden
-    batch, seq_len = hidden.shape[:2]
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, seq_len, dtype=torch.long)
-    real = attention_mask.to(torch.bool).cpu()
-    lengths = real.sum(1)
-    pad = seq_len - lengths
-    if not all(bool(real[r, int(pad[r]) :].all()) for r in range(batch)):
-        raise Unshareable("rows are not left-padded")
-    if batch < 2:
-        raise Unshareable("one row")
-    # a fingerprint per position (exact equality is checked below); NaN where a row has no token
-    gen = torch.Generator().manual_seed(0)
-    probe = torch.randn(hidden.shape[-1], generator=gen, dtype=torch.float64)
-    sig = hidden.detach().cpu().double() @ probe
-    aligned = torch.full((batch, seq_len), float("nan"), dtype=torch.float64)
-    for r in range(batch):
-        aligned[r, : int(lengths[r])] = sig[r, int(pad[r]) :]
-    same = (aligned[:, None, :] == aligned[None, :, :]).long().cumprod(-1).sum(-1)  # (batch, batch) common start
-    if same_pad:
-        same = same * (pad[:, None] == pad[None, :])
-    max_prefix = int(lengths.min()) - 1  # every row keeps its last token in the suffix
-    floor = _distinct_prefix_positions(aligned, lengths)
-    best: tuple[int, int, torch.Tensor] | None = None
-    for p in sorted({int(v) for v in same.flatten().tolist() if v > 0} | {max_prefix}):
-        p = min(p, max_prefix)
-        if p < 1:
-            continue
-        labels = _components(same >= p)
-        saving = (batch - int(labels.max()) - 1) * p
-        if saving > 0 and (best is None or saving > best[0]):
-            best = (saving, p, labels)
-    if best is None:
-        raise Unshareable("no rows share a prefix")
-    _, p, labels = best
-    reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
-    return _Plan(p, reps, labels, pad, floor)
-
-
-def _components(linked: torch.Tensor) -> torch.Tensor:
-    """Group labels (in first-appearance order) for an equivalence relation given as a boolean matrix."""
-    labels = torch.full((linked.shape[0],), -1, dtype=torch.long)
-    next_label = 0
-    for r in range(linked.shape[0]):
-        if labels[r] < 0:
-            labels[linked[r] & (labels < 0)] = next_label
-            next_label += 1
-    return labels
-
-
-def _distinct_prefix_positions(aligned: torch.Tensor, lengths: torch.Tensor) -> int:
-    """Nodes of the rows' prefix tree: positions a no-repeat schedule computes."""
-    labels = torch.zeros(aligned.shape[0], dtype=torch.long)
-    total = 0
-    for t in range(int(lengths.max())):
-        alive = lengths > t
-        keys = list(zip(labels.tolist(), aligned[:, t].tolist()))
-        ids = {k: i for i, k in enumerate(dict.fromkeys(k for k, a in zip(keys, alive.tolist()) if a))}
-        total += len(ids)
-        labels = torch.tensor([ids.get(k, -1) for k in keys])
-    return total
-
-
 # ------------------------------------------------------------------------------------------ the shared forward
 
 
@@ -282,7 +172,7 @@ class _LayerArgs:
     """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
     since layers of one kind share their mask and rotary tables)."""
 
-    def __init__(self, captured: Captured, plan: _Plan, attention: str):
+    def __init__(self, captured: Captured, plan: Plan, attention: str):
         self.captured, self.plan, self.attention = captured, plan, attention
         self.seq_len = captured.hidden.shape[1]
         self.batch = captured.hidden.shape[0]
@@ -340,14 +230,14 @@ class _LayerArgs:
         if name == "attention_mask":
             return self.mask(value, part)
         if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() >= 2:
-            return _gather(value, -2, -1, rows, index)
+            return gather_rows(value, -2, -1, rows, index)
         if name == "position_embeddings":
-            return _map_tensors(value, lambda t: _gather(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
+            return _map_tensors(value, lambda t: gather_rows(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
         raise Unshareable(f"decoder-layer argument {name!r} depends on the sequence")
 
     def full_mask(self, mask: Any) -> torch.Tensor:
         if mask is None:
-            return _causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
+            return causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
         if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
             raise Unshareable(f"attention mask of type {type(mask).__name__}")
         return mask
@@ -356,8 +246,8 @@ class _LayerArgs:
         mask = self.full_mask(mask)
         rows, index = self._rows_and_index(part)
         keys = index if part in ("prefix", "check") else self.suffix_keys
-        by_query = _gather(mask, 0, -2, rows, index)
-        return _gather(by_query, 0, -1, torch.arange(len(rows)), keys)
+        by_query = gather_rows(mask, 0, -2, rows, index)
+        return gather_rows(by_query, 0, -1, torch.arange(len(rows)), keys)
 
 
 def _mentions(value: Any, seq_len: int) -> bool:
@@ -384,7 +274,7 @@ def _bad(name: str) -> Any:
     raise Unshareable(f"decoder-layer argument {name!r} has a layout the engine does not know")
 
 
-def _same_in_group(value: Any, plan: _Plan) -> bool:
+def _same_in_group(value: Any, plan: Plan) -> bool:
     """Every row's prefix slice equals its group representative's (tensors gathered for all rows)."""
     if isinstance(value, torch.Tensor):
         if value.shape[0] != len(plan.group_of_row) or value.dim() < 2:
@@ -401,7 +291,7 @@ def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
     """Prove the shared run exact: group members agree on everything the prefix computes from, the
     prefix sees neither the padding nor the suffix, and the suffix never sees the padding."""
     plan, seq_len = args.plan, args.seq_len
-    prefix_states = _gather(args.captured.hidden, 0, 1, args.all_rows, args.prefix_index)
+    prefix_states = gather_rows(args.captured.hidden, 0, 1, args.all_rows, args.prefix_index)
     if not _same_in_group(prefix_states, plan):
         raise Unshareable("grouped rows differ inside the prefix")
     checked: set[int] = set()
@@ -411,14 +301,14 @@ def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
                 continue
             checked.add(id(value))
             if not _same_in_group(args._convert(name, value, "check"), plan):
-                raise _GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
+                raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
         mask = args.full_mask(kw.get("attention_mask"))
         if id(mask) in checked:
             continue
         checked.add(id(mask))
         if not _same_in_group(args.mask(mask, "check"), plan):
-            raise _GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
-        hidden = _masked(mask)
+            raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
+        hidden = masked(mask)
         for r in range(args.batch):
             m = hidden[min(r, hidden.shape[0] - 1)]
             a, p = int(plan.pad[r]), plan.prefix_len
@@ -457,18 +347,18 @@ def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Seque
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
     attention = str(adapter.model.config.get_text_config()._attn_implementation)
     try:
-        plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"))
+        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
         args = _LayerArgs(captured, plan, attention)
         _check(args, captured.kwargs)
-    except _GroupsDiffer:  # positions that count the padding: group rows with equal padding only
-        plan = plan_groups(captured, inputs.model_kwargs.get("attention_mask"), same_pad=True)
+    except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
+        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"), same_pad=True)
         args = _LayerArgs(captured, plan, attention)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     keeper = _KVKeeper()
     prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
     with torch.no_grad():
-        hidden = _gather(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
+        hidden = gather_rows(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
         for j, layer in enumerate(layers):
             hidden = _first(layer(hidden, **prefix_kwargs[j]))
         if len(keeper.kept) != len(layers):
@@ -476,7 +366,7 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
         rows = plan.group_of_row.to(hidden.device)
         stand_in = _PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
         suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
-        hidden = _gather(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
+        hidden = gather_rows(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
         for j, layer in enumerate(layers):
             hidden = _first(layer(hidden, **suffix_kwargs[j]))
         logits = adapter.final_logits(hidden[:, -1])
