@@ -5,21 +5,17 @@ conditions of an ablation share the system turn, the picture and the text up to 
 differs. A plain forward computes that prefix once per row; here it runs once per group of rows and
 every row's suffix attends to the group's keys/values, as the training code's shared prefix does.
 
-How it stays exact, for every family, without knowing the family:
-1. One capture pass runs the model with every decoder layer replaced by the identity: the embeddings,
-   image encoder and all prompt-pass interventions acting before layer 0 (steering, ablation or
-   patching of picture tokens at `projector.out` / `lm.resid_pre.0`) run as usual, and each decoder
-   layer's call arguments (masks, rotary embeddings, position ids) are kept as the model built them.
-2. Groups come from layer 0's input itself: rows whose real (unpadded) tokens agree over the first
-   `p` positions, states, positions, rotary embeddings and mask included (checked with
-   `torch.equal`), with one `p` per batch chosen to save the most token-layer passes.
-3. The prefix runs once per group, the suffixes (left-padded among themselves) once per row; every
-   tensor they need (masks, rotary tables) is gathered from the captured ones, so Gemma's sliding
-   windows and bidirectional image blocks and M-RoPE positions come along unchanged. Before using
-   it, the gathered masks must show that the prefix cannot see the suffix or the padding.
-Anything it cannot prove (a mask it cannot read, an argument that depends on the sequence, a cut
-inside a bidirectional block) falls back to the plain forward and says why (`PrefixStats`).
-Logits equal the plain forward to float32 rounding (tests, every family).
+How it stays exact on every family without knowing the family: (1) a capture pass runs the model with
+every decoder layer replaced by the identity, so embeddings, image encoder and interventions before
+layer 0 (steering/ablation/patching of picture tokens at `projector.out`, `lm.resid_pre.0`) run as
+usual and each layer's call arguments (masks, rotary tables, position ids) are kept as built; (2) rows
+are grouped by their real tokens' layer-0 states (`prefix_groups`), and members are checked equal
+(`torch.equal`) in states, positions, rotary tables and mask over the prefix; (3) the prefix runs once
+per group, the suffixes (left-padded among themselves) once per row, with every mask and rotary table
+gathered from the captured ones (Gemma's sliding windows and bidirectional image blocks, M-RoPE come
+along unchanged), after the masks show the prefix sees neither the padding nor the suffix. Anything
+unproven (a cut inside a bidirectional block, an unknown argument) runs the plain forward and says why
+(`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every family).
 
 Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
 `SPATIALMECH_PREFIX_SHARING=0` (the benchmark and the equality checks do).
@@ -80,6 +76,9 @@ class PrefixStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fallbacks": dict(self.fallbacks)}
+
+
+TOTALS = PrefixStats()  # every engine's stats summed, for the benchmark (benchmarks/reproduce_time.py)
 
 
 class _StopAtLayer0(Exception):
@@ -164,8 +163,6 @@ class _KVKeeper:
         self.kept[layer_idx] = (key_states, value_states)
         return key_states, value_states
 
-
-# ------------------------------------------------------------------------------------------ the shared forward
 
 
 class _LayerArgs:
@@ -330,17 +327,19 @@ def continue_plain(adapter: VLMAdapter, captured: Captured) -> torch.Tensor:
 def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Sequence[Intervention], stats: PrefixStats) -> torch.Tensor:
     """Last-position logits (batch, vocab) of `inputs` under upstream `interventions`, sharing prefixes;
     the plain forward (and a count of why) when sharing cannot be proven exact."""
-    stats.forwards += 1
     plain = inputs.batch_size * inputs.seq_len
-    stats.tokens_plain += plain
+    for each in (stats, TOTALS):
+        each.forwards += 1
+        each.tokens_plain += plain
     captured, session = capture_layer_inputs(adapter, inputs, interventions)
     session.check_fired()
     try:
         return _shared(adapter, inputs, captured, stats)
     except Unshareable as exc:
-        stats.fallbacks[str(exc)] += 1
-        stats.tokens_run += plain
-        stats.tokens_floor += plain
+        for each in (stats, TOTALS):
+            each.fallbacks[str(exc)] += 1
+            each.tokens_run += plain
+            each.tokens_floor += plain
         return continue_plain(adapter, captured)
 
 
@@ -370,9 +369,10 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
         for j, layer in enumerate(layers):
             hidden = _first(layer(hidden, **suffix_kwargs[j]))
         logits = adapter.final_logits(hidden[:, -1])
-    stats.shared += 1
-    stats.tokens_run += len(plan.reps) * plan.prefix_len + args.batch * args.suffix_len
-    stats.tokens_floor += plan.floor
+    for each in (stats, TOTALS):
+        each.shared += 1
+        each.tokens_run += len(plan.reps) * plan.prefix_len + args.batch * args.suffix_len
+        each.tokens_floor += plan.floor
     return logits
 
 
