@@ -164,7 +164,6 @@ class _KVKeeper:
         return key_states, value_states
 
 
-
 class _LayerArgs:
     """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
     since layers of one kind share their mask and rotary tables)."""
