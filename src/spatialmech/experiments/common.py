@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from spatialmech.engine import Engine
 from spatialmech.engine.scoring import answer_probability, top1_correct
 from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
 from spatialmech.tasks.base import Item, Task
@@ -67,6 +68,10 @@ class ReusedEncodings:
         key = (tuple(item.id for item in items), texts)
         if key not in self._inputs:
             same_pictures = next((v for (ids, _), v in self._inputs.items() if ids == key[0]), None)
+            half = len(items) // 2
+            if same_pictures is None and len(items) % 2 == 0 and key[0][:half] == key[0][half:]:
+                # both option orders in one batch: encode the pictures once, repeat the encoder output
+                same_pictures = self(adapter, task, items[:half], list(texts[:half]))
             raw = encode_items(adapter, task, items, list(texts))
             self._inputs[key] = adapter.with_prompts(same_pictures, raw) if same_pictures is not None else self.engine.encode_images(raw)
         return self._inputs[key]
@@ -74,8 +79,6 @@ class ReusedEncodings:
 
 def default_logits(adapter: Any) -> LogitsFn:
     """Plain scoring through the engine, so rows sharing a picture and prompt start share that prefix."""
-    from spatialmech.engine import Engine
-
     engine = Engine(adapter)
     return lambda inputs, _items: engine.logits(inputs)
 
@@ -128,23 +131,26 @@ def score_items(
         answers = [answer_ids(adapter, item) for item in batch]
         forced = [is_forced_choice(item) for item in batch]
         # both option orders in one forward: they share the picture and the text before the options
-        swapped_rows = [i for i, f in enumerate(forced) if f]
+        # (every item again, so the pictures are the batch's twice over: encoded once, see ReusedEncodings)
+        swapped_rows = list(range(len(batch))) if any(forced) else []
         rows = batch + [batch[i] for i in swapped_rows]
-        prompts = [item.prompt for item in batch] + [batch[i].meta["prompt_swapped"] for i in swapped_rows]
-        all_logits = logits_fn(encode(adapter, task, rows, prompts), rows)
+        prompts = [item.prompt for item in batch] + [b.meta["prompt_swapped"] if f else b.prompt for b, f in zip(batch, forced)][: len(swapped_rows)]
+        batch_encode = ReusedEncodings(Engine(adapter)) if swapped_rows and encode is encode_items else encode
+        all_logits = logits_fn(batch_encode(adapter, task, rows, prompts), rows)
         logits = all_logits[: len(batch)]
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)
         tokens = logits.argmax(-1).tolist()
         swapped_correct: list[bool | None] = [None] * len(batch)
         swapped_tokens: list[int | None] = [None] * len(batch)
-        if swapped_rows:
+        if swapped_rows:  # rows len(batch)+i: item i in the swapped order (only forced-choice items count)
             swapped_logits = all_logits[len(batch) :]
-            swapped_answers = [answers[i] for i in swapped_rows]
-            swapped_p = answer_probability(swapped_logits, swapped_answers)
-            for k, (i, ok, token) in enumerate(zip(swapped_rows, top1_correct(swapped_logits, swapped_answers).tolist(), swapped_logits.argmax(-1).tolist())):
-                swapped_correct[i], swapped_tokens[i] = ok, token
-                p_answer[i] = torch.minimum(p_answer[i], swapped_p[k])
+            swapped_p = answer_probability(swapped_logits, answers)
+            swapped_ok = top1_correct(swapped_logits, answers).tolist()
+            swapped_top = swapped_logits.argmax(-1).tolist()
+            for i in (i for i in swapped_rows if forced[i]):
+                swapped_correct[i], swapped_tokens[i] = swapped_ok[i], swapped_top[i]
+                p_answer[i] = torch.minimum(p_answer[i], swapped_p[i])
         for i, item in enumerate(batch):
             natural = bool(correct[i])
             scores[batch_index[i]] = ItemScore(
