@@ -108,3 +108,17 @@ def test_recordings_and_late_interventions_run_plain(family_adapter) -> None:
     late = [Steer("lm.resid_pre.1", image_positions(inputs), add_direction(torch.ones(family_adapter.hidden_size), 1.0))]
     torch.testing.assert_close(engine.logits(inputs, late), Engine(family_adapter, share_prefix=False).logits(inputs, late), atol=0, rtol=0)
     assert engine.prefix_stats.forwards == 0  # not attempted: the steer acts after layer 0
+
+
+def test_encoded_pictures_repeat_for_both_option_orders(family_adapter) -> None:
+    """`with_prompts` on a batch holding the encoded batch's pictures twice (score_items' two option
+    orders) repeats the encoder output: logits equal the raw batch's."""
+    size = family_adapter.grid_spec().image_size
+    images = [[three_squares(size, COLOURS[i : i + 3])] for i in range(2)]
+    natural = family_adapter.build_inputs(images, PROMPTS[:2])
+    both_orders = family_adapter.build_inputs(images * 2, [*PROMPTS[:2], *PROMPTS[1:3]])
+    reused = family_adapter.with_prompts(family_adapter.encode_images(natural), both_orders)
+    engine = Engine(family_adapter, share_prefix=False)
+    torch.testing.assert_close(engine.logits(reused), engine.logits(both_orders), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError):
+        family_adapter.with_prompts(family_adapter.encode_images(natural), family_adapter.build_inputs(images[:1] * 3, PROMPTS))
