@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Share only when it saves at least this fraction of a plain forward's token passes: the prefix and the
+# suffix run as two passes, whose fixed costs (measured on the bundled model) outweigh small savings.
+MIN_SAVING = 0.25
+
 
 class Unshareable(Exception):
     """This batch cannot be shared exactly; the message says why (the plain forward runs instead)."""
@@ -96,6 +100,8 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
             best = (saving, p, labels)
     if best is None:
         raise Unshareable("no rows share a prefix")
+    if best[0] < MIN_SAVING * batch * seq_len:  # a second pass costs more than it saves
+        raise Unshareable(f"rows share less than {MIN_SAVING:.0%} of the batch's tokens")
     _, p, labels = best
     reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
     return Plan(p, reps, labels, pad, floor)
