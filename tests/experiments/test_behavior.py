@@ -58,9 +58,10 @@ def test_forced_choice_is_correct_only_when_right_under_both_option_orders(tiny:
     assert chance_level(items) == 0.5
 
 
-def test_a_model_that_picks_the_first_offered_option_scores_zero_strictly(tiny: Adapter) -> None:
+def test_a_model_that_picks_the_first_offered_option_scores_zero_strictly(tiny: Adapter, monkeypatch: pytest.MonkeyPatch) -> None:
     """Position bias is what strict scoring exists to catch: answering the first option of "X or Y" is
     right under one order only, so it must score 0 (while one order alone would look like ~0.5)."""
+    monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", "0")  # the fake answers are written on the model's own output
     task = get_task("scenes", geometry=tiny.grid_spec())
     items = task.items(10, seed=2)
     words = ("left", "right", "above", "below")

@@ -56,6 +56,17 @@ Sweeps (the paper's hot path)
     otherwise the sweep falls back to the naive loop (correct, slower). Memory: `max_tokens_per_call`
     bounds the rows x positions per decoder-layer call.
 
+Prefix sharing (`engine.prefix`, on by default)
+    engine.logits / answer_probabilities / run without recordings: rows whose inputs begin alike (both
+    option orders of an item, every question about one picture) run their common prefix once and the
+    suffixes against its keys/values; exact (equal to the plain forward to float32 rounding, tested on
+    every family), also under interventions that act before layer 0 (steering / ablation / patching of
+    picture tokens at projector.out or lm.resid_pre.0). Batch a picture's questions together to use it.
+    Families whose masks forbid it (PaliGemma's prefix-LM) and later-layer interventions run plain;
+    `engine.prefix_stats` counts shared forwards, token passes and why it fell back. Recording encoder
+    sites only (`engine.cache(inputs, "projector.out", ...)`) stops before the LM's layers.
+    Off: `Engine(adapter, share_prefix=False)` or SPATIALMECH_PREFIX_SHARING=0.
+
 Scoring (`engine.scoring`): answer probabilities summed over spelling variants, top-1, strict, IIA.
 """
 

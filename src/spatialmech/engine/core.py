@@ -14,6 +14,14 @@ from spatialmech.engine.activations import Activations, ActivationStore, Activat
 from spatialmech.engine.hooks import HookSession
 from spatialmech.engine.interventions import Intervention
 from spatialmech.engine.positions import PositionsLike
+from spatialmech.engine.prefix import (
+    PrefixStats,
+    Unshareable,
+    capture_layer_inputs,
+    interventions_upstream,
+    shared_logits,
+    sharing_default,
+)
 from spatialmech.engine.scoring import TokenSet, answer_probabilities
 from spatialmech.engine.sweep import PatchSweep, SweepMethod, SweepResult, run_patch_sweep
 from spatialmech.errors import UserInputError
@@ -24,6 +32,9 @@ from spatialmech.models.base import BatchInputs, VLMAdapter
 # 32768 tokens); accelerators want big calls.
 CPU_TOKENS_PER_CALL = 4096
 ACCELERATOR_TOKENS_PER_CALL = 32768
+
+# Recorded alone, these sites need no decoder layer (Engine.cache stops before them).
+ENCODER_ONLY = ("vision.out", "projector.out")
 
 # Where to record: one positions value for every site, or site -> positions.
 RecordSpec = Mapping[str, PositionsLike]
@@ -40,10 +51,14 @@ class RunOutput:
 class Engine:
     """Runs an adapter's model with interventions and recordings; see the package docstring."""
 
-    def __init__(self, adapter: VLMAdapter):
+    def __init__(self, adapter: VLMAdapter, share_prefix: bool | None = None):
+        """`share_prefix`: run rows' common prefixes once (exact; see `engine.prefix`); None reads the
+        SPATIALMECH_PREFIX_SHARING environment variable (on unless it is 0)."""
         if not isinstance(adapter, VLMAdapter):
             raise UserInputError(f"Engine needs a VLMAdapter, got {type(adapter).__name__}", "load a model with spatialmech.models.load_model")
         self.adapter = adapter
+        self.share_prefix = sharing_default() if share_prefix is None else bool(share_prefix)
+        self.prefix_stats = PrefixStats()
 
     # ------------------------------------------------------------------ single forwards
     @contextmanager
@@ -66,7 +81,14 @@ class Engine:
         record: RecordSpec | None = None,
         record_device: torch.device | str | None = "cpu",
     ) -> RunOutput:
-        """One forward: last-position logits plus the recorded sites."""
+        """One forward: last-position logits plus the recorded sites. Without recordings, rows that share
+        a prefix run it once when `share_prefix` is on and the interventions act before layer 0
+        (`self.prefix_stats` says how often it shared, and why not when it did not)."""
+        if self.share_prefix and not record and inputs.batch_size > 1 and interventions_upstream(interventions):
+            try:
+                return RunOutput(shared_logits(self.adapter, inputs, interventions, self.prefix_stats), Activations({}))
+            except Unshareable as exc:  # the capture pass itself could not run: plain forward
+                self.prefix_stats.fallbacks[str(exc)] += 1
         with self.hooks(inputs, interventions, record, record_device) as session:
             logits = self.adapter.forward(inputs)
         session.check_fired()
@@ -95,8 +117,18 @@ class Engine:
         interventions: Sequence[Intervention] = (),
         record_device: torch.device | str | None = "cpu",
     ) -> Activations:
-        """Record `sites` at `positions` (per row; or pass a dict site -> positions as `sites`)."""
-        return self.run(inputs, interventions, _record_spec(sites, positions), record_device).activations
+        """Record `sites` at `positions` (per row; or pass a dict site -> positions as `sites`). Encoder
+        sites alone (`vision.out`, `projector.out`) stop the forward before the LM's layers."""
+        spec = _record_spec(sites, positions)
+        if self.share_prefix and all(s in ENCODER_ONLY for s in spec) and interventions_upstream(interventions):
+            try:
+                _, session = capture_layer_inputs(self.adapter, inputs, interventions, spec, stop=True, record_device=record_device)
+            except Unshareable:
+                pass
+            else:
+                session.check_fired()
+                return session.activations()
+        return self.run(inputs, interventions, spec, record_device).activations
 
     def generate(
         self, inputs: BatchInputs, interventions: Sequence[Intervention] = (), max_new_tokens: int = 8

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from spatialmech.engine import Engine
 from spatialmech.engine.scoring import answer_probability, top1_correct
 from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
 from spatialmech.tasks.base import Item, Task
@@ -67,13 +68,24 @@ class ReusedEncodings:
         key = (tuple(item.id for item in items), texts)
         if key not in self._inputs:
             same_pictures = next((v for (ids, _), v in self._inputs.items() if ids == key[0]), None)
+            half = len(items) // 2
+            if same_pictures is None and len(items) % 2 == 0 and key[0][:half] == key[0][half:]:
+                # both option orders in one batch: encode the pictures once, repeat the encoder output
+                same_pictures = self(adapter, task, items[:half], list(texts[:half]))
             raw = encode_items(adapter, task, items, list(texts))
             self._inputs[key] = adapter.with_prompts(same_pictures, raw) if same_pictures is not None else self.engine.encode_images(raw)
         return self._inputs[key]
 
 
 def default_logits(adapter: Any) -> LogitsFn:
-    return lambda inputs, _items: adapter.forward(inputs)
+    """Plain scoring through the engine, so rows sharing a picture and prompt start share that prefix."""
+    engine = Engine(adapter)
+    return lambda inputs, _items: engine.logits(inputs)
+
+
+def picture_key(item: Item) -> str:
+    """Items with equal keys show the same picture (the engine shares their prefix when batched together)."""
+    return repr((item.image_path, item.image_size, item.grid, item.background, [o.__dict__ for o in item.objects]))
 
 
 @dataclass
@@ -104,29 +116,44 @@ def score_items(
     progress: Callable[[int], None] | None = None,
     encode: EncodeFn = encode_items,
 ) -> list[ItemScore]:
-    """Score items in batches. Forced-choice items are asked in both option orders (strict).
-    `encode` builds each batch's inputs (e.g. `ReusedEncodings` to reuse them across calls)."""
+    """Score items in batches. Forced-choice items are asked in both option orders (strict), both in one
+    forward; items showing the same picture are batched together (results come back in `items` order),
+    so the engine runs what their inputs share once. `encode` builds each batch's inputs (e.g.
+    `ReusedEncodings` to reuse them across calls)."""
     logits_fn = logits_fn or default_logits(adapter)
-    scores: list[ItemScore] = []
+    first_seen: dict[str, int] = {}
+    keys = [first_seen.setdefault(picture_key(item), i) for i, item in enumerate(items)]
+    order = sorted(range(len(items)), key=lambda i: keys[i])  # a picture's questions batched together
+    scores: list[ItemScore | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):
-        batch = list(items[start : start + batch_size])
+        batch_index = order[start : start + batch_size]
+        batch = [items[i] for i in batch_index]
         answers = [answer_ids(adapter, item) for item in batch]
-        logits = logits_fn(encode(adapter, task, batch, None), batch)
+        forced = [is_forced_choice(item) for item in batch]
+        # both option orders in one forward: they share the picture and the text before the options
+        # (every item again, so the pictures are the batch's twice over: encoded once, see ReusedEncodings)
+        swapped_rows = list(range(len(batch))) if any(forced) else []
+        rows = batch + [batch[i] for i in swapped_rows]
+        prompts = [item.prompt for item in batch] + [b.meta["prompt_swapped"] if f else b.prompt for b, f in zip(batch, forced)][: len(swapped_rows)]
+        batch_encode = ReusedEncodings(Engine(adapter)) if swapped_rows and encode is encode_items else encode
+        all_logits = logits_fn(batch_encode(adapter, task, rows, prompts), rows)
+        logits = all_logits[: len(batch)]
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)
         tokens = logits.argmax(-1).tolist()
-        forced = [is_forced_choice(item) for item in batch]
         swapped_correct: list[bool | None] = [None] * len(batch)
         swapped_tokens: list[int | None] = [None] * len(batch)
-        if any(forced):
-            prompts = [item.meta["prompt_swapped"] if f else item.prompt for item, f in zip(batch, forced)]
-            swapped_logits = logits_fn(encode(adapter, task, batch, prompts), batch)
-            swapped_correct = top1_correct(swapped_logits, answers).tolist()
-            swapped_tokens = swapped_logits.argmax(-1).tolist()
-            p_answer = torch.where(torch.tensor(forced), torch.minimum(p_answer, answer_probability(swapped_logits, answers)), p_answer)
+        if swapped_rows:  # rows len(batch)+i: item i in the swapped order (only forced-choice items count)
+            swapped_logits = all_logits[len(batch) :]
+            swapped_p = answer_probability(swapped_logits, answers)
+            swapped_ok = top1_correct(swapped_logits, answers).tolist()
+            swapped_top = swapped_logits.argmax(-1).tolist()
+            for i in (i for i in swapped_rows if forced[i]):
+                swapped_correct[i], swapped_tokens[i] = swapped_ok[i], swapped_top[i]
+                p_answer[i] = torch.minimum(p_answer[i], swapped_p[i])
         for i, item in enumerate(batch):
             natural = bool(correct[i])
-            scores.append(ItemScore(
+            scores[batch_index[i]] = ItemScore(
                 item_id=item.id,
                 correct=natural and bool(swapped_correct[i]) if forced[i] else natural,
                 p_answer=float(p_answer[i]),
@@ -135,10 +162,10 @@ def score_items(
                 predicted_token_swapped=adapter.tokenizer.decode([swapped_tokens[i]]) if forced[i] else None,
                 correct_natural_order=natural if forced[i] else None,
                 correct_swapped_order=bool(swapped_correct[i]) if forced[i] else None,
-            ))
+            )
         if progress is not None:
             progress(len(batch))
-    return scores
+    return [score for score in scores if score is not None]
 
 
 @dataclass

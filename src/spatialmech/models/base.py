@@ -173,6 +173,23 @@ def _inputs_to_model_device(model: nn.Module, args: tuple, kwargs: dict) -> tupl
     return _to_device(args, device), _to_device(kwargs, device)
 
 
+def _repeat_encoded(value: Any, copies: int) -> Any:
+    """An image encoder's output for a batch repeated `copies` times: tensors concatenated along their
+    first axis (images, tiles or all image rows), per-image lists of tensors repeated, other fields walked."""
+    if copies == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value] * copies)
+    if isinstance(value, dict):  # includes transformers' ModelOutput
+        walked = {k: _repeat_encoded(v, copies) for k, v in value.items()}
+        return type(value)(**walked) if type(value) is not dict else walked
+    if isinstance(value, (tuple, list)):
+        if value and all(isinstance(v, torch.Tensor) for v in value):
+            return type(value)(list(value) * copies)
+        return type(value)(_repeat_encoded(v, copies) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """The token grid the LM sees for a square image: what synthetic stimuli are drawn on."""
@@ -325,13 +342,17 @@ class VLMAdapter(ABC):
         return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     def with_prompts(self, encoded: BatchInputs, inputs: BatchInputs) -> BatchInputs:
-        """`inputs` (same pictures, other prompts, e.g. the other option order) reusing `encoded`'s images."""
+        """`inputs` (same pictures, other prompts, e.g. the other option order) reusing `encoded`'s images.
+        `inputs` may also hold `encoded`'s pictures k times over, rows in the same order (both option
+        orders in one batch): the encoder output is repeated (equal logits: a suite test, per family)."""
         if not encoded.images_encoded:
             raise ValueError("`encoded` must come from encode_images")
-        if inputs.batch_size != encoded.batch_size or [len(r) for r in inputs.images] != [len(r) for r in encoded.images]:
-            raise ValueError("the two batches do not hold the same images")
+        copies = inputs.batch_size // max(encoded.batch_size, 1)
+        counts = [len(r) for r in encoded.images]
+        if copies < 1 or inputs.batch_size != copies * encoded.batch_size or [len(r) for r in inputs.images] != counts * copies:
+            raise ValueError("the two batches do not hold the same images (or whole repeats of them)")
         kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
-        kwargs[ENCODED_IMAGES_KWARG] = encoded.model_kwargs[ENCODED_IMAGES_KWARG]
+        kwargs[ENCODED_IMAGES_KWARG] = _repeat_encoded(encoded.model_kwargs[ENCODED_IMAGES_KWARG], copies)
         return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     # ------------------------------------------------------------------ outputs

@@ -1,0 +1,110 @@
+"""The `reproduce` plan on the bundled model, step by step, with prefix sharing off (before) and on (after).
+
+Each step runs twice in the same process, sharing off then on (SPATIALMECH_PREFIX_SHARING=0/1, read by
+every Engine the experiments make), into fresh folders. Printed and saved per step: seconds each way,
+the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
+path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
+forward computed each distinct row prefix once) and whether the result.json metrics are equal.
+
+    # the full plan (paper sizes; ~15-25 min on 2 quiet cores), what the issue's "<= 5 minutes" is about:
+    python benchmarks/reproduce_time.py --threads 2
+    # the quick plan, or some steps only (noisy machines):
+    python benchmarks/reproduce_time.py --quick
+    python benchmarks/reproduce_time.py --quick --steps behavior-scenes ablate-vision amplify
+
+Writes benchmarks/results/reproduce_time-<model>[-quick]-<time>.json (and -latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import describe, dumps, load_benchmark_model, machine_info, save_result  # noqa: E402
+from compare_results import compare_metrics  # noqa: E402
+
+from spatialmech.engine import prefix  # noqa: E402
+from spatialmech.experiments.commands import run_experiment  # noqa: E402
+from spatialmech.io import read_json  # noqa: E402
+from spatialmech.report.reproduce import build_plan  # noqa: E402
+
+
+def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dict:
+    """One step with sharing on or off: seconds, token-layer passes, the floor and its metrics."""
+    os.environ[prefix.ENV_SWITCH] = "1" if share else "0"
+    before = prefix.TOTALS.as_dict()
+    with prefix.count_token_layer_passes(adapter) as counts:
+        start = time.perf_counter()
+        path = run_experiment(step.experiment, adapter, out_root=out_root, task=step.task, options=dict(step.options),
+                              seed=0, batch_size=batch_size, progress=False, folder=step.folder)
+        seconds = time.perf_counter() - start
+    after = prefix.TOTALS.as_dict()
+    passes = counts["token_layers"]
+    # what the scoring forwards ran above their floor, in token-layer passes
+    excess = ((after["tokens_run"] - before["tokens_run"]) - (after["tokens_floor"] - before["tokens_floor"])) * adapter.num_layers
+    shared = after["shared"] - before["shared"]
+    fallbacks = {k: v - before["fallbacks"].get(k, 0) for k, v in after["fallbacks"].items() if v != before["fallbacks"].get(k, 0)}
+    return {"seconds": seconds, "token_layer_passes": passes, "floor": passes - excess if share else None,
+            "shared_forwards": shared, "fallbacks": fallbacks, "metrics": read_json(path).get("metrics", {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the --quick plan sizes (default: the full plan)")
+    parser.add_argument("--steps", nargs="*", default=None, help="step folders to run (default: every step)")
+    parser.add_argument("--model", default="bundled", choices=["bundled", "mid"])
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tolerance", type=float, default=1e-6, help="largest metric difference counted as equal")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    adapter, model_description = load_benchmark_model(args.model)
+    plan = build_plan(args.quick)
+    if args.steps:
+        unknown = set(args.steps) - {s.folder for s in plan}
+        if unknown:
+            parser.error(f"unknown steps {sorted(unknown)}; the plan has {[s.folder for s in plan]}")
+        plan = [s for s in plan if s.folder in args.steps]
+    machine = machine_info()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="reproduce_time-") as tmp:
+        for step in plan:
+            off = run_step(adapter, step, Path(tmp) / "off", False, args.batch_size)
+            on = run_step(adapter, step, Path(tmp) / "on", True, args.batch_size)
+            same = compare_metrics(off.pop("metrics"), on.pop("metrics"), args.tolerance)
+            row = {"step": step.folder, "off": off, "on": on, "ratio": off["seconds"] / max(on["seconds"], 1e-9),
+                   "metrics_equal": not same["different"], "metrics_identical": same["identical"] == same["leaves"],
+                   "metrics_max_abs_diff": same["max_abs_diff"], "metrics_different": same["different"][:10]}
+            rows.append(row)
+            print(f"{step.folder:<22} off {off['seconds']:7.1f}s  on {on['seconds']:7.1f}s  x{row['ratio']:.2f}  "
+                  f"passes {off['token_layer_passes']:>10,} -> {on['token_layer_passes']:>10,} (floor {on['floor']:,})  "
+                  f"metrics {'identical' if row['metrics_identical'] else 'equal' if row['metrics_equal'] else 'DIFFERENT'}",
+                  flush=True)
+    total = {key: sum(r[key]["seconds"] for r in rows) for key in ("off", "on")}
+    passes = {key: sum(r[key]["token_layer_passes"] for r in rows) for key in ("off", "on")}
+    floor = sum(r["on"]["floor"] for r in rows)
+    summary = {"seconds_off": total["off"], "seconds_on": total["on"], "ratio": total["off"] / max(total["on"], 1e-9),
+               "token_layer_passes_off": passes["off"], "token_layer_passes_on": passes["on"], "floor": floor,
+               "all_metrics_equal": all(r["metrics_equal"] for r in rows)}
+    print(f"{'whole plan':<22} off {total['off']:7.1f}s  on {total['on']:7.1f}s  x{summary['ratio']:.2f}  "
+          f"passes {passes['off']:,} -> {passes['on']:,} (floor {floor:,}); metrics "
+          f"{'all equal' if summary['all_metrics_equal'] else 'DIFFER'}")
+    result = {"benchmark": "reproduce_time", "model": args.model, "model_description": model_description,
+              "architecture": describe(adapter), "quick": args.quick, "steps": rows, "summary": summary,
+              "threads": args.threads, "batch_size": args.batch_size, "machine": machine}
+    path = save_result(f"reproduce_time-{args.model}{'-quick' if args.quick else ''}", result)
+    print(f"saved {path}")
+    if os.environ.get("BENCHMARK_VERBOSE"):
+        print(dumps(result))
+    return 0 if summary["all_metrics_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""Prefix sharing: rows of a batch that begin alike run their common beginning once (issue 21).
+
+Both option orders of a forced-choice item, the four query directions of a synthetic picture and the
+conditions of an ablation share the system turn, the picture and the text up to the first token that
+differs. A plain forward computes that prefix once per row; here it runs once per group of rows and
+every row's suffix attends to the group's keys/values, as the training code's shared prefix does.
+
+How it stays exact on every family without knowing the family: (1) a capture pass runs the model with
+every decoder layer replaced by the identity, so embeddings, image encoder and interventions before
+layer 0 (steering/ablation/patching of picture tokens at `projector.out`, `lm.resid_pre.0`) run as
+usual and each layer's call arguments (masks, rotary tables, position ids) are kept as built; (2) rows
+are grouped by their real tokens' layer-0 states (`prefix_groups`), and members are checked equal
+(`torch.equal`) in states, positions, rotary tables and mask over the prefix; (3) the prefix runs once
+per group, the suffixes (left-padded among themselves) once per row, with every mask and rotary table
+gathered from the captured ones (Gemma's sliding windows and bidirectional image blocks, M-RoPE come
+along unchanged), after the masks show the prefix sees neither the padding nor the suffix. Anything
+unproven (a cut inside a bidirectional block, an unknown argument) runs the plain forward and says why
+(`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every family).
+
+Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
+`SPATIALMECH_PREFIX_SHARING=0` (the benchmark and the equality checks do).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from spatialmech.engine.hooks import HookSession
+from spatialmech.engine.interventions import Intervention
+from spatialmech.engine.prefix_groups import (
+    GroupsDiffer,
+    Plan,
+    Unshareable,
+    causal_mask,
+    gather_rows,
+    masked,
+    plan_groups,
+)
+from spatialmech.engine.sweep import _CACHE_KWARGS, _PrefixKV
+from spatialmech.models.base import BatchInputs, VLMAdapter
+
+ENV_SWITCH = "SPATIALMECH_PREFIX_SHARING"
+# Sites whose interventions act before decoder layer 0 runs: the capture pass applies them.
+UPSTREAM_SITES = ("vision.out", "projector.out", "lm.resid_pre.0")
+
+
+def sharing_default() -> bool:
+    """On unless SPATIALMECH_PREFIX_SHARING is 0/off/false/no."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+@dataclass
+class PrefixStats:
+    """What prefix sharing did over an engine's forwards, in tokens per decoder layer.
+
+    tokens_plain: what plain forwards of the same batches cost (rows x padded length);
+    tokens_run:   what actually ran (prefix once per group + padded suffixes, or plain on fallback);
+    tokens_floor: the no-repeat floor: every distinct (row prefix) position once;
+    fallbacks:    reason -> count of forwards that ran plain.
+    """
+
+    forwards: int = 0
+    shared: int = 0
+    tokens_plain: int = 0
+    tokens_run: int = 0
+    tokens_floor: int = 0
+    fallbacks: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fallbacks": dict(self.fallbacks)}
+
+
+TOTALS = PrefixStats()  # every engine's stats summed, for the benchmark (benchmarks/reproduce_time.py)
+
+
+class _StopAtLayer0(Exception):
+    """Raised by the capture pass when only the inputs of layer 0 were wanted."""
+
+
+def interventions_upstream(interventions: Sequence[Intervention]) -> bool:
+    return all(i.site in UPSTREAM_SITES for i in interventions)
+
+
+@dataclass
+class Captured:
+    """Layer 0's input (batch, seq, hidden) and every decoder layer's call keyword arguments."""
+
+    hidden: torch.Tensor
+    kwargs: list[dict[str, Any]]
+
+
+def capture_layer_inputs(
+    adapter: VLMAdapter,
+    inputs: BatchInputs,
+    interventions: Sequence[Intervention],
+    record: Any = None,
+    stop: bool = False,
+    record_device: torch.device | str | None = "cpu",
+) -> tuple[Captured, HookSession]:
+    """Run embeddings, image encoder and the interventions, but not the decoder layers (identity), keeping
+    what every layer was called with. With `stop`, the forward ends at layer 0 (recording encoder sites)."""
+    layers = adapter.decoder_layers()
+    hidden: dict[str, torch.Tensor] = {}
+    kwargs: list[dict[str, Any]] = [{} for _ in layers]
+
+    def identity(index: int):
+        def forward(hidden_states: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+            if args:
+                raise Unshareable("decoder layer called with positional arguments")
+            if index == 0:
+                hidden["0"] = hidden_states
+                if stop:
+                    raise _StopAtLayer0
+            kwargs[index] = kw
+            return hidden_states
+
+        return forward
+
+    session = HookSession(adapter, inputs, interventions, record, record_device)
+    with session, _capturing():
+        for j, layer in enumerate(layers):
+            layer.forward = identity(j)  # an instance attribute shadows the method for this call
+        try:
+            with torch.no_grad():
+                adapter.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
+        except _StopAtLayer0:
+            pass
+        finally:
+            for layer in layers:
+                del layer.forward
+    if "0" not in hidden:
+        raise Unshareable("the forward never reached decoder layer 0")
+    return Captured(hidden["0"], kwargs), session
+
+
+_CAPTURING = [False]  # set during capture passes, whose identity layers do no work (not counted)
+
+
+@contextmanager
+def _capturing() -> Iterator[None]:
+    _CAPTURING[0] = True
+    try:
+        yield
+    finally:
+        _CAPTURING[0] = False
+
+
+class _KVKeeper:
+    """A stand-in KV cache for the prefix pass: keeps each layer's keys/values and returns them unchanged."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.kept[layer_idx] = (key_states, value_states)
+        return key_states, value_states
+
+
+class _LayerArgs:
+    """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
+    since layers of one kind share their mask and rotary tables)."""
+
+    def __init__(self, captured: Captured, plan: Plan, attention: str):
+        self.captured, self.plan, self.attention = captured, plan, attention
+        self.seq_len = captured.hidden.shape[1]
+        self.batch = captured.hidden.shape[0]
+        p, pad, seq_len = plan.prefix_len, plan.pad, self.seq_len
+        self.suffix_len = seq_len - int(pad.min()) - p
+        n_pad = self.suffix_len - (seq_len - pad - p)  # left padding of each row's suffix
+        self.n_pad = n_pad
+        steps = torch.arange(self.suffix_len)
+        first_real = (pad + p)[:, None]
+        self.prefix_index = pad[:, None] + torch.arange(p)[None, :]  # (batch, p) real prefix positions
+        self.suffix_index = torch.maximum(first_real + steps[None, :] - n_pad[:, None], first_real)
+        pad_key = torch.zeros_like(self.suffix_index)
+        suffix_keys = torch.where(steps[None, :] < n_pad[:, None], pad_key, self.suffix_index)
+        self.suffix_keys = torch.cat([self.prefix_index, suffix_keys], dim=1)
+        self.all_rows = torch.arange(self.batch)
+        self.memo: dict[tuple[int, str], Any] = {}
+
+    def layer(self, kwargs: dict[str, Any], cache: Any, part: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not any(name in kwargs for name in _CACHE_KWARGS):
+            raise Unshareable("decoder layers take no KV cache argument")
+        if "attention_mask" not in kwargs:
+            raise Unshareable("decoder layers take no attention mask")
+        for name, value in kwargs.items():
+            if name in _CACHE_KWARGS:
+                out[name] = cache
+            elif name == "attention_mask":
+                key = (id(value), f"{name}:{part}")
+                if key not in self.memo:
+                    self.memo[key] = self.mask(value, part)
+                out[name] = self.memo[key]
+            elif name == "use_cache":
+                out[name] = False
+            elif name == "cache_position":
+                start, length = (0, self.plan.prefix_len) if part == "prefix" else (self.plan.prefix_len, self.suffix_len)
+                out[name] = torch.arange(start, start + length, device=self.captured.hidden.device)
+            elif isinstance(value, (torch.Tensor, tuple, list, dict)) and _mentions(value, self.seq_len):
+                key = (id(value), f"{name}:{part}")
+                if key not in self.memo:
+                    self.memo[key] = self._convert(name, value, part)
+                out[name] = self.memo[key]
+            else:
+                out[name] = value
+        return out
+
+    def _rows_and_index(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if part == "prefix":
+            return self.plan.reps, self.prefix_index[self.plan.reps]
+        if part == "check":
+            return self.all_rows, self.prefix_index
+        return self.all_rows, self.suffix_index
+
+    def _convert(self, name: str, value: Any, part: str) -> Any:
+        rows, index = self._rows_and_index(part)
+        if name == "attention_mask":
+            return self.mask(value, part)
+        if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return gather_rows(value, -2, -1, rows, index)
+        if name == "position_embeddings":
+            return _map_tensors(value, lambda t: gather_rows(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
+        raise Unshareable(f"decoder-layer argument {name!r} depends on the sequence")
+
+    def full_mask(self, mask: Any) -> torch.Tensor:
+        if mask is None:
+            return causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
+            raise Unshareable(f"attention mask of type {type(mask).__name__}")
+        return mask
+
+    def mask(self, mask: Any, part: str) -> torch.Tensor:
+        mask = self.full_mask(mask)
+        rows, index = self._rows_and_index(part)
+        keys = index if part in ("prefix", "check") else self.suffix_keys
+        by_query = gather_rows(mask, 0, -2, rows, index)
+        return gather_rows(by_query, 0, -1, torch.arange(len(rows)), keys)
+
+
+def _mentions(value: Any, seq_len: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return seq_len in value.shape
+    if isinstance(value, (tuple, list)):
+        return any(_mentions(v, seq_len) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions(v, seq_len) for v in value.values())
+    return False
+
+
+def _map_tensors(value: Any, fn: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def _bad(name: str) -> Any:
+    raise Unshareable(f"decoder-layer argument {name!r} has a layout the engine does not know")
+
+
+def _same_in_group(value: Any, plan: Plan) -> bool:
+    """Every row's prefix slice equals its group representative's (tensors gathered for all rows)."""
+    if isinstance(value, torch.Tensor):
+        if value.shape[0] != len(plan.group_of_row) or value.dim() < 2:
+            return True  # no per-row data (broadcast)
+        return torch.equal(value, value[plan.reps.to(value.device)][plan.group_of_row.to(value.device)])
+    if isinstance(value, (tuple, list)):
+        return all(_same_in_group(v, plan) for v in value)
+    if isinstance(value, dict):
+        return all(_same_in_group(v, plan) for v in value.values())
+    return True
+
+
+def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
+    """Prove the shared run exact: group members agree on everything the prefix computes from, the
+    prefix sees neither the padding nor the suffix, and the suffix never sees the padding."""
+    plan, seq_len = args.plan, args.seq_len
+    prefix_states = gather_rows(args.captured.hidden, 0, 1, args.all_rows, args.prefix_index)
+    if not _same_in_group(prefix_states, plan):
+        raise Unshareable("grouped rows differ inside the prefix")
+    checked: set[int] = set()
+    for kw in kwargs:
+        for name, value in kw.items():
+            if name in (*_CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not _mentions(value, seq_len):
+                continue
+            checked.add(id(value))
+            if not _same_in_group(args._convert(name, value, "check"), plan):
+                raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
+        mask = args.full_mask(kw.get("attention_mask"))
+        if id(mask) in checked:
+            continue
+        checked.add(id(mask))
+        if not _same_in_group(args.mask(mask, "check"), plan):
+            raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
+        hidden = masked(mask)
+        for r in range(args.batch):
+            m = hidden[min(r, hidden.shape[0] - 1)]
+            a, p = int(plan.pad[r]), plan.prefix_len
+            if not bool(m[:, a:, :a].all()):
+                raise Unshareable("real tokens attend to padding")
+            if not bool(m[:, a : a + p, a + p :].all()):
+                raise Unshareable("the prefix attends to later positions (e.g. a bidirectional block cut by the prefix)")
+
+
+def continue_plain(adapter: VLMAdapter, captured: Captured) -> torch.Tensor:
+    """The plain forward's logits from a capture pass (the fallback: the encoder does not run twice)."""
+    with torch.no_grad():
+        hidden = captured.hidden
+        for layer, kwargs in zip(adapter.decoder_layers(), captured.kwargs):
+            hidden = _first(layer(hidden, **kwargs))
+        return adapter.final_logits(hidden[:, -1])
+
+
+def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Sequence[Intervention], stats: PrefixStats) -> torch.Tensor:
+    """Last-position logits (batch, vocab) of `inputs` under upstream `interventions`, sharing prefixes;
+    the plain forward (and a count of why) when sharing cannot be proven exact."""
+    plain = inputs.batch_size * inputs.seq_len
+    for each in (stats, TOTALS):
+        each.forwards += 1
+        each.tokens_plain += plain
+    captured, session = capture_layer_inputs(adapter, inputs, interventions)
+    session.check_fired()
+    try:
+        return _shared(adapter, inputs, captured, stats)
+    except Unshareable as exc:
+        for each in (stats, TOTALS):
+            each.fallbacks[str(exc)] += 1
+            each.tokens_run += plain
+            each.tokens_floor += plain
+        return continue_plain(adapter, captured)
+
+
+def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
+    attention = str(adapter.model.config.get_text_config()._attn_implementation)
+    try:
+        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
+        args = _LayerArgs(captured, plan, attention)
+        _check(args, captured.kwargs)
+    except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
+        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"), same_pad=True)
+        args = _LayerArgs(captured, plan, attention)
+        _check(args, captured.kwargs)
+    layers = adapter.decoder_layers()
+    keeper = _KVKeeper()
+    prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
+    with torch.no_grad():
+        hidden = gather_rows(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
+        for j, layer in enumerate(layers):
+            hidden = _first(layer(hidden, **prefix_kwargs[j]))
+        if len(keeper.kept) != len(layers):
+            raise Unshareable("not every layer stored its keys/values")
+        rows = plan.group_of_row.to(hidden.device)
+        stand_in = _PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
+        suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
+        hidden = gather_rows(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
+        for j, layer in enumerate(layers):
+            hidden = _first(layer(hidden, **suffix_kwargs[j]))
+        logits = adapter.final_logits(hidden[:, -1])
+    for each in (stats, TOTALS):
+        each.shared += 1
+        each.tokens_run += len(plan.reps) * plan.prefix_len + args.batch * args.suffix_len
+        each.tokens_floor += plan.floor
+    return logits
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def count_token_layer_passes(adapter: VLMAdapter) -> Iterator[Counter]:
+    """Counts tokens through decoder layers (rows x positions per call, summed over layers) while open:
+    the benchmark's measure of work, whatever path (plain, shared, sweep) ran."""
+    counts: Counter = Counter()
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not _CAPTURING[0]:
+            counts["token_layers"] += int(hidden.shape[0] * hidden.shape[1])
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.decoder_layers()]
+    try:
+        yield counts
+    finally:
+        for handle in handles:
+            handle.remove()

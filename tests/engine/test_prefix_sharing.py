@@ -1,0 +1,124 @@
+"""Prefix sharing (issue 21): on every family, logits with sharing on equal the plain forward's (sharing
+off) to float32 rounding, for plain scoring, steering and ablation of picture tokens; families whose
+masks forbid it (PaliGemma's prefix-LM sees the whole prompt bidirectionally) fall back and say why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import COLOURS, three_squares
+
+from spatialmech.engine import Ablate, Engine, Steer, add_direction, amplify_projection, image_positions
+from spatialmech.engine.prefix import count_token_layer_passes
+from spatialmech.models.registry import available_families
+
+ATOL = 1e-5
+# families whose attention lets the prompt's start see its end: sharing must fall back
+FALLBACK = {"paligemma": "attends to later positions"}
+PROMPTS = [
+    "The color of the square to the left of the green square is",
+    "The color of the square to the right of the green square is",
+    "Which square is above?",
+]
+
+
+@pytest.fixture(scope="module", params=sorted(available_families()))
+def family_adapter(request: pytest.FixtureRequest):
+    torch.manual_seed(0)
+    return available_families()[request.param].tiny()
+
+
+def picture_batch(adapter, pictures: int = 2):
+    """Every prompt about every picture (prompts of different lengths: left padding in the batch)."""
+    size = adapter.grid_spec().image_size
+    images = [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(pictures)]
+    rows = [(image, prompt) for image in images for prompt in PROMPTS]
+    return adapter.build_inputs([[image] for image, _ in rows], [prompt for _, prompt in rows])
+
+
+def both(adapter, inputs, interventions=()):
+    on, off = Engine(adapter, share_prefix=True), Engine(adapter, share_prefix=False)
+    shared, plain = on.logits(inputs, interventions), off.logits(inputs, interventions)
+    return shared, plain, on.prefix_stats
+
+
+def assert_shared_or_fallback(adapter, stats) -> None:
+    if adapter.family in FALLBACK:
+        assert stats.shared == 0 and any(FALLBACK[adapter.family] in reason for reason in stats.fallbacks)
+    else:
+        assert stats.shared == stats.forwards == 1, stats.fallbacks
+        assert stats.tokens_floor <= stats.tokens_run < stats.tokens_plain
+
+
+def test_plain_scoring_equals_unshared(family_adapter) -> None:
+    inputs = picture_batch(family_adapter)
+    shared, plain, stats = both(family_adapter, inputs)
+    torch.testing.assert_close(shared, plain, atol=ATOL, rtol=0)
+    assert_shared_or_fallback(family_adapter, stats)
+
+
+@pytest.mark.parametrize("kind", ["amplify", "add"])
+def test_steering_picture_tokens_equals_unshared(family_adapter, kind: str) -> None:
+    inputs = picture_batch(family_adapter)
+    gen = torch.Generator().manual_seed(1)
+    if kind == "amplify":
+        fn = amplify_projection(torch.randn(family_adapter.hidden_size, 2, generator=gen), 4.0)
+    else:
+        fn = add_direction(torch.randn(family_adapter.hidden_size, generator=gen), 2.0)
+    steer = [Steer("lm.resid_pre.0", image_positions(inputs), fn)]
+    shared, plain, stats = both(family_adapter, inputs, steer)
+    torch.testing.assert_close(shared, plain, atol=ATOL, rtol=0)
+    assert_shared_or_fallback(family_adapter, stats)
+    unsteered, _, _ = both(family_adapter, inputs)
+    assert float((shared - unsteered).abs().max()) > 1e-4  # the steer really acted inside the prefix
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_ablating_picture_tokens_equals_unshared(family_adapter, encoded: bool) -> None:
+    inputs = picture_batch(family_adapter)
+    engine = Engine(family_adapter, share_prefix=False)
+    positions = image_positions(inputs)
+    half = [p[: len(p) // 2] for p in positions]
+    # values of the other picture (rows 3.. show picture 1, rows 0..2 picture 0)
+    cached = engine.cache(inputs, "projector.out", half)["projector.out"]
+    order = list(range(3, 6)) + list(range(3))
+    ablations = [Ablate("projector.out", half, "values", [cached[r] for r in order]), Ablate("lm.resid_pre.0", [p[-2:] for p in positions], "zero")]
+    if encoded:
+        inputs = family_adapter.encode_images(inputs) if family_adapter.family != "paligemma" else inputs
+    shared, plain, stats = both(family_adapter, inputs, ablations)
+    torch.testing.assert_close(shared, plain, atol=ATOL, rtol=0)
+    assert_shared_or_fallback(family_adapter, stats)
+
+
+def test_encoder_only_recording_stops_before_the_lm(family_adapter) -> None:
+    inputs = picture_batch(family_adapter, pictures=1)
+    positions = image_positions(inputs)
+    on, off = Engine(family_adapter, share_prefix=True), Engine(family_adapter, share_prefix=False)
+    with count_token_layer_passes(family_adapter) as counts:
+        fast = on.cache(inputs, "projector.out", positions)["projector.out"]
+    assert counts["token_layers"] == 0
+    slow = off.cache(inputs, "projector.out", positions)["projector.out"]
+    for row in range(inputs.batch_size):
+        torch.testing.assert_close(fast[row], slow[row], atol=0, rtol=0)
+
+
+def test_recordings_and_late_interventions_run_plain(family_adapter) -> None:
+    inputs = picture_batch(family_adapter, pictures=1)
+    engine = Engine(family_adapter, share_prefix=True)
+    late = [Steer("lm.resid_pre.1", image_positions(inputs), add_direction(torch.ones(family_adapter.hidden_size), 1.0))]
+    torch.testing.assert_close(engine.logits(inputs, late), Engine(family_adapter, share_prefix=False).logits(inputs, late), atol=0, rtol=0)
+    assert engine.prefix_stats.forwards == 0  # not attempted: the steer acts after layer 0
+
+
+def test_encoded_pictures_repeat_for_both_option_orders(family_adapter) -> None:
+    """`with_prompts` on a batch holding the encoded batch's pictures twice (score_items' two option
+    orders) repeats the encoder output: logits equal the raw batch's."""
+    size = family_adapter.grid_spec().image_size
+    images = [[three_squares(size, COLOURS[i : i + 3])] for i in range(2)]
+    natural = family_adapter.build_inputs(images, PROMPTS[:2])
+    both_orders = family_adapter.build_inputs(images * 2, [*PROMPTS[:2], *PROMPTS[1:3]])
+    reused = family_adapter.with_prompts(family_adapter.encode_images(natural), both_orders)
+    engine = Engine(family_adapter, share_prefix=False)
+    torch.testing.assert_close(engine.logits(reused), engine.logits(both_orders), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError):
+        family_adapter.with_prompts(family_adapter.encode_images(natural), family_adapter.build_inputs(images[:1] * 3, PROMPTS))
