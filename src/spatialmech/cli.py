@@ -28,7 +28,8 @@ HANDLERS: dict[str, str] = {
     "train-default": "spatialmech.training.commands:train_default_command",
 }
 
-TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial")
+TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial", "custom")
+DATA_HELP = "data root for whatsup / coco-spatial, or the FILE.jsonl / FILE.csv of --task custom"
 EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vision", "backup", "amplify")
 
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", choices=EXPERIMENT_NAMES)
     _add_model_options(p)
     p.add_argument("--task", default=None, help=f"task ({', '.join(TASK_NAMES)}); default depends on the experiment")
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None, help="number of items / pairs (default: the paper's)")
     p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0-11' or '0,4,8' (default: all)")
     p.add_argument("--region", choices=["object", "strip"], default="object", help="criss-cross: swap object tokens or whole strips")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of a model on a task (the behavior experiment)")
     _add_model_options(p)
     p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None, help="number of items (default: the whole task)")
     p.add_argument("--out", default=None, help="also write result.json here")
     p.add_argument("--seed", type=int, default=0)
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of items (default: all)")
     p.add_argument("--model", default=None, help="draw on this model's token grid (default: the Qwen geometry)")
     p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma) instead of --model")
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list supported model families and the bundled model")

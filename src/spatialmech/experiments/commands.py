@@ -17,6 +17,8 @@ from typing import Any
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.runner import ExperimentContext
 
+CUSTOM_TASK = "custom"  # the user's own data (--data FILE): any experiment whose needs its items carry
+
 # experiment name -> module under spatialmech.experiments
 EXPERIMENT_MODULES: dict[str, str] = {
     "behavior": "behavior",
@@ -78,7 +80,7 @@ def run_experiment(
     """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK
-    if task_name not in module.TASKS:
+    if task_name not in module.TASKS and task_name != CUSTOM_TASK:
         raise UserInputError(f"experiment {name} does not run on task {task_name!r}", f"use one of {', '.join(module.TASKS)}")
     config = module.config_from(dict(options or {}), adapter)
     ctx = ExperimentContext(
@@ -109,7 +111,7 @@ def check_before_loading(args: argparse.Namespace, module: Any | None = None) ->
     if getattr(args, "out", None) is not None:
         ensure_writable_dir(args.out)
     task = getattr(args, "task", None) or (module.DEFAULT_TASK if module is not None else None)
-    if module is not None and task not in module.TASKS:
+    if module is not None and task not in module.TASKS and task != CUSTOM_TASK:
         raise UserInputError(f"experiment {args.experiment} does not run on task {task!r}", f"use one of {', '.join(module.TASKS)}")
     if task in TASK_NAMES:  # experiments may also accept a group name (e.g. ablate-vision's "all")
         get_task(task, data_root=getattr(args, "data", None)).check_data()

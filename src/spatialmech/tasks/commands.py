@@ -51,12 +51,22 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def counterfactual_dicts(task: Task, item: Item) -> dict[str, list[dict[str, Any]]]:
-    """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them)."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def counterfactual_dicts(task: Task, item: Item, out: Path | None = None, stem: str = "") -> dict[str, list[dict[str, Any]]]:
+    """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them).
+
+    With `out`, each counterfactual's image is written there too (`image_file`), so the folder is a
+    self-contained custom data set on which the patching experiments run (`--task custom`)."""
+    result: dict[str, list[dict[str, Any]]] = {}
     for kind in getattr(task, "counterfactual_kinds", ()):
-        out[kind] = [cf.item.to_dict() | {"source_object": cf.source_object} for cf in task.counterfactuals(item, kind)]
-    return out
+        rows = []
+        for index, cf in enumerate(task.counterfactuals(item, kind)):
+            row = cf.item.to_dict() | {"source_object": cf.source_object}
+            if out is not None:
+                row["image_file"] = f"{stem}-{kind}-{index}.png"
+                io.atomic_write_bytes(out / row["image_file"], png_bytes(task.image(cf.item)))
+            rows.append(row)
+        result[kind] = rows
+    return result
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -73,7 +83,8 @@ def render_command(args: argparse.Namespace) -> int:
     for index, item in enumerate(items):
         file_name = f"{index:05d}.png"
         io.atomic_write_bytes(out / file_name, png_bytes(task.image(item)))
-        rows.append(item.to_dict() | {"image_file": file_name, "counterfactuals": counterfactual_dicts(task, item)})
+        counterfactuals = counterfactual_dicts(task, item, out, f"{index:05d}")
+        rows.append(item.to_dict() | {"image_file": file_name, "counterfactuals": counterfactuals})
     io.write_jsonl(out / "items.jsonl", rows)
     print(f"wrote {len(items)} images of task {args.task} ({geometry.name} geometry) and items.jsonl to {out}", file=sys.stdout)
     return 0
