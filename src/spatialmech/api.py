@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io as _bytes_io
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -292,6 +291,13 @@ def supported_experiments(task: Task) -> dict[str, str | None]:
     return out
 
 
+def require_support(experiment: str, task: Task) -> None:
+    """Refuse, in one line, an experiment the (custom) task's items cannot feed."""
+    why = supported_experiments(task).get(experiment)
+    if why is not None:
+        raise UserInputError(f"experiment {experiment} cannot run on {getattr(task, 'file', task.name)}: it {why}", describe_support(task))
+
+
 def describe_support(task: Task) -> str:
     """One line: which experiments the data runs and which it cannot, and why."""
     support = supported_experiments(task)
@@ -424,10 +430,7 @@ def run(
     if n is not None and n < 1:
         raise UserInputError(f"n={n} must be at least 1", "pass a positive number of items")
     if task_name == CustomTask.name:
-        custom = load_task(CustomTask.name, adapter, data=data)
-        why = supported_experiments(custom).get(experiment)
-        if why is not None:
-            raise UserInputError(f"experiment {experiment} cannot run on {custom.file}: it {why}", describe_support(custom))
+        require_support(experiment, load_task(CustomTask.name, adapter, data=data))
     settings = {"n": n, **options}
     kwargs = dict(options=settings, seed=seed, batch_size=batch_size, resume=resume, model_label=label, progress=progress)
     if out is not None:
@@ -436,12 +439,6 @@ def run(
         result = _read_result(_run_experiment(experiment, adapter, Path(tmp), task_name, data, **kwargs))
     result.folder = None
     return result
-
-
-def print_support(task: Task) -> None:
-    """Say on stderr (one line) what the user's data can and cannot run."""
-    if isinstance(task, CustomTask):
-        print(describe_support(task), file=sys.stderr)
 
 
 __all__ = [
@@ -453,6 +450,7 @@ __all__ = [
     "describe_support",
     "load_model",
     "load_task",
+    "require_support",
     "run",
     "supported_experiments",
 ]

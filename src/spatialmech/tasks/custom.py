@@ -7,8 +7,8 @@ The JSONL form is exactly what `spatialmech render` writes (`items.jsonl`: one `
 `axis`, `relation`, `target`, `reference`, `answer_variants` and `id` are optional.
 
 The CSV form (columns `image`, `prompt`, `answer`, optional `options`, `boxes`, `axis`, `relation`) is
-for quick use: options are separated by `|` (`left|right`), boxes are `name:x0,y0,x1,y1` separated by
-`|`; the first box is the object the question asks about, the second its reference.
+for quick use: options are separated by `|` (`left|right`), boxes are `name:x0,y0,x1,y1` (or spaces between
+the numbers; quote the cell when it holds commas) separated by `|`; the first box is the object the question asks about, the second its reference.
 
 Every row is checked when the task is opened (before a model loads): a bad row is a one-line error
 naming the file, the row and the field.
@@ -73,7 +73,7 @@ def _csv_rows(file: Path) -> list[dict[str, Any]]:
 def _csv_box(file: Path, number: int, spec: str) -> dict[str, Any]:
     name, _, coords = spec.rpartition(":")
     try:
-        box = [int(round(float(v))) for v in coords.split(",")]
+        box = [int(round(float(v))) for v in coords.replace(",", " ").split()]
     except ValueError:
         box = []
     if not name.strip() or len(box) != 4:
