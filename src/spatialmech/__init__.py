@@ -15,7 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Engine", "ImageTokenMap", "Inputs", "Model", "Result", "describe_support", "load_model", "load_task", "run",
+_API = ("SYNTHETIC_SYSTEM_PROMPT", "Ablate", "Engine", "ImageTokenMap", "Inputs", "Model", "Patch", "Result", "Steer",
+        "add_direction", "amplify_projection", "describe_support", "load_model", "load_task", "require_support", "run",
         "supported_experiments")
 
 __all__ = ["__version__", *_API]

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from spatialmech import io
+from spatialmech.engine import Ablate, Patch, Steer, add_direction, amplify_projection
 from spatialmech.engine import Engine as _CoreEngine
 from spatialmech.errors import UserInputError
-from spatialmech.models.base import BatchInputs, GridSpec, ImageTokens, VLMAdapter
+from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs, GridSpec, ImageTokens, VLMAdapter
 from spatialmech.tasks import TASKS, Task, get_task
 from spatialmech.tasks.custom import CustomTask
 from spatialmech.tasks.vocabulary import answer_variants
@@ -442,11 +443,17 @@ def run(
 
 
 __all__ = [
+    "SYNTHETIC_SYSTEM_PROMPT",
+    "Ablate",
     "Engine",
     "ImageTokenMap",
     "Inputs",
     "Model",
+    "Patch",
     "Result",
+    "Steer",
+    "add_direction",
+    "amplify_projection",
     "describe_support",
     "load_model",
     "load_task",

@@ -51,10 +51,13 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
+COUNTERFACTUAL_DIR = "counterfactuals"  # render's folder for counterfactual images, beside the items' own
+
+
 def counterfactual_dicts(task: Task, item: Item, out: Path | None = None, stem: str = "") -> dict[str, list[dict[str, Any]]]:
     """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them).
 
-    With `out`, each counterfactual's image is written there too (`image_file`), so the folder is a
+    With `out`, each counterfactual's image is written under out/counterfactuals/ (`image_file`), so the folder is a
     self-contained custom data set on which the patching experiments run (`--task custom`)."""
     result: dict[str, list[dict[str, Any]]] = {}
     for kind in getattr(task, "counterfactual_kinds", ()):
@@ -62,7 +65,7 @@ def counterfactual_dicts(task: Task, item: Item, out: Path | None = None, stem: 
         for index, cf in enumerate(task.counterfactuals(item, kind)):
             row = cf.item.to_dict() | {"source_object": cf.source_object}
             if out is not None:
-                row["image_file"] = f"{stem}-{kind}-{index}.png"
+                row["image_file"] = f"{COUNTERFACTUAL_DIR}/{stem}-{kind}-{index}.png"
                 io.atomic_write_bytes(out / row["image_file"], png_bytes(task.image(cf.item)))
             rows.append(row)
         result[kind] = rows
