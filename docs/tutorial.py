@@ -71,16 +71,21 @@ print("a vertical strip (columns 1-2):", tokens.strip("vertical", 1, 3).tolist()
 # %% [markdown]
 # ## Patch a region
 #
-# Record the visual tokens of a second picture (blue where the red square was) and write them into
-# the first picture's run at the same positions: the answer follows the patched tokens.
+# A second picture has blue where the red square was. Record its visual tokens (`projector.out`) at
+# one region and write them into the first picture's run at the same positions. Patching the red
+# square's own tokens changes nothing; patching the *reference* (green) square's tokens makes the
+# model answer Blue: this model reads the answer off the reference object's tokens, which know their
+# neighbours (see the findings).
 
 # %%
 other, _ = draw(["Blue", "Green", "Red"])
 other_inputs = model.inputs(other, prompt, system=sm.SYNTHETIC_SYSTEM_PROMPT)
-recorded = engine.cache(other_inputs, ["projector.out"], [red])["projector.out"]
-patched = engine.answer_probabilities(inputs, ["Red", "Blue"], [sm.Patch("projector.out", [red], recorded)])
-print("clean:", engine.answer_probabilities(inputs, ["Red", "Blue"]).tolist())
-print("patched:", patched.tolist())
+print("clean   P(Red), P(Blue):", engine.answer_probabilities(inputs, ["Red", "Blue"]).tolist())
+for region in ("Red", "Green"):
+    positions = tokens.box(*boxes[region])
+    recorded = engine.cache(other_inputs, ["projector.out"], [positions])["projector.out"]
+    patch = sm.Patch("projector.out", [positions], recorded)
+    print(f"patch {region:5s} P(Red), P(Blue):", engine.answer_probabilities(inputs, ["Red", "Blue"], [patch]).tolist())
 
 # %% [markdown]
 # ## Reproduce a paper figure in a few lines
@@ -106,8 +111,8 @@ result.figure()
 from spatialmech.cli import main as spatialmech_cli  # noqa: E402 (the command line, from Python)
 
 folder = Path(tempfile.mkdtemp()) / "my_scenes"
-spatialmech_cli(["render", "scenes", "--out", str(folder), "--n", "48"])
+spatialmech_cli(["render", "scenes", "--out", str(folder), "--n", "24"])
 data = sm.load_task(folder / "items.jsonl", model)
 print(sm.describe_support(data))
-amplified = sm.run("amplify", model, task=data, n=12, alphas=[0, 5, 10])
-{k: amplified.metrics[k] for k in ("baseline", "best_alpha", "probe") if k in amplified.metrics}
+amplified = sm.run("amplify", model, task=data, n=8, alphas=[0, 10])
+{k: amplified.metrics[k] for k in ("baseline_accuracy", "best_alpha", "accuracy", "fails_fixed", "random_accuracy")}

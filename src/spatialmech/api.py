@@ -271,7 +271,7 @@ EXPERIMENT_NEEDS: dict[str, tuple[tuple[str, ...], int, str]] = {
     "criss-cross": (("reversed",), 2, "'reversed' counterfactuals and object boxes"),
     "ablate-vision": (("alone", "blank"), 1, "'alone' and 'blank' counterfactuals and object boxes"),
     "backup": (("alone", "blank", "reversed"), 2, "'alone', 'blank' and 'reversed' counterfactuals and object boxes"),
-    "probe": ((), 3, "three objects per image with ordinal positions and grid cells (as render writes for grid tasks)"),
+    "probe": ((), 3, "three objects per image with ordinal positions and grid cells, as render writes for grid tasks"),
     "amplify": ((), 2, "a subject and a reference object box per item"),
 }
 
