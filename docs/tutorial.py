@@ -108,7 +108,7 @@ result.figure()
 # write one with `spatialmech render` (forced-choice scenes), then amplify the ordering direction on it.
 
 # %%
-from spatialmech.cli import main as spatialmech_cli  # noqa: E402 (the command line, from Python)
+from spatialmech.cli import main as spatialmech_cli  # the command line, from Python
 
 folder = Path(tempfile.mkdtemp()) / "my_scenes"
 spatialmech_cli(["render", "scenes", "--out", str(folder), "--n", "24"])
