@@ -191,6 +191,10 @@ class Inputs(BatchInputs):
 
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
 
+    def to(self, device: torch.device | str) -> Inputs:
+        moved = super().to(device)
+        return Inputs(moved.model_kwargs, moved.images, moved.prompts, moved.row_order, self.image_sizes)
+
     @property
     def image_tokens(self) -> list[ImageTokenMap]:
         """Per batch row, the token map of its image: `inputs.image_tokens[row].box(...)`."""
@@ -431,7 +435,9 @@ def run(
     if n is not None and n < 1:
         raise UserInputError(f"n={n} must be at least 1", "pass a positive number of items")
     if task_name == CustomTask.name:
-        require_support(experiment, load_task(CustomTask.name, adapter, data=data))
+        custom = load_task(CustomTask.name, adapter, data=data)
+        require_support(experiment, custom)
+        data = str(custom.file)  # a folder given for its items.jsonl: results record (and hash) the file
     settings = {"n": n, **options}
     kwargs = dict(options=settings, seed=seed, batch_size=batch_size, resume=resume, model_label=label, progress=progress)
     if out is not None:

@@ -46,6 +46,8 @@ def data_hashes(task_name: str, data_root: str | None) -> dict[str, Any]:
     from spatialmech.tasks.whatsup import SEARCH_FOLDERS
 
     root = Path(data_root)
+    if root.is_file():  # custom data (--task custom --data FILE): the items file itself
+        return {"data_root": str(root.resolve()), "files": {root.name: file_sha256(root)}}
     hashes: dict[str, str] = {}
     # The loaders look in the root and in data/ (the What'sUp repository layout); key by the name they
     # look for, so results from either layout compare. The first folder wins, as in the loaders.
