@@ -274,7 +274,8 @@ EXPERIMENT_NEEDS: dict[str, tuple[tuple[str, ...], int, str]] = {
     "last-token": (("opposite_query",), 2, "'opposite_query' counterfactuals and objects"),
     "criss-cross": (("reversed",), 2, "'reversed' counterfactuals and object boxes"),
     "ablate-vision": (("alone", "blank"), 1, "'alone' and 'blank' counterfactuals and object boxes"),
-    "backup": (("alone", "blank", "reversed"), 2, "'alone', 'blank' and 'reversed' counterfactuals and object boxes"),
+    "backup": (("alone", "blank", "reversed"), 2,
+               "'alone', 'blank' and 'reversed' counterfactuals (the reversed ones with their own 'alone' and 'blank') and object boxes"),
     "probe": ((), 3, "three objects per image with ordinal positions and grid cells, as render writes for grid tasks"),
     "amplify": ((), 2, "a subject and a reference object box per item"),
 }
@@ -290,6 +291,9 @@ def supported_experiments(task: Task) -> dict[str, str | None]:
             continue
         missing = [k for k in kinds if k not in task.counterfactual_kinds]
         few = any(len(i.objects) < objects for i in items)
+        if name == "backup" and not missing:  # the counterfactual run is ablated too: it needs its own sources
+            missing = [k for i in items for cf in task.counterfactuals(i, "reversed") for k in ("alone", "blank")
+                       if k not in task.kinds_of(cf.item)]
         if name == "probe":
             few = few or not any(i.grid and all(o.box_cells and o.ordinal for o in i.objects) for i in items)
         out[name] = f"needs {what}" if missing or few else None

@@ -77,10 +77,11 @@ def test_engine_scores_words(model):
 
 
 def test_run_on_custom_data_path(model, tmp_path):
-    """A path is the user's own data; an experiment it cannot feed is refused in one line."""
+    """A path (file or render folder) is the user's own data; the patching experiments run on it."""
     assert main(["render", "squares", "--out", str(tmp_path / "D"), "--n", "4"]) == 0
-    result = sm.run("behavior", model, task=tmp_path / "D" / "items.jsonl")
-    assert result.task == "custom" and result.metrics["n"] == 4
     task = sm.load_task(tmp_path / "D")
-    assert sm.supported_experiments(task)["last-token"] is None
+    assert set(sm.supported_experiments(task).values()) == {None}  # render output feeds every experiment
     assert "runs behavior" in sm.describe_support(task)
+    result = sm.run("criss-cross", model, task=tmp_path / "D", n=1, layers="0")  # a patching experiment
+    assert result.task == "custom" and result.metrics["n_pairs"] == 1
+    assert result.raw["inputs"]["files"] == {"items.jsonl": result.raw["inputs"]["files"]["items.jsonl"]}

@@ -11,7 +11,7 @@ from typing import Any
 from spatialmech import io
 from spatialmech.errors import UserInputError
 from spatialmech.tasks import TASKS, get_task, needs_data, resolve_geometry, task_description
-from spatialmech.tasks.base import Item, Task
+from spatialmech.tasks.base import CF_ALONE, CF_BLANK, Item, Task
 from spatialmech.tasks.geometry import GridGeometry
 
 
@@ -52,21 +52,31 @@ def png_bytes(image: Any) -> bytes:
 
 
 COUNTERFACTUAL_DIR = "counterfactuals"  # render's folder for counterfactual images, beside the items' own
+ABLATION_SOURCES = (CF_ALONE, CF_BLANK)  # what an ablated run of a counterfactual needs of its own
 
 
-def counterfactual_dicts(task: Task, item: Item, out: Path | None = None, stem: str = "") -> dict[str, list[dict[str, Any]]]:
-    """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them).
+def counterfactual_dicts(
+    task: Task, item: Item, out: Path | None = None, stem: str = "", kinds: tuple[str, ...] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Counterfactuals of `kinds` (default: every kind the task supports) as item dicts.
 
-    With `out`, each counterfactual's image is written under out/counterfactuals/ (`image_file`), so the folder is a
-    self-contained custom data set on which the patching experiments run (`--task custom`)."""
+    With `out`, each counterfactual's image is written under out/counterfactuals/ (`image_file`), so the
+    folder is a self-contained custom data set on which the patching experiments run (`--task
+    custom`). Each counterfactual also carries its own ablation sources (`alone`, `blank`), which
+    `backup` needs for the counterfactual run."""
+    supported = tuple(getattr(task, "counterfactual_kinds", ()))
+    sources = tuple(k for k in ABLATION_SOURCES if k in supported) if kinds is None else ()
     result: dict[str, list[dict[str, Any]]] = {}
-    for kind in getattr(task, "counterfactual_kinds", ()):
+    for kind in supported if kinds is None else kinds:
         rows = []
         for index, cf in enumerate(task.counterfactuals(item, kind)):
             row = cf.item.to_dict() | {"source_object": cf.source_object}
             if out is not None:
-                row["image_file"] = f"{COUNTERFACTUAL_DIR}/{stem}-{kind}-{index}.png"
+                name = f"{stem}-{kind}-{index}"
+                row["image_file"] = f"{COUNTERFACTUAL_DIR}/{name}.png"
                 io.atomic_write_bytes(out / row["image_file"], png_bytes(task.image(cf.item)))
+                if sources and kind not in ABLATION_SOURCES:
+                    row["counterfactuals"] = counterfactual_dicts(task, cf.item, out, name, sources)
             rows.append(row)
         result[kind] = rows
     return result

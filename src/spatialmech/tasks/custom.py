@@ -139,6 +139,11 @@ class CustomTask(Task):
                                  "add them under the row's \"counterfactuals\" (as `spatialmech render` writes them)")
         return found
 
+    def kinds_of(self, item: Item) -> tuple[str, ...]:
+        """The counterfactual kinds this item (a row or one of its counterfactuals) carries."""
+        self.all_items()
+        return tuple(sorted(self._counterfactuals.get(item.id, {})))
+
     # ------------------------------------------------------------------ reading
     def _load(self) -> None:
         rows = _csv_rows(self.file) if self.file.suffix.lower() in CSV_SUFFIXES else _jsonl_rows(self.file)
@@ -149,20 +154,30 @@ class CustomTask(Task):
             item = self._item(row, number, f"item-{number:05d}")
             if item.id in self._counterfactuals:
                 raise RowError(self.file, number, "id", f"{item.id!r} repeats an earlier row's id", "give every row its own id")
-            cfs = row.get("counterfactuals") or {}
-            if not isinstance(cfs, dict):
-                raise RowError(self.file, number, "counterfactuals", "is not an object of kind -> rows", "write it as render does")
-            self._counterfactuals[item.id] = {
-                kind: [Counterfactual(kind, self._item(cf, number, f"{item.id}#{kind}{i}", f"counterfactuals.{kind}[{i}]."),
-                                      cf.get("source_object")) for i, cf in enumerate(entries)]
-                for kind, entries in cfs.items()
-            }
+            cfs = self._register(row, item, number)
             kinds = set(cfs) if kinds is None else kinds & set(cfs)
             synthetic.append(bool(row.get("synthetic", _drawn_task(row.get("task")))))
             items.append(item)
         self.synthetic = all(synthetic)
         self.counterfactual_kinds = tuple(sorted(kinds or ()))
         self._items = items
+
+    def _register(self, row: dict[str, Any], item: Item, number: int, prefix: str = "") -> dict[str, Any]:
+        """Read a row's counterfactuals (and theirs, e.g. the `alone` objects of a `reversed` image,
+        which `backup` ablates) into the lookup `counterfactuals` answers from."""
+        cfs = row.get("counterfactuals") or {}
+        if not isinstance(cfs, dict):
+            raise RowError(self.file, number, prefix + "counterfactuals", "is not an object of kind -> rows", "write it as render does")
+        found: dict[str, list[Counterfactual]] = {}
+        for kind, entries in cfs.items():
+            found[kind] = []
+            for i, cf in enumerate(entries if isinstance(entries, list) else []):
+                field = f"{prefix}counterfactuals.{kind}[{i}]."
+                cf_item = self._item(cf, number, f"{item.id}#{kind}{i}", field)
+                self._register(cf, cf_item, number, field)
+                found[kind].append(Counterfactual(kind, cf_item, cf.get("source_object")))
+        self._counterfactuals[item.id] = found
+        return cfs
 
     def _item(self, row: dict[str, Any], number: int, default_id: str, prefix: str = "") -> Item:
         """One checked `Item` from a row (render's full item dict or the short hand-written form)."""
