@@ -59,15 +59,17 @@ def test_csv_form(rendered, tmp_path):
     """The quick CSV form: image, prompt, answer, options and boxes (name:x0,y0,x1,y1 | ...)."""
     shutil.copy(rendered / "00000.png", tmp_path / "a.png")
     (tmp_path / "data.csv").write_text(
-        "image,prompt,answer,options,boxes\n"
-        'a.png,Is the red square left or right of the black one?,left,left|right,"red:28,140,84,196|black:140 140 196 196"\n'
-        "a.png,What colour is the first square?,Red,,\n"
+        "image,prompt,answer,options,boxes,prompt_swapped\n"
+        'a.png,Is the red square left or right of the black one?,left,left|right,"red:28,140,84,196|black:140 140 196 196",'
+        "Is the red square right or left of the black one?\n"
+        "a.png,What colour is the first square?,Red,,,\n"
     )
     items = CustomTask(tmp_path / "data.csv").items()
     assert [i.answer for i in items] == ["left", "Red"]
     assert items[0].options == ["left", "right"] and items[0].axis == "horizontal"
     assert [o.name for o in items[0].objects] == ["red", "black"] and items[0].objects[1].box_px == (140, 140, 196, 196)
     assert items[0].target == 0 and items[0].reference == 1
+    assert items[0].meta["prompt_swapped"].startswith("Is the red square right or left")  # scored strictly
     assert items[1].objects == [] and items[1].answer_variants == [" Red", "Red", " red", "red"]
 
 

@@ -48,7 +48,8 @@ def test_render_writes_pngs_whose_boxes_hold_the_objects(task, tmp_path, capsys)
         assert set(row["counterfactuals"]) == set(COUNTERFACTUAL_KINDS)
         assert len(row["counterfactuals"]["alone"]) == (3 if task != "scenes" else 2)
         counterfactual = row["counterfactuals"]["opposite_query"][0]
-        Item.from_dict({k: v for k, v in counterfactual.items() if k not in ("source_object", "image_file")})
+        Item.from_dict({k: v for k, v in counterfactual.items() if k not in ("source_object", "image_file", "counterfactuals")})
+        assert set(counterfactual["counterfactuals"]) == {"alone", "blank"}  # its own ablation sources (backup)
         assert (out / counterfactual["image_file"]).is_file()  # render writes counterfactual images too
 
 

@@ -4,9 +4,12 @@ The JSONL form is exactly what `spatialmech render` writes (`items.jsonl`: one `
 `image_file`, a path relative to the file, and `counterfactuals`, kind -> item dicts with their own
 `image_file`), so rendered stimuli round-trip. Hand-written rows need only `image_file` (or `image`),
 `prompt` and `answer`; `options`, `objects` (each `name` plus `box_px` in pixels, x1/y1 exclusive),
-`axis`, `relation`, `target`, `reference`, `answer_variants` and `id` are optional.
+`axis`, `relation`, `target`, `reference`, `answer_variants`, `prompt_swapped` (the question with
+the options in the other order: then the row is scored strictly, right in both orders) and `id` are
+optional.
 
-The CSV form (columns `image`, `prompt`, `answer`, optional `options`, `boxes`, `axis`, `relation`) is
+The CSV form (columns `image`, `prompt`, `answer`, optional `options`, `boxes`, `axis`, `relation`,
+`prompt_swapped`) is
 for quick use: options are separated by `|` (`left|right`), boxes are `name:x0,y0,x1,y1` (or spaces between
 the numbers; quote the cell when it holds commas) separated by `|`; the first box is the object the question asks about, the second its reference.
 
@@ -219,6 +222,8 @@ class CustomTask(Task):
         variants = row.get("answer_variants") or answer_variants(answer.strip())
         known = set(Item.__dataclass_fields__)
         extra = {k: row[k] for k in ("grid", "background", "meta") if k in row and k in known}
+        if isinstance(row.get("prompt_swapped"), str) and row["prompt_swapped"].strip():  # strict two-order scoring
+            extra["meta"] = {**extra.get("meta", {}), "prompt_swapped": row["prompt_swapped"]}
         return Item(
             id=str(row.get("id", default_id)), task=str(row.get("task", "custom")), prompt=prompt, answer=answer.strip(),
             answer_variants=list(variants), axis=axis, relation=relation, reference=reference, target=target,
