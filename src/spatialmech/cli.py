@@ -21,14 +21,15 @@ HANDLERS: dict[str, str] = {
     "tasks": "spatialmech.tasks.commands:list_tasks_command",
     "render": "spatialmech.tasks.commands:render_command",
     "models": "spatialmech.models.commands:models_command",
-    "eval": "spatialmech.experiments.behavior:eval_command",
-    "run": "spatialmech.experiments.commands:run_command",
+    "eval": "spatialmech.commands:eval_command",
+    "run": "spatialmech.commands:run_command",
     "reproduce": "spatialmech.report.commands:reproduce_command",
     "report": "spatialmech.report.commands:report_command",
     "train-default": "spatialmech.training.commands:train_default_command",
 }
 
-TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial")
+TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial", "custom")
+DATA_HELP = "data root for whatsup / coco-spatial, or the FILE.jsonl / FILE.csv of --task custom"
 EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vision", "backup", "amplify")
 
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", choices=EXPERIMENT_NAMES)
     _add_model_options(p)
     p.add_argument("--task", default=None, help=f"task ({', '.join(TASK_NAMES)}); default depends on the experiment")
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None, help="number of items / pairs (default: the paper's)")
     p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0-11' or '0,4,8' (default: all)")
     p.add_argument("--region", choices=["object", "strip"], default="object", help="criss-cross: swap object tokens or whole strips")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of a model on a task (the behavior experiment)")
     _add_model_options(p)
     p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None, help="number of items (default: the whole task)")
     p.add_argument("--out", default=None, help="also write result.json here")
     p.add_argument("--seed", type=int, default=0)
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="draw on this model's token grid (default: the Qwen geometry)")
     p.add_argument("--geometry", default=None, help="named geometry preset (qwen, gemma, pixtral) instead of --model")
     _add_grid_option(p)
-    p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list supported model families and the bundled model")

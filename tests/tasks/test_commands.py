@@ -25,9 +25,9 @@ def test_tasks_lists_every_task_with_counts(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()}
-    assert set(lines) == {"squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial"}
+    assert set(lines) == {"squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial", "custom"}
     assert "480 items" in lines["squares"] and "480 items" in lines["shapes"] and "1344 items" in lines["objects"]
-    assert "unbounded" in lines["scenes"] and "needs --data" in lines["coco-spatial"]
+    assert "unbounded" in lines["scenes"] and "needs --data" in lines["coco-spatial"] and "needs --data" in lines["custom"]
 
 
 @pytest.mark.parametrize("task", ["squares", "shapes", "objects", "scenes"])
@@ -47,7 +47,10 @@ def test_render_writes_pngs_whose_boxes_hold_the_objects(task, tmp_path, capsys)
             assert close.mean() > 0.1, (row["id"], obj.name)
         assert set(row["counterfactuals"]) == set(COUNTERFACTUAL_KINDS)
         assert len(row["counterfactuals"]["alone"]) == (3 if task != "scenes" else 2)
-        Item.from_dict({k: v for k, v in row["counterfactuals"]["opposite_query"][0].items() if k != "source_object"})
+        counterfactual = row["counterfactuals"]["opposite_query"][0]
+        Item.from_dict({k: v for k, v in counterfactual.items() if k not in ("source_object", "image_file", "counterfactuals")})
+        assert set(counterfactual["counterfactuals"]) == {"alone", "blank"}  # its own ablation sources (backup)
+        assert (out / counterfactual["image_file"]).is_file()  # render writes counterfactual images too
 
 
 def test_render_is_byte_identical_for_a_seed(tmp_path):

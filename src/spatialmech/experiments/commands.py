@@ -17,6 +17,8 @@ from typing import Any
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.runner import ExperimentContext
 
+CUSTOM_TASK = "custom"  # the user's own data (--data FILE): any experiment whose needs its items carry
+
 # experiment name -> module under spatialmech.experiments
 EXPERIMENT_MODULES: dict[str, str] = {
     "behavior": "behavior",
@@ -44,6 +46,8 @@ def data_hashes(task_name: str, data_root: str | None) -> dict[str, Any]:
     from spatialmech.tasks.whatsup import SEARCH_FOLDERS
 
     root = Path(data_root)
+    if root.is_file():  # custom data (--task custom --data FILE): the items file itself
+        return {"data_root": str(root.resolve()), "files": {root.name: file_sha256(root)}}
     hashes: dict[str, str] = {}
     # The loaders look in the root and in data/ (the What'sUp repository layout); key by the name they
     # look for, so results from either layout compare. The first folder wins, as in the loaders.
@@ -78,7 +82,7 @@ def run_experiment(
     """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK
-    if task_name not in module.TASKS:
+    if task_name not in module.TASKS and task_name != CUSTOM_TASK:
         raise UserInputError(f"experiment {name} does not run on task {task_name!r}", f"use one of {', '.join(module.TASKS)}")
     config = module.config_from(dict(options or {}), adapter)
     ctx = ExperimentContext(
@@ -109,7 +113,7 @@ def check_before_loading(args: argparse.Namespace, module: Any | None = None) ->
     if getattr(args, "out", None) is not None:
         ensure_writable_dir(args.out)
     task = getattr(args, "task", None) or (module.DEFAULT_TASK if module is not None else None)
-    if module is not None and task not in module.TASKS:
+    if module is not None and task not in module.TASKS and task != CUSTOM_TASK:
         raise UserInputError(f"experiment {args.experiment} does not run on task {task!r}", f"use one of {', '.join(module.TASKS)}")
     if task in TASK_NAMES:  # experiments may also accept a group name (e.g. ablate-vision's "all")
         get_task(task, data_root=getattr(args, "data", None)).check_data()

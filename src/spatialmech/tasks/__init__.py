@@ -40,6 +40,11 @@ _REGISTRY: dict[str, tuple[str, bool, str]] = {
         True,
         "What'sUp COCO two-object spatial questions with COCO boxes, strict two-order scoring (needs --data)",
     ),
+    "custom": (
+        "spatialmech.tasks.custom:CustomTask",
+        True,
+        "your own images and questions: --data FILE.jsonl (render's items.jsonl) or FILE.csv",
+    ),
 }
 
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
@@ -52,6 +57,7 @@ DATA_HELP: dict[str, str] = {
         "pass --data pointing at a folder with What'sUp's coco_qa_two_obj.json, COCO val2017/ images and "
         "annotations/instances_val2017.json (cocodataset.org)"
     ),
+    "custom": "pass --data FILE.jsonl (e.g. the items.jsonl of `spatialmech render`) or FILE.csv with image,prompt,answer columns",
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from spatialmech import io
 from spatialmech.errors import UserInputError
 from spatialmech.tasks import TASKS, get_task, needs_data, resolve_geometry, task_description
-from spatialmech.tasks.base import Item, Task
+from spatialmech.tasks.base import CF_ALONE, CF_BLANK, Item, Task
 from spatialmech.tasks.geometry import PRESETS, GridGeometry
 
 
@@ -60,12 +60,35 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def counterfactual_dicts(task: Task, item: Item) -> dict[str, list[dict[str, Any]]]:
-    """Every counterfactual kind the task supports, as item dicts (nothing for tasks without them)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for kind in getattr(task, "counterfactual_kinds", ()):
-        out[kind] = [cf.item.to_dict() | {"source_object": cf.source_object} for cf in task.counterfactuals(item, kind)]
-    return out
+COUNTERFACTUAL_DIR = "counterfactuals"  # render's folder for counterfactual images, beside the items' own
+ABLATION_SOURCES = (CF_ALONE, CF_BLANK)  # what an ablated run of a counterfactual needs of its own
+
+
+def counterfactual_dicts(
+    task: Task, item: Item, out: Path | None = None, stem: str = "", kinds: tuple[str, ...] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Counterfactuals of `kinds` (default: every kind the task supports) as item dicts.
+
+    With `out`, each counterfactual's image is written under out/counterfactuals/ (`image_file`), so the
+    folder is a self-contained custom data set on which the patching experiments run (`--task
+    custom`). Each counterfactual also carries its own ablation sources (`alone`, `blank`), which
+    `backup` needs for the counterfactual run."""
+    supported = tuple(getattr(task, "counterfactual_kinds", ()))
+    sources = tuple(k for k in ABLATION_SOURCES if k in supported) if kinds is None else ()
+    result: dict[str, list[dict[str, Any]]] = {}
+    for kind in supported if kinds is None else kinds:
+        rows = []
+        for index, cf in enumerate(task.counterfactuals(item, kind)):
+            row = cf.item.to_dict() | {"source_object": cf.source_object}
+            if out is not None:
+                name = f"{stem}-{kind}-{index}"
+                row["image_file"] = f"{COUNTERFACTUAL_DIR}/{name}.png"
+                io.atomic_write_bytes(out / row["image_file"], png_bytes(task.image(cf.item)))
+                if sources and kind not in ABLATION_SOURCES:
+                    row["counterfactuals"] = counterfactual_dicts(task, cf.item, out, name, sources)
+            rows.append(row)
+        result[kind] = rows
+    return result
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -82,7 +105,8 @@ def render_command(args: argparse.Namespace) -> int:
     for index, item in enumerate(items):
         file_name = f"{index:05d}.png"
         io.atomic_write_bytes(out / file_name, png_bytes(task.image(item)))
-        rows.append(item.to_dict() | {"image_file": file_name, "counterfactuals": counterfactual_dicts(task, item)})
+        counterfactuals = counterfactual_dicts(task, item, out, f"{index:05d}")
+        rows.append(item.to_dict() | {"image_file": file_name, "counterfactuals": counterfactuals})
     io.write_jsonl(out / "items.jsonl", rows)
     print(f"wrote {len(items)} images of task {args.task} ({geometry.name} geometry) and items.jsonl to {out}", file=sys.stdout)
     return 0
