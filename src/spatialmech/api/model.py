@@ -83,29 +83,32 @@ def _open(image: ImageLike):
 def load_model(
     model: str = "bundled",
     *,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[str | int, str] | None = None,
+    offload_folder: str | None = None,
+    grid: int | None = None,
     trust_remote_code: bool = False,
 ) -> Model:
     """Load a checkpoint ("bundled", a folder, or a hub id) behind its family adapter.
 
-    `dtype` is "float32" / "bfloat16" / "float16" or a torch dtype (default: the checkpoint's);
-    `device_map` spreads a large model over devices where this install supports it."""
-    import inspect
-
+    `device`: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N". `dtype` is "float32" /
+    "bfloat16" / "float16" or a torch dtype (default: the family's, as the authors ran it).
+    `device_map` ("auto", "balanced", "sequential" or an explicit dict), `max_memory` and
+    `offload_folder` spread a large model over GPUs, CPU and disk with accelerate (the `distributed`
+    extra), exactly as the CLI's --device-map / --max-memory / --offload-folder. `grid`: tokens per
+    side for synthetic stimuli instead of the family's preset."""
     from spatialmech.models import load_model as load_adapter
+    from spatialmech.models.placement import make_placement
 
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise UserInputError(f"dtype {dtype!r} is not supported", "use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device": device, "trust_remote_code": trust_remote_code}
-    if device_map is not None:
-        if "device_map" not in inspect.signature(load_adapter).parameters:
-            raise UserInputError("device_map is not supported by this install's model loader", "pass device= instead")
-        kwargs["device_map"] = device_map
-    return Model(load_adapter(model, **kwargs), name=str(model))
+    placement = make_placement(device, device_map, max_memory, offload_folder)
+    adapter = load_adapter(model, dtype=dtype, device=placement, trust_remote_code=trust_remote_code, grid=grid)
+    return Model(adapter, name=str(model))
 
 
 def _adapter(model: Model | VLMAdapter) -> VLMAdapter:
