@@ -14,22 +14,24 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spatialmech import __version__
+from spatialmech.catalog import EXPERIMENTS
 from spatialmech.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, NotAvailableError, SpatialmechError
+from spatialmech.tasks import TASKS
 
 # command -> "module:function" taking the parsed namespace and returning an exit code.
 HANDLERS: dict[str, str] = {
     "tasks": "spatialmech.tasks.commands:list_tasks_command",
     "render": "spatialmech.tasks.commands:render_command",
     "models": "spatialmech.models.commands:models_command",
-    "eval": "spatialmech.experiments.behavior:eval_command",
+    "eval": "spatialmech.experiments.commands:eval_command",
     "run": "spatialmech.experiments.commands:run_command",
-    "reproduce": "spatialmech.report.commands:reproduce_command",
+    "reproduce": "spatialmech.pipeline.commands:reproduce_command",
     "report": "spatialmech.report.commands:report_command",
     "train-default": "spatialmech.training.commands:train_default_command",
 }
 
-TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial")
-EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vision", "backup", "amplify")
+TASK_NAMES = TASKS  # one registry per concept: tasks in spatialmech.tasks, experiments in spatialmech.catalog
+EXPERIMENT_NAMES = EXPERIMENTS
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Engine, Intervention, Patch
+from spatialmech.engine import Engine, Intervention, Patch, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import ReusedEncodings, score_items, system_prompt
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
@@ -68,16 +68,6 @@ def single_view(inputs: BatchInputs, row: int) -> ImageTokens:
             "run ablate-vision/backup on a single-view family (Qwen2-VL, Qwen2.5-VL, Gemma3, LLaVA, PaliGemma, Pixtral)",
         )
     return tokens
-
-
-def box_token_indices(tokens: ImageTokens, box: Sequence[float]) -> torch.Tensor:
-    """Indices into `tokens` of the tokens inside `box` (image fractions, the adapter's own test),
-    in raster (row, col) order so that two equal-shaped blocks line up cell by cell."""
-    inside = tokens.positions_in_box(box)
-    index = torch.isin(tokens.positions, inside).nonzero().reshape(-1)
-    width = int(tokens.grid_shapes[0][1])
-    order = torch.argsort(tokens.rows[index] * width + tokens.cols[index])
-    return index[order]
 
 
 def block_shape(tokens: ImageTokens, index: torch.Tensor) -> tuple[int, int]:
@@ -203,7 +193,7 @@ class VisionAblation:
     # -------------------------------------------------------------- one row
     def row(self, inputs: BatchInputs, row: int, item: Item) -> RowAblation:
         tokens = single_view(inputs, row)
-        object_index = [box_token_indices(tokens, item.box_fraction(i)) for i in range(len(item.objects))]
+        object_index = [regions.region_indices(tokens, item.box_fraction(i), order="raster") for i in range(len(item.objects))]
         in_object = torch.zeros(len(tokens), dtype=torch.bool)
         for index in object_index:
             in_object[index] = True
@@ -212,7 +202,7 @@ class VisionAblation:
         values: list[torch.Tensor] = []
         if OBJECTS in self.parts:
             for obj, (index, (source, box)) in enumerate(zip(object_index, self._object_sources(item))):
-                source_index = box_token_indices(source.tokens, box)
+                source_index = regions.region_indices(source.tokens, box, order="raster")
                 clean_shape, source_shape = block_shape(tokens, index), block_shape(source.tokens, source_index)
                 if index.numel() != source_index.numel() or clean_shape != source_shape:
                     raise UserInputError(
@@ -302,7 +292,7 @@ def _accuracy(rows: Sequence[dict[str, Any]], condition: str) -> float | None:
 
 
 def paper_reference(task_name: str) -> dict[str, float | None]:
-    from spatialmech.report import paper
+    from spatialmech import reference as paper
 
     return {model: values.get(task_name) for model, values in paper.ABLATE_VISION.items()}
 

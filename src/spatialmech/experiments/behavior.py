@@ -12,8 +12,6 @@ per axis scores 1/2 under strict scoring (strictness is about the order of the o
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,37 +136,3 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
         unit = ctx.unit(f"items-{index:05d}", lambda group=group: {"rows": score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn)})
         rows.extend(unit["rows"])
     return ExperimentOutput(metrics=summarise(rows, items), tables={"predictions": rows})
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """`spatialmech eval --task T`: print accuracy and n (and write OUT/behavior/result.json with --out)."""
-    options = {"n": args.n, "amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
-    config = config_from(options)  # fail fast on bad options before loading a model
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
-    if args.n is not None and args.n < 1:
-        raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
-    from spatialmech.experiments.commands import check_before_loading, load_adapter_from_args, run_experiment
-
-    check_before_loading(args)
-    start = time.time()
-    adapter = load_adapter_from_args(args)
-    if args.out is not None:
-        from spatialmech.experiments.runner import load_result
-
-        path = run_experiment(
-            NAME, adapter, out_root=args.out, task=args.task, options=options, seed=args.seed,
-            batch_size=args.batch_size, data_root=args.data, model_label=args.model,
-        )
-        metrics = load_result(path.parent)["metrics"]
-    else:
-        task = get_task_for(adapter, args.task, args.data)
-        metrics = run_behavior(adapter, task, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                               logits_fn=amplification(adapter, config))
-        path = None
-    amplified = f", amplified with {args.amplify} at alpha {args.alpha}" if args.amplify else ""
-    print(f"{args.task}: accuracy {metrics['accuracy']:.4f} on n={metrics['n']} items "
-          f"(chance {metrics['chance']:.2f}{amplified}) [model {args.model}, {time.time() - start:.1f}s]")
-    if path is not None:
-        print(f"wrote {path}")
-    return 0

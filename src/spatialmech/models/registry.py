@@ -138,3 +138,11 @@ def load_model(
     return adapter_class(family).from_pretrained(
         str(path_or_id), dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
+
+
+def load_adapter_from_args(args: Any) -> VLMAdapter:
+    """The adapter a command's --model, --dtype, --device and --trust-remote-code options name."""
+    import torch
+
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
