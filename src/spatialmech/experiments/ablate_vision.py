@@ -368,7 +368,7 @@ def _token_counts(engine: Engine, task: Task, item: Item) -> dict[str, Any]:
 
 def plot_grouped_accuracy(by_task: dict[str, list[dict[str, Any]]], chance: float | None, stem: Any, family: str) -> list[str]:
     """Bars per task (one per condition), a dashed chance line, the paper's post-ablation numbers as markers."""
-    from spatialmech.report import figures  # selects matplotlib's Agg backend before pyplot
+    from spatialmech import plotting as figures  # selects matplotlib's Agg backend before pyplot
 
     plt, PALETTE, save_figure = figures.plt, figures.PALETTE, figures.save_figure
 
