@@ -9,17 +9,17 @@ import torch
 
 from spatialmech.engine import Engine, image_positions, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.ablate_vision import (
+from spatialmech.experiments.ablate_vision import CONDITIONS
+from spatialmech.experiments.common import encode_items
+from spatialmech.experiments.runner import load_result, run_experiment
+from spatialmech.experiments.vision_ablation import (
     BACKGROUND,
-    CONDITIONS,
     OBJECTS,
     PARTS,
     SITE,
     VisionAblation,
     single_view,
 )
-from spatialmech.experiments.common import encode_items
-from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_ALONE, CF_BLANK

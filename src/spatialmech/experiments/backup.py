@@ -26,10 +26,10 @@ from typing import Any
 
 from spatialmech.engine import Engine
 from spatialmech.experiments import criss_cross, patching
-from spatialmech.experiments.ablate_vision import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.experiments.common import Pair
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.experiments.vision_ablation import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.tasks.base import CF_REVERSED, Task
 
 NAME = "backup"
