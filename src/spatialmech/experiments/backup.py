@@ -21,13 +21,12 @@ gets a result with no curves and a `finding` that says so: no backup to measure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from spatialmech.engine import Engine
 from spatialmech.experiments import criss_cross, patching
 from spatialmech.experiments.common import Pair
-from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
 from spatialmech.experiments.vision_ablation import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.tasks.base import CF_REVERSED, Task
@@ -172,13 +171,4 @@ SPEC = patching.PatchingSpec(
 )
 
 
-def plan(ctx: ExperimentContext) -> Iterator[Stage]:
-    return patching.plan(ctx, SPEC)
-
-
-def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
-    return patching.compute_unit(ctx, SPEC, key)
-
-
-def combine(ctx: ExperimentContext) -> ExperimentOutput:
-    return patching.combine(ctx, SPEC)
+plan, compute_unit, combine = patching.planned(SPEC)

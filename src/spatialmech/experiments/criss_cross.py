@@ -19,7 +19,7 @@ swaps flip from the embeddings up to ~layer 24.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,8 +28,7 @@ from spatialmech.engine import Engine, Intervention, Patch, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import patching
 from spatialmech.experiments.common import Pair, encode_items
-from spatialmech.experiments.plan import Stage
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.models.base import BatchInputs
 from spatialmech.tasks.base import CF_REVERSED, Item
 
@@ -249,13 +248,4 @@ SPEC = patching.PatchingSpec(
 )
 
 
-def plan(ctx: ExperimentContext) -> Iterator[Stage]:
-    return patching.plan(ctx, SPEC)
-
-
-def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
-    return patching.compute_unit(ctx, SPEC, key)
-
-
-def combine(ctx: ExperimentContext) -> ExperimentOutput:
-    return patching.combine(ctx, SPEC)
+plan, compute_unit, combine = patching.planned(SPEC)

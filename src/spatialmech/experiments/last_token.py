@@ -17,14 +17,13 @@ Paper (Qwen2-VL-7B, 28 layers): c0 for layers 0-19, c2 at 20-22, c3 from 23 on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from spatialmech.engine import Engine, last_position
 from spatialmech.experiments import patching
 from spatialmech.experiments.common import Pair, encode_items
-from spatialmech.experiments.plan import Stage
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.tasks.base import CF_OPPOSITE_QUERY
 
 NAME = "last-token"
@@ -129,13 +128,4 @@ SPEC = patching.PatchingSpec(
 )
 
 
-def plan(ctx: ExperimentContext) -> Iterator[Stage]:
-    return patching.plan(ctx, SPEC)
-
-
-def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
-    return patching.compute_unit(ctx, SPEC, key)
-
-
-def combine(ctx: ExperimentContext) -> ExperimentOutput:
-    return patching.combine(ctx, SPEC)
+plan, compute_unit, combine = patching.planned(SPEC)

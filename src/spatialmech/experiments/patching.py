@@ -194,6 +194,21 @@ def combine(ctx: ExperimentContext, spec: PatchingSpec) -> ExperimentOutput:
     return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": dict(spec.legend)})
 
 
+def planned(spec: PatchingSpec) -> tuple[Callable[..., Iterator[Stage]], Callable[..., Mapping[str, Any]],
+                                         Callable[..., ExperimentOutput]]:
+    """An experiment module's `plan`, `compute_unit` and `combine` for `spec` (see `experiments.plan`)."""
+    def plan_(ctx: ExperimentContext) -> Iterator[Stage]:
+        return plan(ctx, spec)
+
+    def compute_unit_(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
+        return compute_unit(ctx, spec, key)
+
+    def combine_(ctx: ExperimentContext) -> ExperimentOutput:
+        return combine(ctx, spec)
+
+    return plan_, compute_unit_, combine_
+
+
 # ---------------------------------------------------------------------------------------- scoring
 def tracked_scores(
     logits: torch.Tensor, answers: Sequence[Sequence[Sequence[int]]]
