@@ -8,7 +8,7 @@ import pytest
 
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, load_result, parse_layers
-from spatialmech.report.figures import plot_accuracy_bars, plot_layer_curves, plot_token_heatmaps
+from spatialmech.plotting import plot_accuracy_bars, plot_layer_curves, plot_token_heatmaps
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spatialmech import __version__
+from spatialmech.catalog import EXPERIMENTS
 from spatialmech.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, NotAvailableError, SpatialmechError
+from spatialmech.tasks import TASKS
 
 # command -> "module:function" taking the parsed namespace and returning an exit code.
 HANDLERS: dict[str, str] = {
@@ -23,14 +25,14 @@ HANDLERS: dict[str, str] = {
     "models": "spatialmech.models.commands:models_command",
     "eval": "spatialmech.commands:eval_command",
     "run": "spatialmech.commands:run_command",
-    "reproduce": "spatialmech.report.commands:reproduce_command",
+    "reproduce": "spatialmech.pipeline.commands:reproduce_command",
     "report": "spatialmech.report.commands:report_command",
     "train-default": "spatialmech.training.commands:train_default_command",
 }
 
-TASK_NAMES = ("squares", "shapes", "objects", "scenes", "whatsup", "coco-spatial", "custom")
+TASK_NAMES = TASKS  # one registry per concept: tasks in spatialmech.tasks, experiments in spatialmech.catalog
+EXPERIMENT_NAMES = EXPERIMENTS
 DATA_HELP = "data root for whatsup / coco-spatial, or the FILE.jsonl / FILE.csv of --task custom"
-EXPERIMENT_NAMES = ("behavior", "last-token", "probe", "criss-cross", "ablate-vision", "backup", "amplify")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -11,15 +11,10 @@ import sys
 import time
 
 from spatialmech import api
-from spatialmech.errors import UserInputError
-from spatialmech.experiments.commands import check_before_loading, experiment_module, load_adapter_from_args
-
-
-def _check_counts(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
-    if args.n is not None and args.n < 1:
-        raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
+from spatialmech.catalog import check_batch_size
+from spatialmech.experiments.commands import check_before_loading
+from spatialmech.experiments.runner import experiment_module
+from spatialmech.models.registry import load_adapter_from_args
 
 
 def _check_custom(args: argparse.Namespace, experiment: str) -> None:
@@ -35,7 +30,7 @@ def _model(args: argparse.Namespace) -> api.Model:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    _check_counts(args)
+    check_batch_size(args.batch_size, args.n)
     check_before_loading(args, experiment_module(args.experiment))
     _check_custom(args, args.experiment)
     model = _model(args)
@@ -59,7 +54,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     options = {"amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
     config_from({"n": args.n, **options})  # fail fast on bad options before loading a model
-    _check_counts(args)
+    check_batch_size(args.batch_size, args.n)
     check_before_loading(args)
     _check_custom(args, "behavior")
     start = time.time()

@@ -7,21 +7,19 @@ import dataclasses
 import pytest
 import torch
 
-from spatialmech.engine import Engine, image_positions
+from spatialmech.engine import Engine, image_positions, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.ablate_vision import (
+from spatialmech.experiments.ablate_vision import CONDITIONS
+from spatialmech.experiments.common import encode_items
+from spatialmech.experiments.runner import load_result, run_experiment
+from spatialmech.experiments.vision_ablation import (
     BACKGROUND,
-    CONDITIONS,
     OBJECTS,
     PARTS,
     SITE,
     VisionAblation,
-    box_token_indices,
     single_view,
 )
-from spatialmech.experiments.commands import run_experiment
-from spatialmech.experiments.common import encode_items
-from spatialmech.experiments.runner import load_result
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_ALONE, CF_BLANK
@@ -89,7 +87,7 @@ def test_replacement_values_come_from_alone_and_blank_images(family):
         alone_inputs = encode_items(adapter, task, [alone])
         tokens = single_view(alone_inputs, 0)
         cached = engine.cache(alone_inputs, [SITE], [tokens.positions])[SITE][0]
-        expected = cached[box_token_indices(tokens, alone.box_fraction(0))]
+        expected = cached[regions.region_indices(tokens, alone.box_fraction(0), order="raster")]
         assert torch.equal(plan.values[offset : offset + positions.numel()], expected)
         offset += positions.numel()
     blank = task.counterfactuals(item, CF_BLANK)[0].item

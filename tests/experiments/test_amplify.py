@@ -17,10 +17,9 @@ import torch
 from spatialmech.engine import Engine, image_positions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import amplify
-from spatialmech.experiments.commands import run_experiment
 from spatialmech.experiments.common import encode_items, score_items
 from spatialmech.experiments.probing import LinearProbe, image_key, load_probes, save_probes
-from spatialmech.experiments.runner import load_result
+from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 

@@ -14,11 +14,10 @@ import torch
 from spatialmech.engine import Engine
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import criss_cross, patching
-from spatialmech.experiments.ablate_vision import VisionAblation
 from spatialmech.experiments.backup import backup_batch
-from spatialmech.experiments.commands import run_experiment
 from spatialmech.experiments.common import Pair, make_pairs
-from spatialmech.experiments.runner import load_result
+from spatialmech.experiments.runner import load_result, run_experiment
+from spatialmech.experiments.vision_ablation import VisionAblation
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_REVERSED

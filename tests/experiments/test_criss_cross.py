@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spatialmech.engine import Ablate, Engine, image_positions
+from spatialmech.engine import Ablate, Engine, image_positions, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import criss_cross, patching
-from spatialmech.experiments.commands import run_experiment
 from spatialmech.experiments.common import Pair, encode_items, make_pairs
-from spatialmech.experiments.runner import load_result
+from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_REVERSED, Item
@@ -88,7 +87,7 @@ def test_regions_on_the_models_own_grid(adapter):
         # without the recorded strip cells, the strip is the object box widened by the spacing
         bare = Item.from_dict({**item.to_dict(), "meta": {}})
         for index in (0, 2):
-            assert criss_cross.strip_box(bare, index) == pytest.approx(criss_cross.strip_box(item, index))
+            assert regions.strip_box(bare, index) == pytest.approx(regions.strip_box(item, index))
 
 
 def test_flipped_answer_is_the_attribute_at_the_mirrored_position():
@@ -216,7 +215,7 @@ def test_regions_hold_the_objects_on_the_trained_model():
 
     def object_positions(inputs, items):
         return [
-            torch.cat([criss_cross.box_positions(inputs.images[row][0], item.box_fraction(i)) for i in range(3)])
+            torch.cat([regions.region_positions(inputs.images[row][0], item.box_fraction(i), order="raster") for i in range(3)])
             for row, item in enumerate(items)
         ]
 

@@ -16,9 +16,8 @@ import pytest
 from spatialmech.engine import Engine
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import last_token, patching
-from spatialmech.experiments.commands import run_experiment
 from spatialmech.experiments.common import Pair, make_pairs
-from spatialmech.experiments.runner import load_result
+from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import CF_OPPOSITE_QUERY

@@ -12,9 +12,9 @@ import math
 
 import pytest
 
+from spatialmech.catalog import EXPERIMENT_MODULES
 from spatialmech.cli import main
-from spatialmech.experiments.commands import EXPERIMENT_MODULES, run_experiment
-from spatialmech.experiments.runner import load_result
+from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import load_model
 from spatialmech.models.placement import make_placement
 from spatialmech.models.registry import adapter_class

@@ -15,10 +15,9 @@ import torch
 
 from spatialmech.engine import ActivationStore, Engine
 from spatialmech.experiments import probe
-from spatialmech.experiments.commands import run_experiment
 from spatialmech.experiments.common import encode_items
 from spatialmech.experiments.probing import load_probes
-from spatialmech.experiments.runner import load_result, model_fingerprint
+from spatialmech.experiments.runner import load_result, model_fingerprint, run_experiment
 from spatialmech.models import adapter_class
 from spatialmech.tasks import get_task
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from report_helpers import TINY_OPTIONS, TINY_SIZES, reproduce_args
 
-from spatialmech.report.reproduce import reproduce
+from spatialmech.pipeline.reproduce import reproduce
 
 
 @pytest.fixture(scope="session")

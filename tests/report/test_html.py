@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.commands import run_experiment
+from spatialmech.experiments.runner import run_experiment
 from spatialmech.io import read_json
 from spatialmech.report.html import build_report, format_value
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spatialmech.report.figures import PALETTE
+from spatialmech.plotting import PALETTE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import screenshot_report  # noqa: E402

@@ -163,7 +163,7 @@ def _run_experiment(experiment: str, adapter: VLMAdapter, out_root: Path, task: 
                     options: dict[str, Any], seed: int, batch_size: int, resume: bool, model_label: str,
                     progress: bool) -> Path:
     """The one adapter onto the experiments layer: run it, return the folder holding result.json."""
-    from spatialmech.experiments.commands import run_experiment
+    from spatialmech.experiments.runner import run_experiment
 
     path = run_experiment(experiment, adapter, out_root=out_root, task=task, options=options, seed=seed, resume=resume,
                           batch_size=batch_size, data_root=data, model_label=model_label, progress=progress)

@@ -5,7 +5,8 @@ Everything speaks SPEC's site names (`vision.out`, `projector.out`, `lm.resid_pr
 positions**: per batch row, a 1-D LongTensor of sequence indices (after left padding). For image-token
 sites the engine maps LM positions to the site's rows itself (`vision.out` gives `rows_per_lm_token`
 rows per position). Helpers: `last_position(inputs)`, `image_positions(inputs)`,
-`positions_in_boxes(inputs, boxes)`, and `ImageTokens.positions_in_box` / `cell_positions`.
+`positions_in_boxes(inputs, boxes)`, and `ImageTokens.positions_in_box` / `cell_positions`; which
+tokens make up an object's box or strip: `engine.regions` (the one token-region API).
 
     from spatialmech.engine import Engine, Patch, Ablate, Steer, amplify_projection, image_positions
     engine = Engine(adapter)

@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Engine, Steer, add_direction, amplify_projection, image_positions
+from spatialmech import reference as paper
+from spatialmech.engine import Engine, Steer, add_direction, amplify_projection, image_positions, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import ReusedEncodings, encode_items, score_items
 from spatialmech.experiments.probing import (
@@ -51,9 +52,8 @@ from spatialmech.experiments.probing import (
     train_probe,
 )
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, model_fingerprint
-from spatialmech.models.base import BatchInputs, ImageTokens
-from spatialmech.report import paper
-from spatialmech.report.figures import PALETTE, plot_accuracy_bars, save_figure
+from spatialmech.models.base import BatchInputs
+from spatialmech.plotting import PALETTE, plot_accuracy_bars, save_figure
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import Item
 
@@ -230,18 +230,6 @@ def split_items(task: Any, task_name: str, n: int | None, seed: int) -> tuple[li
     return evaluation, probe_items, how
 
 
-def box_positions(tokens: ImageTokens, box: Sequence[float]) -> torch.Tensor:
-    """Main-view tokens whose centre is in the box; for a box smaller than a token, the nearest token."""
-    inside = tokens.positions_in_box(box)
-    if inside.numel():
-        return inside
-    mask = tokens.tiles == tokens.main_tile
-    boxes = tokens.boxes[mask].float()
-    centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], dim=1)
-    target = torch.tensor([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-    return tokens.positions[mask][int(((centres - target) ** 2).sum(dim=1).argmin())].reshape(1)
-
-
 def first_along_axis(item: Item) -> int | None:
     """0 if the subject (item.target) comes first along the item's axis, 1 if the reference does."""
     k = 0 if item.axis == "horizontal" else 1
@@ -257,8 +245,8 @@ def pooled_features(engine: Engine, task: Any, items: Sequence[Item], prompt: st
     inputs = encode_items(engine.adapter, task, items, prompts=[prompt] * len(items))
     boxes = []
     for item, row in zip(items, inputs.images):
-        subject = box_positions(row[0], item.box_fraction(item.target))
-        reference = box_positions(row[0], item.box_fraction(item.reference))
+        subject = regions.region_positions(row[0], item.box_fraction(item.target), nearest=True)
+        reference = regions.region_positions(row[0], item.box_fraction(item.reference), nearest=True)
         boxes.append((subject, reference))
     acts = engine.cache(inputs, {SITE: [torch.cat(pair) for pair in boxes]})
     out = []

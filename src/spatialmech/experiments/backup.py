@@ -26,9 +26,9 @@ from typing import Any
 
 from spatialmech.engine import Engine
 from spatialmech.experiments import criss_cross, patching
-from spatialmech.experiments.ablate_vision import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.experiments.common import Pair
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.experiments.vision_ablation import PARTS, SITE, SourceTokens, VisionAblation
 from spatialmech.tasks.base import CF_REVERSED, Task
 
 NAME = "backup"
@@ -91,7 +91,7 @@ def paper_range_scaled(num_layers: int) -> tuple[int, int]:
 def plot_curves(ctx: ExperimentContext, labels: Sequence[Any], curves: dict[str, list[float]],
                 top1: dict[str, list[float]], title: str) -> list[str]:
     """iia_curves.png/.svg: P(clean), P(flipped) and the flip rate per layer, the paper's range shaded."""
-    from spatialmech.report.figures import plot_layer_curves
+    from spatialmech.plotting import plot_layer_curves
 
     lines = {LEGEND[key]: curves[key] for key in criss_cross.ANSWERS}
     lines["flip rate (top-1 is the flipped answer)"] = top1["flipped"]
@@ -126,29 +126,31 @@ def no_pairs_output(ctx: ExperimentContext, report: dict[str, Any]) -> Experimen
     return ExperimentOutput(metrics=metrics, data={"answers": LEGEND})
 
 
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = patching.load_task(ctx)
-    engine = Engine(ctx.adapter)
-    ablation = VisionAblation(engine, task, PARTS, source_tokens=SourceTokens(engine, task))
-    pairs, report = patching.select_pairs(ctx, task, CF_REVERSED, logits_fn=ablation.logits, allow_none=True)
-    if not pairs:
-        return no_pairs_output(ctx, report)
-    layers = list(ctx.config["layers"])
-    include_embeddings = bool(ctx.config.get("include_embeddings", True))
+def shared_ablation(ctx: ExperimentContext) -> VisionAblation:
+    """The vision ablation of this process (its alone/blank source tokens are computed once each)."""
+    def build() -> VisionAblation:
+        engine, task = patching.shared_engine(ctx), patching.shared_task(ctx)
+        return VisionAblation(engine, task, PARTS, source_tokens=SourceTokens(engine, task))
 
-    def batch(group: Sequence[Pair]) -> dict[str, Any]:
-        return backup_batch(engine, task, group, ablation, layers=layers, include_embeddings=include_embeddings)
+    return ctx.shared("ablation", build)
 
-    records = patching.run_batches(ctx, pairs, batch, f"backup {ctx.task_name}")
-    labels = criss_cross.layer_labels(ctx.config)
-    curves, top1 = patching.summarise(records, criss_cross.ANSWERS)
+
+def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
+    return backup_batch(patching.shared_engine(ctx), patching.shared_task(ctx), group, shared_ablation(ctx),
+                        layers=list(ctx.config["layers"]), include_embeddings=bool(ctx.config.get("include_embeddings", True)))
+
+
+def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
+             n_pairs: int) -> list[str]:
     title = (f"backup: object criss-cross under vision ablation: {patching.model_name(ctx)}, {ctx.task_name}, "
-             f"n={len(records)} pairs; layer -1 = embeddings")
-    figures = plot_curves(ctx, labels, curves, top1, title)
-    unpatched = {
-        key: sum(r["clean_run"][key] for r in records) / len(records) for key in criss_cross.ANSWERS
-    }
-    metrics = {
+             f"n={n_pairs} pairs; layer -1 = embeddings")
+    return plot_curves(ctx, labels, curves, top1, title)
+
+
+def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list[Any], curves: dict[str, list[float]],
+             top1: dict[str, list[float]], report: dict[str, Any]) -> dict[str, Any]:
+    unpatched = {key: sum(r["clean_run"][key] for r in records) / len(records) for key in criss_cross.ANSWERS}
+    return {
         "region": REGION,
         "n_pairs": len(records),
         "kept_pairs": report.get("kept", len(records)),
@@ -159,5 +161,14 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
         "ablated_clean_run": unpatched,
         "pairs": report,
     }
-    tables = {"curves": patching.curve_rows(labels, curves, top1), "pairs": patching.pair_rows(records, criss_cross.ANSWERS)}
-    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": LEGEND})
+
+
+SPEC = patching.PatchingSpec(
+    name=NAME, counterfactual=CF_REVERSED, answers=criss_cross.ANSWERS, legend=LEGEND, batch=_batch,
+    labels=lambda ctx: criss_cross.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    desc=lambda ctx: f"backup {ctx.task_name}", selection_logits=lambda ctx: shared_ablation(ctx).logits,
+    no_pairs=no_pairs_output,
+)
+
+
+plan, compute_unit, combine = patching.planned(SPEC)

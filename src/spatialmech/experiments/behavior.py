@@ -12,15 +12,14 @@ per axis scores 1/2 under strict scoring (strictness is about the order of the o
 
 from __future__ import annotations
 
-import argparse
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import common
 from spatialmech.experiments.common import LogitsFn
+from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
 from spatialmech.models.base import VLMAdapter
 
@@ -122,53 +121,33 @@ def get_task_for(adapter: VLMAdapter, task_name: str, data_root: str | None) -> 
     return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root, tokenizer=adapter.tokenizer)
 
 
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    """The experiment-runner entry point: resumable units of UNIT_SIZE items."""
-    task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
-    items = task.items(ctx.config.get("n"), seed=ctx.seed)
-    groups = chunks(items, UNIT_SIZE)
-    iterator: Any = enumerate(groups)
-    if ctx.progress:
-        from tqdm import tqdm
+def _items(ctx: ExperimentContext) -> list[Any]:
+    """Per process: the task's items (n from the seed) and the scoring function."""
+    def build() -> dict[str, Any]:
+        task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
+        return {"task": task, "items": task.items(ctx.config.get("n"), seed=ctx.seed),
+                "logits_fn": amplification(ctx.adapter, ctx.config)}
 
-        iterator = tqdm(iterator, total=len(groups), desc=f"behavior {ctx.task_name}", unit="unit", leave=False)
-    logits_fn = amplification(ctx.adapter, ctx.config)
+    return ctx.shared("behavior", build)
+
+
+def _keys(ctx: ExperimentContext) -> tuple[str, ...]:
+    return tuple(f"items-{index:05d}" for index in range(len(chunks(_items(ctx)["items"], UNIT_SIZE))))
+
+
+def plan(ctx: ExperimentContext) -> Iterator[Stage]:
+    """One stage: a unit per UNIT_SIZE items."""
+    yield Stage("items", _keys(ctx), f"behavior {ctx.task_name}")
+
+
+def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
+    setup = _items(ctx)
+    group = chunks(setup["items"], UNIT_SIZE)[int(key.removeprefix("items-"))]
+    return {"rows": score_items(ctx.adapter, setup["task"], group, ctx.batch_size, setup["logits_fn"])}
+
+
+def combine(ctx: ExperimentContext) -> ExperimentOutput:
     rows: list[dict[str, Any]] = []
-    for index, group in iterator:
-        unit = ctx.unit(f"items-{index:05d}", lambda group=group: {"rows": score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn)})
-        rows.extend(unit["rows"])
-    return ExperimentOutput(metrics=summarise(rows, items), tables={"predictions": rows})
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """`spatialmech eval --task T`: print accuracy and n (and write OUT/behavior/result.json with --out)."""
-    options = {"n": args.n, "amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
-    config = config_from(options)  # fail fast on bad options before loading a model
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
-    if args.n is not None and args.n < 1:
-        raise UserInputError(f"--n {args.n} must be at least 1", "pass a positive number of items")
-    from spatialmech.experiments.commands import check_before_loading, load_adapter_from_args, run_experiment
-
-    check_before_loading(args)
-    start = time.time()
-    adapter = load_adapter_from_args(args)
-    if args.out is not None:
-        from spatialmech.experiments.runner import load_result
-
-        path = run_experiment(
-            NAME, adapter, out_root=args.out, task=args.task, options=options, seed=args.seed,
-            batch_size=args.batch_size, data_root=args.data, model_label=args.model,
-        )
-        metrics = load_result(path.parent)["metrics"]
-    else:
-        task = get_task_for(adapter, args.task, args.data)
-        metrics = run_behavior(adapter, task, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                               logits_fn=amplification(adapter, config))
-        path = None
-    amplified = f", amplified with {args.amplify} at alpha {args.alpha}" if args.amplify else ""
-    print(f"{args.task}: accuracy {metrics['accuracy']:.4f} on n={metrics['n']} items "
-          f"(chance {metrics['chance']:.2f}{amplified}) [model {args.model}, {time.time() - start:.1f}s]")
-    if path is not None:
-        print(f"wrote {path}")
-    return 0
+    for key in _keys(ctx):
+        rows.extend(ctx.load_unit(key)["rows"])
+    return ExperimentOutput(metrics=summarise(rows, _items(ctx)["items"]), tables={"predictions": rows})

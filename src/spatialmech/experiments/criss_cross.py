@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Engine, Intervention, Patch
+from spatialmech.engine import Engine, Intervention, Patch, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import patching
 from spatialmech.experiments.common import Pair, encode_items
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
-from spatialmech.models.base import BatchInputs, ImageTokens
+from spatialmech.experiments.runner import ExperimentContext
+from spatialmech.models.base import BatchInputs
 from spatialmech.tasks.base import CF_REVERSED, Item
-from spatialmech.tasks.geometry import GridGeometry
 
 NAME = "criss-cross"
 DEFAULT_TASK = "squares"
@@ -71,46 +70,16 @@ def end_objects(item: Item) -> tuple[int, int]:
     return 0, len(item.objects) - 1
 
 
-def _fraction(item: Item, box_px: Sequence[float]) -> tuple[float, float, float, float]:
-    width, height = item.image_size
-    x0, y0, x1, y1 = box_px
-    return (x0 / width, y0 / height, x1 / width, y1 / height)
-
-
-def strip_box(item: Item, index: int) -> tuple[float, float, float, float]:
-    """The strip of object `index` as an image-fraction box: the band across the whole image along the
-    other axis, centred on the object. Grid tasks record its cells (`meta["strip_cells"]`, `strip_tokens`
-    wide); otherwise it is the object's box widened by the grid's spacing (spacing // 2 tokens before it)."""
-    if not item.grid:
-        raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
-    geometry = GridGeometry.from_dict(item.grid)
-    cells = (item.meta or {}).get("strip_cells")
-    if cells is not None:
-        return _fraction(item, geometry.cells_to_px(tuple(cells[index])))
-    width, height = item.image_size
-    x0, y0, x1, y1 = item.objects[index].box_px
-    # as the grid tasks do: spacing // 2 tokens before the object, the rest after
-    before = (geometry.spacing_tokens // 2) * geometry.pixels_per_token
-    after = geometry.spacing_tokens * geometry.pixels_per_token - before
-    if item.axis == "horizontal":
-        return _fraction(item, (max(0, x0 - before), 0, min(width, x1 + after), height))
-    return _fraction(item, (0, max(0, y0 - before), width, min(height, y1 + after)))
-
-
 def region_box(item: Item, index: int, region: str) -> tuple[float, float, float, float]:
+    """The box of object `index`'s region: its own box or its strip (`engine.regions`)."""
     if region == "object":
-        return item.box_fraction(index)
+        return regions.object_box(item, index)
     if region == "strip":
-        return strip_box(item, index)
+        box = regions.strip_box(item, index)
+        if box is None:
+            raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
+        return box
     raise UserInputError(f"unknown region {region!r}", f"use one of {', '.join(REGIONS)}")
-
-
-def box_positions(tokens: ImageTokens, box: Sequence[float]) -> torch.Tensor:
-    """LM positions of the (main-view) tokens centred in `box`, ordered by grid cell (row, then column),
-    so that two equal-shaped regions correspond token by token."""
-    selected = tokens.positions_in_box(box)
-    cell = {int(p): (int(r), int(c)) for p, r, c in zip(tokens.positions, tokens.rows, tokens.cols)}
-    return torch.tensor(sorted(selected.tolist(), key=lambda p: cell[p]), dtype=torch.long)
 
 
 def end_regions(inputs: BatchInputs, items: Sequence[Item], region: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -119,8 +88,8 @@ def end_regions(inputs: BatchInputs, items: Sequence[Item], region: str) -> tupl
     for row, item in enumerate(items):
         tokens = inputs.images[row][0]
         first, last = end_objects(item)
-        firsts.append(box_positions(tokens, region_box(item, first, region)))
-        lasts.append(box_positions(tokens, region_box(item, last, region)))
+        firsts.append(regions.region_positions(tokens, region_box(item, first, region), order="raster"))
+        lasts.append(regions.region_positions(tokens, region_box(item, last, region), order="raster"))
     return firsts, lasts
 
 
@@ -246,25 +215,22 @@ def flip_summary(labels: Sequence[Any], flip_rate: Sequence[float]) -> dict[str,
             "last_flip_layer": flips[-1] if flips else None}
 
 
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = patching.load_task(ctx)
-    region = ctx.config["region"]
-    pairs, report = patching.select_pairs(ctx, task, CF_REVERSED)
-    layers = list(ctx.config["layers"])
-    include_embeddings = bool(ctx.config.get("include_embeddings", True))
-    engine = Engine(ctx.adapter)
+def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
+    return sweep_batch(patching.shared_engine(ctx), patching.shared_task(ctx), group, region=ctx.config["region"],
+                       layers=list(ctx.config["layers"]), include_embeddings=bool(ctx.config.get("include_embeddings", True)))
 
-    def batch(group: Sequence[Pair]) -> dict[str, Any]:
-        return sweep_batch(engine, task, group, region=region, layers=layers, include_embeddings=include_embeddings)
 
-    records = patching.run_batches(ctx, pairs, batch, f"criss-cross {region} {ctx.task_name}")
-    labels = layer_labels(ctx.config)
-    curves, top1 = patching.summarise(records, ANSWERS)
-    title = (f"criss-cross ({region} tokens swapped): {patching.model_name(ctx)}, {ctx.task_name}, "
-             f"n={len(records)} pairs; layer -1 = embeddings")
-    figures = patching.figure(ctx, plot_x(labels), curves, LEGEND, title)
-    metrics = {
-        "region": region,
+def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
+             n_pairs: int) -> list[str]:
+    title = (f"criss-cross ({ctx.config['region']} tokens swapped): {patching.model_name(ctx)}, {ctx.task_name}, "
+             f"n={n_pairs} pairs; layer -1 = embeddings")
+    return patching.figure(ctx, plot_x(labels), curves, LEGEND, title)
+
+
+def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list[Any], curves: dict[str, list[float]],
+             top1: dict[str, list[float]], report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "region": ctx.config["region"],
         "n_pairs": len(records),
         "layers": labels,
         "curves": curves,
@@ -273,5 +239,13 @@ def run(ctx: ExperimentContext) -> ExperimentOutput:
         "top1_unchanged": patching.unchanged_rate(records),
         "pairs": report,
     }
-    tables = {"curves": patching.curve_rows(labels, curves, top1), "pairs": patching.pair_rows(records, ANSWERS)}
-    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": LEGEND})
+
+
+SPEC = patching.PatchingSpec(
+    name=NAME, counterfactual=CF_REVERSED, answers=ANSWERS, legend=LEGEND, batch=_batch,
+    labels=lambda ctx: layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}",
+)
+
+
+plan, compute_unit, combine = patching.planned(SPEC)

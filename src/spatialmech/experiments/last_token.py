@@ -23,7 +23,7 @@ from typing import Any
 from spatialmech.engine import Engine, last_position
 from spatialmech.experiments import patching
 from spatialmech.experiments.common import Pair, encode_items
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
+from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.tasks.base import CF_OPPOSITE_QUERY
 
 NAME = "last-token"
@@ -96,25 +96,36 @@ def phases(layers: list[int], dominant: list[str]) -> dict[str, Any]:
     }
 
 
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = patching.load_task(ctx)
-    pairs, report = patching.select_pairs(ctx, task, CF_OPPOSITE_QUERY)
-    layers = list(ctx.config["layers"])
-    engine = Engine(ctx.adapter)
-    records = patching.run_batches(ctx, pairs, lambda group: sweep_batch(engine, task, group, layers), f"last-token {ctx.task_name}")
-    curves, top1 = patching.summarise(records, ANSWERS)
-    title = f"last-token patching: {patching.model_name(ctx)}, {ctx.task_name}, n={len(records)} pairs"
-    figures = patching.figure(ctx, layers, curves, LEGEND, title)
+def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
+    return sweep_batch(patching.shared_engine(ctx), patching.shared_task(ctx), group, list(ctx.config["layers"]))
+
+
+def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
+             n_pairs: int) -> list[str]:
+    title = f"last-token patching: {patching.model_name(ctx)}, {ctx.task_name}, n={n_pairs} pairs"
+    return patching.figure(ctx, labels, curves, LEGEND, title)
+
+
+def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list[Any], curves: dict[str, list[float]],
+             top1: dict[str, list[float]], report: dict[str, Any]) -> dict[str, Any]:
     dominant = dominant_answers(curves)
-    metrics = {
+    return {
         "n_pairs": len(records),
-        "layers": layers,
+        "layers": labels,
         "curves": curves,
         "top1": top1,
         "dominant": dominant,
-        **phases(layers, dominant),
+        **phases(labels, dominant),
         "top1_unchanged": patching.unchanged_rate(records),
         "pairs": report,
     }
-    tables = {"curves": patching.curve_rows(layers, curves, top1), "pairs": patching.pair_rows(records, ANSWERS)}
-    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": LEGEND})
+
+
+SPEC = patching.PatchingSpec(
+    name=NAME, counterfactual=CF_OPPOSITE_QUERY, answers=ANSWERS, legend=LEGEND, batch=_batch,
+    labels=lambda ctx: list(ctx.config["layers"]), metrics=_metrics, figures=_figures,
+    desc=lambda ctx: f"last-token {ctx.task_name}",
+)
+
+
+plan, compute_unit, combine = patching.planned(SPEC)

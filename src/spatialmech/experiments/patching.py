@@ -2,10 +2,11 @@
 
 A patching experiment takes counterfactual pairs of one kind, keeps the pairs the model answers
 correctly on both inputs (SPEC section 4; switchable off for untrained test models), runs them in
-batches of `ctx.batch_size` (one resumable unit per batch), and tracks a few answers per layer:
+batches of `ctx.batch_size` (one independent unit per batch), and tracks a few answers per layer:
 `iia` (mean probability of the answer, summed over its spelling variants) and `top1` (fraction of
-pairs whose patched top-1 token is that answer). This module holds that pipeline; each experiment
-only says which counterfactual kind it uses, which answers it tracks and how it patches one batch.
+pairs whose patched top-1 token is that answer). This module holds that plan (`plan`,
+`compute_unit`, `combine`); each experiment only declares a `PatchingSpec`: which counterfactual
+kind it uses, which answers it tracks and how it patches one batch.
 
 A batch function returns one JSON-able record per pair (see `pair_record`), with one row per layer
 label; `summarise` averages them into the curves of the result.
@@ -14,21 +15,23 @@ label; `summarise` averages them into the curves of the result.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from spatialmech.engine import Engine
 from spatialmech.engine.scoring import answer_probabilities, top1_correct
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import LogitsFn, Pair, answer_ids, filter_correct_pairs, make_pairs
-from spatialmech.experiments.runner import ExperimentContext, chunks, parse_layers
-from spatialmech.report.figures import plot_layer_curves
+from spatialmech.experiments.plan import Stage
+from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, parse_layers
+from spatialmech.plotting import plot_layer_curves
 from spatialmech.tasks.base import Item, Task
 
 DEFAULT_PAIRS = 50  # the paper's pairs per setting
-BatchFn = Callable[[Sequence[Pair]], Mapping[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -77,55 +80,133 @@ def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
     return make_pairs(task, ordered, kind)
 
 
-def select_pairs(
-    ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None, *, allow_none: bool = False
-) -> tuple[list[Pair], dict[str, Any]]:
-    """The experiment's pairs and the filter report, saved as the unit `pairs` (so --resume reuses it).
+def pair_selection(ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None) -> dict[str, Any]:
+    """The unit `pairs`: the kept pairs' clean ids and the filter report.
 
     With `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
     `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the
-    first `n` candidates. No kept pair at all is an error (every curve would be empty) unless
-    `allow_none`, for an experiment where that is itself the finding (`backup`).
+    first `n` candidates.
     """
     n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
     candidates = candidate_pairs(task, kind, ctx.seed)
-    by_id = {pair.clean.id: pair for pair in candidates}
-
-    def compute() -> dict[str, Any]:
-        if filtering:
-            kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
-        else:
-            kept = candidates[:n]
-            report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
-                      "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
-        report = {**report, "requested": n, "filter_correct": filtering, "counterfactual": kind}
-        return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
-
-    unit = ctx.unit("pairs", compute)
-    pairs = [by_id[item_id] for item_id in unit["clean_ids"]]
-    if not pairs and not allow_none:
-        report = unit["report"]
-        raise UserInputError(
-            f"the model answered none of {report['candidates']} {ctx.task_name} pairs correctly on both the clean and "
-            f"the counterfactual input, so there is nothing to patch",
-            "check the model with `spatialmech eval` first (a trained model of the right family is needed)",
-        )
-    return pairs, unit["report"]
+    if filtering:
+        kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
+    else:
+        kept = candidates[:n]
+        report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
+                  "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
+    report = {**report, "requested": n, "filter_correct": filtering, "counterfactual": kind}
+    return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
 
 
-def run_batches(ctx: ExperimentContext, pairs: Sequence[Pair], batch_fn: BatchFn, desc: str) -> list[dict[str, Any]]:
-    """Run `batch_fn` on batches of `ctx.batch_size` pairs, one resumable unit per batch; all records."""
-    groups = chunks(list(pairs), ctx.batch_size)
-    iterator: Any = enumerate(groups)
-    if ctx.progress:
-        from tqdm import tqdm
+def no_pairs_error(ctx: ExperimentContext, report: Mapping[str, Any]) -> UserInputError:
+    return UserInputError(
+        f"the model answered none of {report['candidates']} {ctx.task_name} pairs correctly on both the clean and "
+        f"the counterfactual input, so there is nothing to patch",
+        "check the model with `spatialmech eval` first (a trained model of the right family is needed)",
+    )
 
-        iterator = tqdm(iterator, total=len(groups), desc=desc, unit="batch", leave=False)
+
+# ---------------------------------------------------------------------------------------- the shared plan
+@dataclass(frozen=True)
+class PatchingSpec:
+    """What makes one patching experiment: its counterfactual kind, the answers it tracks and how it
+    patches one batch of pairs; plus the few metrics, the figure and (for `backup`) the result when
+    no pair is kept. Everything else (pair selection, batching, curves, tables) is shared here.
+
+    `batch(ctx, pairs)` returns `{"pairs": [one `pair_record` per pair], ...}`; `labels(ctx)` the
+    layer labels of its rows; `metrics(ctx, records, labels, curves, top1, report)` the
+    experiment's metrics; `figures(ctx, labels, curves, top1, n_pairs)` its figure files.
+    """
+
+    name: str
+    counterfactual: str
+    answers: tuple[str, ...]
+    legend: Mapping[str, str]
+    batch: Callable[[ExperimentContext, Sequence[Pair]], Mapping[str, Any]]
+    labels: Callable[[ExperimentContext], list[Any]]
+    metrics: Callable[..., dict[str, Any]]
+    figures: Callable[..., list[str]]
+    desc: Callable[[ExperimentContext], str]
+    selection_logits: Callable[[ExperimentContext], LogitsFn | None] = lambda ctx: None
+    no_pairs: Callable[[ExperimentContext, dict[str, Any]], ExperimentOutput] | None = None
+
+
+PAIRS_UNIT = "pairs"
+BATCH_PREFIX = "batch-"
+
+
+def shared_task(ctx: ExperimentContext) -> Task:
+    return ctx.shared("task", lambda: load_task(ctx))
+
+
+def shared_engine(ctx: ExperimentContext) -> Engine:
+    return ctx.shared("engine", lambda: Engine(ctx.adapter))
+
+
+def kept_pairs(ctx: ExperimentContext, spec: PatchingSpec) -> list[Pair]:
+    """The pairs the saved `pairs` unit kept, rebuilt from the task (once per process)."""
+    def build() -> list[Pair]:
+        by_id = {pair.clean.id: pair for pair in candidate_pairs(shared_task(ctx), spec.counterfactual, ctx.seed)}
+        return [by_id[item_id] for item_id in ctx.load_unit(PAIRS_UNIT)["clean_ids"]]
+
+    return ctx.shared("kept_pairs", build)
+
+
+def plan(ctx: ExperimentContext, spec: PatchingSpec) -> Iterator[Stage]:
+    """Stage 1: select the pairs (one unit). Stage 2: one unit per batch of `ctx.batch_size` kept pairs."""
+    yield Stage("pairs", (PAIRS_UNIT,), f"{spec.name} pairs")
+    unit = ctx.load_unit(PAIRS_UNIT)
+    n_pairs = len(unit["clean_ids"])
+    if not n_pairs:
+        if spec.no_pairs is None:
+            raise no_pairs_error(ctx, unit["report"])
+        return
+    n_batches = -(-n_pairs // ctx.batch_size)
+    yield Stage("batches", tuple(f"{BATCH_PREFIX}{i:05d}" for i in range(n_batches)), spec.desc(ctx))
+
+
+def compute_unit(ctx: ExperimentContext, spec: PatchingSpec, key: str) -> Mapping[str, Any]:
+    if key == PAIRS_UNIT:
+        return pair_selection(ctx, shared_task(ctx), spec.counterfactual, spec.selection_logits(ctx))
+    index = int(key.removeprefix(BATCH_PREFIX))
+    group = chunks(kept_pairs(ctx, spec), ctx.batch_size)[index]
+    return spec.batch(ctx, group)
+
+
+def combine(ctx: ExperimentContext, spec: PatchingSpec) -> ExperimentOutput:
+    """Curves, flip summaries, tables and the figure, from the saved units only."""
+    unit = ctx.load_unit(PAIRS_UNIT)
+    report = unit["report"]
+    n_pairs = len(unit["clean_ids"])
+    if not n_pairs:
+        if spec.no_pairs is None:
+            raise no_pairs_error(ctx, report)
+        return spec.no_pairs(ctx, report)
     records: list[dict[str, Any]] = []
-    for index, group in iterator:
-        unit = ctx.unit(f"batch-{index:05d}", lambda group=group: batch_fn(group))
-        records.extend(unit["pairs"])
-    return records
+    for index in range(-(-n_pairs // ctx.batch_size)):
+        records.extend(ctx.load_unit(f"{BATCH_PREFIX}{index:05d}")["pairs"])
+    labels = spec.labels(ctx)
+    curves, top1 = summarise(records, spec.answers)
+    figures = spec.figures(ctx, labels, curves, top1, len(records))
+    metrics = spec.metrics(ctx, records, labels, curves, top1, report)
+    tables = {"curves": curve_rows(labels, curves, top1), "pairs": pair_rows(records, spec.answers)}
+    return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": dict(spec.legend)})
+
+
+def planned(spec: PatchingSpec) -> tuple[Callable[..., Iterator[Stage]], Callable[..., Mapping[str, Any]],
+                                         Callable[..., ExperimentOutput]]:
+    """An experiment module's `plan`, `compute_unit` and `combine` for `spec` (see `experiments.plan`)."""
+    def plan_(ctx: ExperimentContext) -> Iterator[Stage]:
+        return plan(ctx, spec)
+
+    def compute_unit_(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
+        return compute_unit(ctx, spec, key)
+
+    def combine_(ctx: ExperimentContext) -> ExperimentOutput:
+        return combine(ctx, spec)
+
+    return plan_, compute_unit_, combine_
 
 
 # ---------------------------------------------------------------------------------------- scoring

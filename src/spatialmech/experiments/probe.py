@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Activations, ActivationStore, ActivationWriter, Engine
+from spatialmech.engine import Activations, ActivationStore, ActivationWriter, Engine, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import encode_items
 from spatialmech.experiments.probing import (
@@ -41,10 +41,9 @@ from spatialmech.experiments.probing import (
 )
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, model_fingerprint
 from spatialmech.models.base import ImageTokens
-from spatialmech.report.figures import plot_accuracy_bars, plot_token_heatmaps
+from spatialmech.plotting import plot_accuracy_bars, plot_token_heatmaps
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import Item
-from spatialmech.tasks.geometry import GridGeometry
 
 NAME = "probe"
 DEFAULT_TASK = "squares"
@@ -108,31 +107,9 @@ def select_images(items: Sequence[Item], per_axis: int, seed: int) -> dict[str, 
 # ------------------------------------------------------------------------------------------ tokens
 
 
-def _centres(tokens: ImageTokens, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    boxes = tokens.boxes[mask].float()
-    return (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-
-
-def _inside(cx: torch.Tensor, cy: torch.Tensor, box: Sequence[float]) -> torch.Tensor:
-    x0, y0, x1, y1 = box
-    return (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
-
-
-def strip_fraction(item: Item, index: int, axis: str) -> tuple[float, float, float, float] | None:
-    """The object's strip as an image-fraction box, from the geometry the item was drawn with."""
-    obj = item.objects[index]
-    if not item.grid or obj.box_cells is None:
-        return None
-    geometry = GridGeometry.from_dict(item.grid)
-    x0, y0, x1, y1 = geometry.cells_to_px(geometry.strip_cells(obj.box_cells, axis))
-    width, height = item.image_size
-    return (x0 / width, y0 / height, x1 / width, y1 / height)
-
-
 def token_labels(item: Item, tokens: ImageTokens, axis: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, labels) of the main view's tokens; labels[:, :] = row, col, object label, strip label."""
     mask = tokens.tiles == tokens.main_tile
-    cx, cy = _centres(tokens, mask)
     n = int(mask.sum())
     object_label = torch.full((n,), NOT_LABELLED, dtype=torch.long)
     object_hits = torch.zeros(n, dtype=torch.long)
@@ -140,15 +117,15 @@ def token_labels(item: Item, tokens: ImageTokens, axis: str) -> tuple[torch.Tens
     strip_label = torch.full((n,), NOT_LABELLED, dtype=torch.long)
     strip_hits = torch.zeros(n, dtype=torch.long)
     for index, obj in enumerate(item.objects):
-        inside = _inside(cx, cy, item.box_fraction(index))
+        inside = regions.region_mask(tokens, regions.object_box(item, index))[mask]
         on_any_object |= inside
         if axis not in obj.ordinal:
             continue
         object_label[inside] = obj.ordinal[axis]
         object_hits += inside.long()
-        strip = strip_fraction(item, index, axis)
+        strip = regions.strip_box(item, index, axis) if obj.box_cells is not None else None
         if strip is not None:
-            in_strip = _inside(cx, cy, strip)
+            in_strip = regions.region_mask(tokens, strip)[mask]
             strip_label[in_strip] = obj.ordinal[axis]
             strip_hits += in_strip.long()
     object_label[object_hits > 1] = AMBIGUOUS

@@ -101,14 +101,18 @@ class ImageTokens:
         table[self.rows[mask], self.cols[mask]] = self.positions[mask]
         return table
 
-    def positions_in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
-        """LM positions of the tokens (of one tile, default main) whose centre lies inside `box` (fractions)."""
+    def in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
+        """Which tokens (of one tile, default main) have their centre inside `box` (image fractions,
+        half-open): the one membership test every region selection builds on (`engine.regions`)."""
         tile = self.main_tile if tile is None else tile
         x0, y0, x1, y1 = box
         centre_x = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
         centre_y = (self.boxes[:, 1] + self.boxes[:, 3]) / 2
-        mask = (self.tiles == tile) & (centre_x >= x0) & (centre_x < x1) & (centre_y >= y0) & (centre_y < y1)
-        return self.positions[mask]
+        return (self.tiles == tile) & (centre_x >= x0) & (centre_x < x1) & (centre_y >= y0) & (centre_y < y1)
+
+    def positions_in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
+        """LM positions of the tokens (of one tile, default main) whose centre lies inside `box` (fractions)."""
+        return self.positions[self.in_box(box, tile)]
 
 
 @dataclass

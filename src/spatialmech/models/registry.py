@@ -156,6 +156,18 @@ def load_model(
     return adapter
 
 
+def load_adapter_from_args(args: Any) -> VLMAdapter:
+    """The adapter a command's model options name: --model, --dtype, --trust-remote-code, --grid, and the
+    placement (--device, --device-map, --max-memory, --offload-folder)."""
+    import torch
+
+    from spatialmech.models.placement import placement_from_args
+
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    return load_model(args.model, dtype=dtype, device=placement_from_args(args), trust_remote_code=args.trust_remote_code,
+                      grid=getattr(args, "grid", None))
+
+
 def set_grid(adapter: VLMAdapter, grid: int | None) -> None:
     """Ask the adapter for a `grid` x `grid` token grid (None = its preset) and print a warning line when
     the processor cannot give it (the note also travels in every item's `grid`)."""

@@ -1,4 +1,4 @@
-"""`spatialmech report RUN_DIR` (rebuild the HTML report) and `spatialmech reproduce` (the main job)."""
+"""`spatialmech report RUN_DIR`: rebuild the HTML report from a run folder's result files."""
 
 from __future__ import annotations
 
@@ -9,13 +9,5 @@ from spatialmech.report.html import build_report
 
 def report_command(args: argparse.Namespace) -> int:
     path = build_report(args.run_dir)
-    print(f"report written: {path}")
-    return 0
-
-
-def reproduce_command(args: argparse.Namespace) -> int:
-    from spatialmech.report.reproduce import reproduce
-
-    path = reproduce(args)
     print(f"report written: {path}")
     return 0

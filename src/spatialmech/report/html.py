@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spatialmech import reference as paper
+from spatialmech.catalog import EXPERIMENTS
 from spatialmech.errors import UserInputError
 from spatialmech.io import atomic_write_text, read_json
-from spatialmech.report import paper
 
 MANIFEST_FILE = "reproduce.json"
 REPORT_FILE = "report.html"
 SUMMARY_FIGURES_DIR = "report_figures"
-EXPERIMENT_ORDER = ("behavior", "last-token", "probe", "criss-cross", "ablate-vision", "backup", "amplify")
+EXPERIMENT_ORDER = EXPERIMENTS  # the paper's order, from the one experiment registry
 MAX_TABLE_ROWS = 40
 FINISHED = ("done", "reused")
 
@@ -359,7 +360,7 @@ def behavior_figure(run: Run) -> tuple[Path, str] | None:
     done = [e for e in run.entries if e.experiment == "behavior" and e.result is not None]
     if not done:
         return None
-    from spatialmech.report.figures import plot_accuracy_bars
+    from spatialmech.plotting import plot_accuracy_bars
 
     tasks = [str(e.result["task"]) for e in done]
     values = [float(e.result["metrics"]["accuracy"]) for e in done]

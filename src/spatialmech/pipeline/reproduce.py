@@ -1,7 +1,7 @@
 """`spatialmech reproduce`: every experiment of the paper on one model, then one `report.html`.
 
 The run is a *plan* of steps (one experiment on one task, into its own folder under `--out`), all run
-on ONE loaded adapter through `experiments.commands.run_experiment`, so every step writes the usual
+on ONE loaded adapter through `experiments.runner.run_experiment`, so every step writes the usual
 result contract (`<folder>/result.json`, CSVs, figures). `reproduce.json` beside them records the plan
 and each step's status (done / failed / not run), rewritten atomically after every step, so:
 
@@ -18,7 +18,6 @@ Before starting, the run times one batch forward pass on the model and prints an
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spatialmech.catalog import check_batch_size
 from spatialmech.errors import SpatialmechError, UserInputError
-from spatialmech.io import ensure_writable_dir, read_json, to_jsonable, write_json
+from spatialmech.io import ensure_writable_dir, read_json, write_json
 from spatialmech.provenance import utc_now
 from spatialmech.report.html import MANIFEST_FILE, REPORT_FILE, build_report
 
@@ -223,12 +223,9 @@ def _run_identity(step: StepRecord, config: Mapping[str, Any], fingerprint: Mapp
                   data_root: str | None) -> dict[str, Any]:
     """What a step's result and run_config.json must match to be this run's: weights (the model's
     fingerprint), task, config, seed, data (the fields `ExperimentContext.prepare` writes to run_config.json)."""
-    from spatialmech.experiments.commands import data_hashes
+    from spatialmech.experiments.runner import data_hashes, run_identity
 
-    return json.loads(json.dumps(to_jsonable({
-        "experiment": step.experiment, "model": dict(fingerprint), "task": step.task, "config": dict(config),
-        "seed": seed, "inputs": data_hashes(step.task, data_root),
-    })))
+    return run_identity(step.experiment, fingerprint, step.task, config, seed, data_hashes(step.task, data_root))
 
 
 def _read_or_none(path: Path) -> Any:
@@ -241,7 +238,7 @@ def _read_or_none(path: Path) -> Any:
 def resume_state(out_root: Path, step: StepRecord, identity: Mapping[str, Any]) -> str:
     """'finished' (its result.json is this run's: reuse it), 'partial' (units of this run: continue them)
     or 'fresh' (nothing of this run there: start it from scratch)."""
-    from spatialmech.experiments.runner import RESULT_FILE
+    from spatialmech.experiments.runner import RESULT_FILE, saved_identity
 
     folder = out_root / step.folder
     result = _read_or_none(folder / RESULT_FILE)
@@ -250,7 +247,7 @@ def resume_state(out_root: Path, step: StepRecord, identity: Mapping[str, Any]) 
                 "config": result.get("config"), "seed": (result.get("provenance") or {}).get("seed"), "inputs": result.get("inputs")}
         if seen == dict(identity):
             return "finished"
-    if _read_or_none(folder / "run_config.json") == dict(identity):
+    if saved_identity(folder) == dict(identity):
         return "partial"
     return "fresh"
 
@@ -320,11 +317,15 @@ def reproduce(
     `filter_correct=False` for untrained test models) are for tests and scripts, not the CLI.
     Raises `ReproduceFailed` (exit 1) after writing the report when any step failed.
     """
-    from spatialmech.experiments.commands import experiment_module, load_adapter_from_args, run_experiment
-    from spatialmech.experiments.runner import RESULT_FILE, model_fingerprint
+    from spatialmech.experiments.runner import (
+        RESULT_FILE,
+        experiment_module,
+        model_fingerprint,
+        run_experiment,
+    )
+    from spatialmech.models.registry import load_adapter_from_args
 
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size {args.batch_size} must be at least 1", "pass a positive batch size")
+    check_batch_size(args.batch_size)
     out_root = Path(args.out)
     ensure_writable_dir(out_root)
     wall_start = time.time()

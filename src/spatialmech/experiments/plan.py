@@ -1,0 +1,105 @@
+"""Experiments as plans of independent units, and the seam where an executor plugs in.
+
+An experiment module that declares a plan defines three functions besides `config_from`:
+
+    plan(ctx) -> Iterator[Stage]         the work, stage by stage. A stage's unit keys may depend on
+                                         the *results* of earlier stages (read with `ctx.load_unit`),
+                                         never on anything else computed in this process; units within
+                                         one stage are independent and may run in any order, anywhere.
+    compute_unit(ctx, key) -> Mapping    one unit: a pure function of the run's config (on `ctx`) and
+                                         the key (plus earlier stages' saved results). It returns
+                                         JSON-able data; `run_unit` saves it atomically.
+    combine(ctx) -> ExperimentOutput     metrics, tables and figures from the saved unit results only.
+
+Expensive per-process objects (the task, an `Engine`, a vision ablation) are built on demand with
+`ctx.shared(name, factory)`, once per process, so a worker that runs many units pays for them once.
+
+The executor seam: `Executor.run(stage, run_unit)` must call `run_unit(key)` once for every key of
+`stage` (in any order, in any process) and return when all are saved. `InProcessExecutor` (the
+default) runs them here, in order, reversed or shuffled. A distributed executor ships each key to a
+worker that holds a loaded adapter and calls, there,
+
+    ctx = open_context(out_dir, adapter)        # rebuilt from OUT/<folder>/run_config.json alone
+    run_unit(ctx, experiment_name, unit_key)    # computes and saves OUT/<folder>/units/<key>.json
+
+which needs only the run folder (on a shared filesystem) and the adapter, never this process's state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, experiment_module
+
+ORDERS = ("given", "reversed", "shuffled")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a plan: units whose keys are known once the earlier stages are done."""
+
+    name: str
+    keys: tuple[str, ...]
+    desc: str = ""  # progress-bar label
+
+
+class Executor(Protocol):
+    """Runs every unit of one stage; `run_unit(key)` computes and saves one unit (idempotent: a saved
+    unit is read back, not recomputed)."""
+
+    def run(self, stage: Stage, run_unit: Callable[[str], Mapping[str, Any]]) -> None: ...
+
+
+class InProcessExecutor:
+    """The default executor: this process, one unit after another, in the given, reversed or a
+    seeded shuffled order (the last two are how tests check that units are independent)."""
+
+    def __init__(self, order: str = "given", seed: int = 0, progress: bool = False):
+        if order not in ORDERS:
+            raise ValueError(f"order {order!r} is not one of {ORDERS}")
+        self.order, self.seed, self.progress = order, seed, progress
+
+    def ordered(self, keys: Sequence[str]) -> list[str]:
+        keys = list(keys)
+        if self.order == "reversed":
+            keys.reverse()
+        elif self.order == "shuffled":
+            random.Random(self.seed).shuffle(keys)
+        return keys
+
+    def run(self, stage: Stage, run_unit: Callable[[str], Mapping[str, Any]]) -> None:
+        keys: Any = self.ordered(stage.keys)
+        if self.progress and len(keys) > 1:
+            from tqdm import tqdm
+
+            keys = tqdm(keys, desc=stage.desc or stage.name, unit="unit", leave=False)
+        for key in keys:
+            run_unit(key)
+
+
+def has_plan(module: Any) -> bool:
+    return all(hasattr(module, name) for name in ("plan", "compute_unit", "combine"))
+
+
+def run_unit(ctx: ExperimentContext, experiment_name: str, unit_key: str) -> dict[str, Any]:
+    """Compute (or read back) and save one unit of `experiment_name`; its saved result."""
+    module = experiment_module(experiment_name)
+    return ctx.unit(unit_key, lambda: module.compute_unit(ctx, unit_key))
+
+
+def open_context(out_dir: str | Path, adapter: Any, progress: bool = False) -> ExperimentContext:
+    """The context of a prepared run folder, rebuilt from its manifest, for a worker in another process."""
+    return ExperimentContext.from_manifest(Path(out_dir), adapter, progress=progress)
+
+
+def execute(ctx: ExperimentContext, module: Any, executor: Executor | None = None) -> ExperimentOutput:
+    """Run a planned experiment: every stage through the executor, then combine the saved units."""
+    executor = executor or InProcessExecutor(progress=ctx.progress)
+    stages: Iterator[Stage] = module.plan(ctx)
+    for stage in stages:
+        executor.run(stage, lambda key: run_unit(ctx, ctx.experiment, key))
+    return module.combine(ctx)
