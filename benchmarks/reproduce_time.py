@@ -33,7 +33,7 @@ from compare_results import compare_metrics  # noqa: E402
 from spatialmech.engine import prefix  # noqa: E402
 from spatialmech.experiments.runner import run_experiment  # noqa: E402
 from spatialmech.io import read_json  # noqa: E402
-from spatialmech.pipeline.reproduce import build_plan  # noqa: E402
+from spatialmech.pipeline.steps import build_plan  # noqa: E402
 
 
 def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dict:

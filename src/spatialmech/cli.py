@@ -57,6 +57,15 @@ def _add_grid_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="compute the units on a local Ray cluster of N workers, each loading the model once (needs the distributed extra)")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="compute the units on an existing Ray cluster (e.g. HEAD:6379 from `ray start --head`); "
+                       "--out must be on a filesystem every node sees")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spatialmech",
@@ -72,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished work")
     p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial (optional)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None, metavar="STEP[,STEP]",
+                   help="run only these steps of the plan, by folder (criss-cross-strip) or experiment (behavior)")
+    _add_cluster_options(p)
 
     p = sub.add_parser("run", help="run one experiment")
     p.add_argument("experiment", choices=EXPERIMENT_NAMES)
@@ -86,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-probe", default=None, help="amplify: also save the fitted probes to this safetensors file")
     p.add_argument("--variant", choices=["projection", "add"], default="projection", help="amplify: projection (authors' code) or add-direction (paper text)")
+    _add_cluster_options(p)
 
     p = sub.add_parser("eval", help="accuracy of a model on a task (the behavior experiment)")
     _add_model_options(p)

@@ -33,13 +33,16 @@ def run_command(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size, args.n)
     check_before_loading(args, experiment_module(args.experiment))
     _check_custom(args, args.experiment)
-    model = _model(args)
-    start = time.time()
-    result = api.run(
-        args.experiment, model, task=args.task, n=args.n, out=args.out, data=args.data, seed=args.seed,
-        batch_size=args.batch_size, resume=args.resume, progress=True,
-        layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe,
-    )
+    from spatialmech.pipeline.distributed import cluster_from_args
+
+    with cluster_from_args(args) as cluster:  # --workers / --ray-address: units on Ray workers (None: here)
+        model = _model(args)
+        start = time.time()
+        result = api.run(
+            args.experiment, model, task=args.task, n=args.n, out=args.out, data=args.data, seed=args.seed,
+            batch_size=args.batch_size, resume=args.resume, progress=True, executor=cluster,
+            layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe,
+        )
     assert result.folder is not None
     print(f"{args.experiment} on {args.model} ({result.task}) finished in {time.time() - start:.1f}s: {result.folder / 'result.json'}")
     for key, value in result.metrics.items():

@@ -13,7 +13,8 @@ from report_helpers import TINY_OPTIONS, TINY_SIZES, reproduce_args
 from spatialmech.catalog import EXPERIMENT_MODULES
 from spatialmech.errors import EXIT_INTERNAL, UserInputError
 from spatialmech.io import read_json, write_json
-from spatialmech.pipeline.reproduce import ReproduceFailed, available_data_tasks, build_plan, reproduce
+from spatialmech.pipeline.reproduce import ReproduceFailed, reproduce
+from spatialmech.pipeline.steps import available_data_tasks, build_plan
 from spatialmech.report.html import build_report
 from spatialmech.tasks import QWEN
 
@@ -140,7 +141,7 @@ def test_full_plan_uses_the_paper_sizes() -> None:
 
 
 def test_time_estimate_grows_with_the_work() -> None:
-    from spatialmech.pipeline.reproduce import TaskFacts, estimate_forwards
+    from spatialmech.pipeline.estimates import TaskFacts, estimate_forwards
 
     squares, scenes = TaskFacts(480), TaskFacts(500, forced_choice=True, unbounded=True)
     assert estimate_forwards("behavior", {"n": None}, 8, scenes) == 1000  # strict: two orders per item

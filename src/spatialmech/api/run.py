@@ -161,12 +161,13 @@ def _read_result(folder: Path) -> Result:
 
 def _run_experiment(experiment: str, adapter: VLMAdapter, out_root: Path, task: str, data: str | None, *,
                     options: dict[str, Any], seed: int, batch_size: int, resume: bool, model_label: str,
-                    progress: bool) -> Path:
+                    progress: bool, executor: Any = None) -> Path:
     """The one adapter onto the experiments layer: run it, return the folder holding result.json."""
     from spatialmech.experiments.runner import run_experiment
 
     path = run_experiment(experiment, adapter, out_root=out_root, task=task, options=options, seed=seed, resume=resume,
-                          batch_size=batch_size, data_root=data, model_label=model_label, progress=progress)
+                          batch_size=batch_size, data_root=data, model_label=model_label, progress=progress,
+                          executor=executor)
     return path.parent
 
 
@@ -192,6 +193,7 @@ def run(
     batch_size: int = 8,
     resume: bool = False,
     progress: bool = False,
+    executor: Any = None,
     **options: Any,
 ) -> Result:
     """Run one of the paper's experiments and return its `Result`.
@@ -199,7 +201,9 @@ def run(
     `task` is a task name, a `Task` from `load_task`, or a path to your own data (.jsonl / .csv);
     default: the experiment's own. `n`: items or pairs (default: the paper's). `out`: keep the result
     folder there (`out/<experiment>/`); without it the run happens in a temporary folder. Other
-    options are the CLI's (`layers="0-3"`, `region="strip"`, `variant="add"`, `save_probe=FILE`...)."""
+    options are the CLI's (`layers="0-3"`, `region="strip"`, `variant="add"`, `save_probe=FILE`...).
+    `executor`: where the units run (`experiments.plan`; e.g. a `pipeline.distributed.Cluster` of Ray
+    workers; default: this process)."""
     if isinstance(model, str):
         model = load_model(model)
     adapter = _adapter(model)
@@ -212,7 +216,8 @@ def run(
         require_support(experiment, custom)
         data = str(custom.file)  # a folder given for its items.jsonl: results record (and hash) the file
     settings = {"n": n, **options}
-    kwargs = dict(options=settings, seed=seed, batch_size=batch_size, resume=resume, model_label=label, progress=progress)
+    kwargs = dict(options=settings, seed=seed, batch_size=batch_size, resume=resume, model_label=label, progress=progress,
+                  executor=executor)
     if out is not None:
         return _read_result(_run_experiment(experiment, adapter, Path(out), task_name, data, **kwargs))
     with tempfile.TemporaryDirectory(prefix="spatialmech-") as tmp:

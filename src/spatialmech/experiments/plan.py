@@ -17,12 +17,17 @@ Expensive per-process objects (the task, an `Engine`, a vision ablation) are bui
 The executor seam: `Executor.run(stage, run_unit)` must call `run_unit(key)` once for every key of
 `stage` (in any order, in any process) and return when all are saved. `InProcessExecutor` (the
 default) runs them here, in order, reversed or shuffled. A distributed executor ships each key to a
-worker that holds a loaded adapter and calls, there,
+worker that holds a loaded adapter and computes it there,
 
     ctx = open_context(out_dir, adapter)        # rebuilt from OUT/<folder>/run_config.json alone
-    run_unit(ctx, experiment_name, unit_key)    # computes and saves OUT/<folder>/units/<key>.json
+    compute_unit(ctx, unit_key)                 # the unit's value, computed on the worker
 
-which needs only the run folder (on a shared filesystem) and the adapter, never this process's state.
+which needs only the run folder (on a shared filesystem) and the adapter, never this process's state;
+the value comes back and this process saves it with `run_unit(key, computed=value)`, so every unit
+file is written by the same code (`ctx.unit`) whatever ran it (`spatialmech.pipeline.distributed`).
+An experiment without a plan (`run(ctx)`) runs whole: here, or through the executor's optional
+`run_whole(ctx) -> ExperimentOutput`. An executor may also define `bind(ctx) -> Executor`, called once
+per run before anything else, to learn the run it serves (its folder).
 """
 
 from __future__ import annotations
@@ -47,11 +52,17 @@ class Stage:
     desc: str = ""  # progress-bar label
 
 
-class Executor(Protocol):
-    """Runs every unit of one stage; `run_unit(key)` computes and saves one unit (idempotent: a saved
-    unit is read back, not recomputed)."""
+class UnitRunner(Protocol):
+    """Computes and saves one unit (idempotent: a saved unit is read back, not recomputed); given
+    `computed` (the value a worker computed elsewhere) it saves that instead of computing here."""
 
-    def run(self, stage: Stage, run_unit: Callable[[str], Mapping[str, Any]]) -> None: ...
+    def __call__(self, key: str, computed: Mapping[str, Any] | None = None) -> Mapping[str, Any]: ...
+
+
+class Executor(Protocol):
+    """Runs every unit of one stage through `run_unit`."""
+
+    def run(self, stage: Stage, run_unit: UnitRunner) -> None: ...
 
 
 class InProcessExecutor:
@@ -71,7 +82,7 @@ class InProcessExecutor:
             random.Random(self.seed).shuffle(keys)
         return keys
 
-    def run(self, stage: Stage, run_unit: Callable[[str], Mapping[str, Any]]) -> None:
+    def run(self, stage: Stage, run_unit: UnitRunner) -> None:
         keys: Any = self.ordered(stage.keys)
         if self.progress and len(keys) > 1:
             from tqdm import tqdm
@@ -85,8 +96,12 @@ def has_plan(module: Any) -> bool:
     return all(hasattr(module, name) for name in ("plan", "compute_unit", "combine"))
 
 
-def run_unit(ctx: ExperimentContext, experiment_name: str, unit_key: str) -> dict[str, Any]:
-    """Compute (or read back) and save one unit of `experiment_name`; its saved result."""
+def run_unit(ctx: ExperimentContext, experiment_name: str, unit_key: str,
+             computed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Compute (or read back) and save one unit of `experiment_name`; its saved result. `computed`: the
+    unit's value from a worker, saved as is (a unit saved meanwhile is read back, not overwritten)."""
+    if computed is not None:
+        return ctx.unit(unit_key, lambda: computed)
     module = experiment_module(experiment_name)
     return ctx.unit(unit_key, lambda: module.compute_unit(ctx, unit_key))
 
@@ -97,9 +112,16 @@ def open_context(out_dir: str | Path, adapter: Any, progress: bool = False) -> E
 
 
 def execute(ctx: ExperimentContext, module: Any, executor: Executor | None = None) -> ExperimentOutput:
-    """Run a planned experiment: every stage through the executor, then combine the saved units."""
+    """Run an experiment: a planned one stage by stage through the executor, then combine the saved
+    units; one without a plan whole (through the executor's `run_whole` when it has one, else here)."""
+    bind = getattr(executor, "bind", None)  # an executor that needs the run (its folder) binds to it first
+    if bind is not None:
+        executor = bind(ctx)
+    if not has_plan(module):
+        run_whole: Callable[[ExperimentContext], ExperimentOutput] | None = getattr(executor, "run_whole", None)
+        return run_whole(ctx) if run_whole is not None else module.run(ctx)
     executor = executor or InProcessExecutor(progress=ctx.progress)
     stages: Iterator[Stage] = module.plan(ctx)
     for stage in stages:
-        executor.run(stage, lambda key: run_unit(ctx, ctx.experiment, key))
+        executor.run(stage, lambda key, computed=None: run_unit(ctx, ctx.experiment, key, computed))
     return module.combine(ctx)

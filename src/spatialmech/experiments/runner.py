@@ -233,7 +233,8 @@ def run_experiment(
 
     `folder` names the output folder under `out_root` (default: the experiment's name), so one run can
     hold the same experiment twice (e.g. `criss-cross` and `criss-cross-strip`). `executor` runs a
-    planned experiment's units (`experiments.plan`; default: in this process, in order).
+    planned experiment's units, or a plan-less one whole (`experiments.plan`; default: in this
+    process, in order).
     """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK
@@ -255,9 +256,9 @@ def run_experiment(
         folder=folder,
     )
     ctx.prepare()
-    from spatialmech.experiments.plan import execute, has_plan
+    from spatialmech.experiments.plan import execute
 
-    output = execute(ctx, module, executor) if has_plan(module) else module.run(ctx)
+    output = execute(ctx, module, executor)
     return ctx.finish(output, model_label=model_label)
 
 

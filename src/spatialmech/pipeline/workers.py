@@ -80,6 +80,16 @@ class ModelSpec:
     dtype: str | None = None
     placement: Placement = field(default_factory=Placement)
     trust_remote_code: bool = False
+    grid: int | None = None  # --grid: the token grid synthetic stimuli are drawn on
+
+
+def model_spec_from_args(args: Any) -> ModelSpec:
+    """The `ModelSpec` of a command's model options (--model, --dtype, placement flags, --grid), so every
+    worker loads what `load_adapter_from_args(args)` loads in the driver."""
+    from spatialmech.models.placement import placement_from_args
+
+    return ModelSpec(str(args.model), getattr(args, "dtype", None), placement_from_args(args),
+                     bool(getattr(args, "trust_remote_code", False)), getattr(args, "grid", None))
 
 
 def load_adapter(spec: ModelSpec) -> Any:
@@ -89,7 +99,7 @@ def load_adapter(spec: ModelSpec) -> Any:
     from spatialmech.models import load_model
 
     dtype = getattr(torch, spec.dtype) if spec.dtype else None
-    return load_model(spec.model, dtype=dtype, device=spec.placement, trust_remote_code=spec.trust_remote_code)
+    return load_model(spec.model, dtype=dtype, device=spec.placement, trust_remote_code=spec.trust_remote_code, grid=spec.grid)
 
 
 # ------------------------------------------------------------------------------------------ the pool
