@@ -75,8 +75,15 @@ def cluster():
         yield resources
 
 
-def _pool(tiny_dir: Path) -> WorkerPool:
-    return WorkerPool(load_adapter, ModelSpec(str(tiny_dir), placement=make_placement("cpu")))
+@pytest.fixture(scope="module")
+def pool(cluster, tiny_dir: Path):
+    """Two model workers shared by the tests below (each loads the model once for all of them)."""
+    with WorkerPool(load_adapter, ModelSpec(str(tiny_dir), placement=make_placement("cpu"))) as workers:
+        _shared_pool.append(workers)
+        yield workers
+
+
+_shared_pool: list[WorkerPool] = []
 
 
 def die_once(adapter, payload: UnitPayload):
@@ -90,11 +97,11 @@ def die_once(adapter, payload: UnitPayload):
     return work_on_worker(adapter, payload)
 
 
-def test_two_workers_give_the_one_process_metrics_even_when_one_dies(cluster, one_process: Path, tiny_dir: Path,
+def test_two_workers_give_the_one_process_metrics_even_when_one_dies(pool: WorkerPool, one_process: Path, tiny_dir: Path,
                                                                       tmp_path: Path) -> None:
-    with _pool(tiny_dir) as pool:
-        run = _run(_args(tiny_dir, tmp_path / "run"), Cluster(pool, progress=False, work=die_once))
-        assert pool.num_workers == 2 and pool.replaced == 1
+    replaced = pool.replaced
+    run = _run(_args(tiny_dir, tmp_path / "run"), Cluster(pool, progress=False, work=die_once))
+    assert pool.num_workers == 2 and pool.replaced == replaced + 1
     assert int((run / "died").read_text()) != os.getpid()  # a worker died, not this process
     assert _metrics(run) == _metrics(one_process)
     assert all(step["status"] == "done" for step in read_json(run / "reproduce.json")["steps"])
@@ -110,15 +117,14 @@ def record_keys(adapter, payload: UnitPayload):
     return work_on_worker(adapter, payload)
 
 
-def test_resume_dispatches_only_the_units_not_saved(cluster, one_process: Path, tiny_dir: Path, tmp_path: Path) -> None:
+def test_resume_dispatches_only_the_units_not_saved(pool: WorkerPool, one_process: Path, tiny_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(one_process, run)
     (run / "last-token" / "result.json").unlink()
     units = sorted((run / "last-token" / "units").glob("batch-*.json"))
     assert units
     units[0].unlink()
-    with _pool(tiny_dir) as pool:
-        _run(_args(tiny_dir, run, resume=True), Cluster(pool, progress=False, work=record_keys))
+    _run(_args(tiny_dir, run, resume=True), Cluster(pool, progress=False, work=record_keys))
     assert sorted(p.name for p in run.glob("dispatched-*")) == [f"dispatched-last-token-{units[0].stem}"]
     assert _metrics(run) == _metrics(one_process)
     steps = {step["folder"]: step["status"] for step in read_json(run / "reproduce.json")["steps"]}
@@ -126,7 +132,10 @@ def test_resume_dispatches_only_the_units_not_saved(cluster, one_process: Path, 
 
 
 def test_run_command_with_workers_equals_the_one_process_run(cluster, tiny_dir: Path, tmp_path: Path) -> None:
-    """The CLI's path: `--workers 2` (Ray is already up in this module: `ray_cluster` reuses it)."""
+    """The CLI's path: `--workers 2` (Ray is already up in this module: `ray_cluster` reuses it and
+    starts its own two workers, so the shared pool gives its CPU slots back first)."""
+    for shared in _shared_pool:
+        shared.close()
     common = ["run", "behavior", "--model", str(tiny_dir), "--device", "cpu", "--n", "4", "--batch-size", "2"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     assert main([*common, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0

@@ -129,15 +129,16 @@ def wants_cluster(args: Any) -> bool:
 
 @contextmanager
 def cluster_from_args(args: Any, progress: bool = True) -> Iterator[Cluster | None]:
-    """The `Cluster` that `--workers N` / `--ray-address ADDR` ask for (None without either flag): a
-    local Ray cluster or a connection to one, with one model worker per GPU (per CPU slot without
-    GPUs), each loading the command's model (`--model`, `--dtype`, placement, `--grid`). Without Ray
+    """The `Cluster` that `--workers N` / `--ray-address ADDR` ask for (None without either flag): N
+    workers on a local Ray cluster (each on a GPU of its own where there are GPUs, else on one CPU
+    slot), or one worker per GPU (per CPU slot) of an existing cluster, each loading the command's model (`--model`, `--dtype`, placement, `--grid`). Without Ray
     installed: a one-line exit-2 error naming the `distributed` extra."""
     if not wants_cluster(args):
         yield None
         return
-    with ray_cluster(workers=getattr(args, "workers", None), address=getattr(args, "ray_address", None)):
-        pool = WorkerPool(load_adapter, model_spec_from_args(args))
+    workers = getattr(args, "workers", None)
+    with ray_cluster(workers=workers, address=getattr(args, "ray_address", None)):
+        pool = WorkerPool(load_adapter, model_spec_from_args(args), num_workers=workers)
         pool.start()  # the workers load the model while the driver plans
         try:
             yield Cluster(pool, progress)

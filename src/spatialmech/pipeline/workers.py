@@ -155,6 +155,9 @@ class WorkerPool(Generic[Spec, State]):
         self.uses_gpus = gpus > 0
         self.gpus_per_worker = gpus_per_worker
         self.num_workers = num_workers or (gpus // gpus_per_worker if self.uses_gpus else max(1, cpus))
+        if self.uses_gpus and self.num_workers * gpus_per_worker > gpus:  # the extra actors would wait forever
+            raise UserInputError(f"{self.num_workers} workers with {gpus_per_worker} GPU(s) each need more than the cluster's {gpus} GPUs",
+                                 f"ask for at most {gpus // gpus_per_worker} workers")
         self.max_attempts = max_attempts
         self.replaced = 0  # actors replaced after dying (for logs and tests)
         self._actors: list[Any] = []
