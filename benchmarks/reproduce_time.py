@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe, dumps, load_benchmark_model, machine_info, save_result  # noqa: E402
 from compare_results import compare_metrics  # noqa: E402
 
-from spatialmech.engine import prefix  # noqa: E402
+from spatialmech.engine import hooks, prefix  # noqa: E402
 from spatialmech.experiments.runner import run_experiment  # noqa: E402
 from spatialmech.io import read_json  # noqa: E402
 from spatialmech.pipeline.steps import build_plan  # noqa: E402
@@ -40,7 +40,7 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     """One step with sharing on or off: seconds, token-layer passes, the floor and its metrics."""
     os.environ[prefix.ENV_SWITCH] = "1" if share else "0"
     before = prefix.TOTALS.as_dict()
-    with prefix.count_token_layer_passes(adapter) as counts:
+    with hooks.count_token_layer_passes(adapter) as counts:
         start = time.perf_counter()
         path = run_experiment(step.experiment, adapter, out_root=out_root, task=step.task, options=dict(step.options),
                               seed=0, batch_size=batch_size, progress=False, folder=step.folder)

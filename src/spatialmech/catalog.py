@@ -20,6 +20,20 @@ EXPERIMENT_MODULES: dict[str, str] = {
 }
 EXPERIMENTS: tuple[str, ...] = tuple(EXPERIMENT_MODULES)
 
+# What each experiment needs from custom data, checked before it runs (`api.supported_experiments`):
+# (counterfactual kinds, objects per item, the need in words). Probe also needs three objects with
+# ordinals and grid cells along an axis; backup's reversed counterfactuals need their own sources.
+EXPERIMENT_NEEDS: dict[str, tuple[tuple[str, ...], int, str]] = {
+    "behavior": ((), 0, ""),
+    "last-token": (("opposite_query",), 2, "'opposite_query' counterfactuals and objects"),
+    "probe": ((), 3, "three objects per image with ordinal positions and grid cells, as render writes for grid tasks"),
+    "criss-cross": (("reversed",), 2, "'reversed' counterfactuals and object boxes"),
+    "ablate-vision": (("alone", "blank"), 1, "'alone' and 'blank' counterfactuals and object boxes"),
+    "backup": (("alone", "blank", "reversed"), 2,
+               "'alone', 'blank' and 'reversed' counterfactuals (the reversed ones with their own 'alone' and 'blank') and object boxes"),
+    "amplify": ((), 2, "a subject and a reference object box per item"),
+}
+
 
 def check_batch_size(batch_size: int, n: int | None = None) -> None:
     """The one check of --batch-size (and --n where the command has it), before any model is loaded."""

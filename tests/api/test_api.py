@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import spatialmech as sm
+from spatialmech.catalog import EXPERIMENTS
 from spatialmech.cli import main
 
 
@@ -80,7 +81,9 @@ def test_run_on_custom_data_path(model, tmp_path):
     """A path (file or render folder) is the user's own data; the patching experiments run on it."""
     assert main(["render", "squares", "--out", str(tmp_path / "D"), "--n", "4"]) == 0
     task = sm.load_task(tmp_path / "D")
-    assert set(sm.supported_experiments(task).values()) == {None}  # render output feeds every experiment
+    support = sm.supported_experiments(task)
+    assert set(support.values()) == {None}  # render output feeds every experiment
+    assert tuple(support) == EXPERIMENTS  # the needs come from the one registry, in its order
     assert "runs behavior" in sm.describe_support(task)
     result = sm.run("criss-cross", model, task=tmp_path / "D", n=1, layers="0")  # a patching experiment
     assert result.task == "custom" and result.metrics["n_pairs"] == 1

@@ -9,7 +9,7 @@ import torch
 from conftest import COLOURS, three_squares
 
 from spatialmech.engine import Ablate, Engine, Steer, add_direction, amplify_projection, image_positions
-from spatialmech.engine.prefix import count_token_layer_passes
+from spatialmech.engine.hooks import count_token_layer_passes
 from spatialmech.models.registry import available_families
 
 ATOL = 1e-5

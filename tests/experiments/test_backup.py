@@ -84,7 +84,7 @@ def test_object_swap_is_a_no_op_at_the_input_only_under_the_ablation(setup):
     clean_inputs, counter_inputs = criss_cross.encode_pairs(adapter, task, pairs)
     targets, sources = criss_cross.swap_positions(clean_inputs, counter_inputs, pairs, "object")
     clean_ablation = ablation.interventions(clean_inputs, [p.clean for p in pairs])
-    counter_ablation = ablation.interventions(counter_inputs, [p.counter for p in pairs])
+    counter_ablation = ablation.interventions(counter_inputs, [p.counterfactual for p in pairs])
     # The swapped tokens at layer 0's input: identical under the ablation, different pictures' tokens without it.
     ablated = zip(_swapped_values(engine, "lm.resid_pre.0", clean_inputs, targets, clean_ablation),
                   _swapped_values(engine, "lm.resid_pre.0", counter_inputs, sources, counter_ablation))

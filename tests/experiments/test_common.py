@@ -52,8 +52,8 @@ def test_encode_and_score_real_model(qwen, squares):
 def test_filter_counts_drop_reasons(qwen, squares):
     items = squares.items(6, seed=2)
     pairs = make_pairs(squares, items, "opposite_query")
-    assert len(pairs) == 6 and all(p.counter.answer != p.clean.answer for p in pairs)
-    wrong = {pairs[0].clean.id, pairs[1].counter.id, pairs[2].clean.id, pairs[2].counter.id}
+    assert len(pairs) == 6 and all(p.counterfactual.answer != p.clean.answer for p in pairs)
+    wrong = {pairs[0].clean.id, pairs[1].counterfactual.id, pairs[2].clean.id, pairs[2].counterfactual.id}
     kept, report = filter_correct_pairs(qwen, squares, pairs, n=10, batch_size=4, logits_fn=_oracle_logits(qwen, wrong))
     assert [p.clean.id for p in kept] == [p.clean.id for p in pairs[3:]]
     assert report == {"candidates": 6, "kept": 3, "dropped_clean_wrong": 1, "dropped_counterfactual_wrong": 1, "dropped_both_wrong": 1}

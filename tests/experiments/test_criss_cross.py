@@ -95,7 +95,7 @@ def test_flipped_answer_is_the_attribute_at_the_mirrored_position():
     for pair in make_pairs(task, task.items(12, seed=4), CF_REVERSED):
         words = criss_cross.tracked_answers(pair)
         assert words["clean"] == pair.clean.answer
-        assert words["flipped"] == pair.clean.objects[2 - pair.clean.target].attribute == pair.counter.answer
+        assert words["flipped"] == pair.clean.objects[2 - pair.clean.target].attribute == pair.counterfactual.answer
         assert words["flipped"] != words["clean"]
 
 
@@ -220,7 +220,7 @@ def test_regions_hold_the_objects_on_the_trained_model():
         ]
 
     targets = object_positions(clean_inputs, [p.clean for p in pairs])
-    sources = object_positions(counter_inputs, [p.counter for p in pairs])
+    sources = object_positions(counter_inputs, [p.counterfactual for p in pairs])
     assert [t.numel() for t in targets] == [s.numel() for s in sources]
     values = engine.cache(counter_inputs, {criss_cross.EMBEDDINGS_SITE: sources})[criss_cross.EMBEDDINGS_SITE]
     patched_logits = engine.logits(clean_inputs, [Patch(criss_cross.EMBEDDINGS_SITE, targets, values)])

@@ -82,8 +82,8 @@ def test_tracked_answers_are_clean_ordering_and_attribute():
     task = get_task("squares")
     for pair in make_pairs(task, task.items(12, seed=3), CF_OPPOSITE_QUERY):
         words = last_token.tracked_answers(pair)
-        assert words["c0_clean"] == pair.clean.answer and words["c3_attribute"] == pair.counter.answer
-        slot = pair.counter.target  # the counterfactual answer's ordinal position
+        assert words["c0_clean"] == pair.clean.answer and words["c3_attribute"] == pair.counterfactual.answer
+        slot = pair.counterfactual.target  # the counterfactual answer's ordinal position
         assert slot != pair.clean.target and words["c2_ordering"] == pair.clean.objects[slot].attribute
         assert words["c3_attribute"] not in pair.clean.meta["attributes"]
         assert len(set(words.values())) == 3

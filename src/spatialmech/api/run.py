@@ -1,5 +1,6 @@
 """The experiment side of the public API: tasks (your own data included), what a data set can
-run, and `run` -> `Result`. `_run_experiment` is the one adapter onto the experiments layer."""
+run (from the catalog's `EXPERIMENT_NEEDS`), and `run` -> `Result`. `_run_experiment` is the one
+adapter onto the experiments layer (the runner)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from spatialmech import io
 from spatialmech.api.model import Model, _adapter, load_model
+from spatialmech.catalog import EXPERIMENT_NEEDS
 from spatialmech.errors import UserInputError
 from spatialmech.models.base import VLMAdapter
 from spatialmech.tasks import TASKS, Task, get_task
@@ -34,20 +36,6 @@ def load_task(name_or_path: str | Path, model: Model | VLMAdapter | None = None,
     task = CustomTask(name_or_path, geometry=geometry)
     task.check_data()
     return task
-
-
-# What each experiment needs from custom items, checked before it runs: (counterfactual kinds, objects
-# needed, why). Probe also needs three objects with ordinals and grid cells along an axis.
-EXPERIMENT_NEEDS: dict[str, tuple[tuple[str, ...], int, str]] = {
-    "behavior": ((), 0, ""),
-    "last-token": (("opposite_query",), 2, "'opposite_query' counterfactuals and objects"),
-    "criss-cross": (("reversed",), 2, "'reversed' counterfactuals and object boxes"),
-    "ablate-vision": (("alone", "blank"), 1, "'alone' and 'blank' counterfactuals and object boxes"),
-    "backup": (("alone", "blank", "reversed"), 2,
-               "'alone', 'blank' and 'reversed' counterfactuals (the reversed ones with their own 'alone' and 'blank') and object boxes"),
-    "probe": ((), 3, "three objects per image with ordinal positions and grid cells, as render writes for grid tasks"),
-    "amplify": ((), 2, "a subject and a reference object box per item"),
-}
 
 
 def supported_experiments(task: Task) -> dict[str, str | None]:

@@ -4,11 +4,18 @@ A `HookSession` is built for one batch (`BatchInputs`), resolves every site thro
 `hook_point` and every LM position to the site's own indexing, installs one hook per site, and
 removes them all on exit, even on error. Per site, interventions are applied in the order given;
 recording reads the value after them, i.e. what the rest of the model sees.
+
+The decoder-layer tools the fast paths need live here too, so no other module touches hooks:
+`LayerCalls` keeps layers' inputs and call arguments (sweeps resume from them), `identity_layers`
+turns the layers into the identity for a capture pass (prefix sharing), `count_token_layer_passes`
+measures work (the benchmark).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,3 +233,113 @@ class HookSession:
             values[site] = (recorded, counts)
             positions[site] = state.record_positions
         return Activations.from_flat(values, positions)
+
+
+# ------------------------------------------------------------------ decoder-layer calls (sweeps, prefix sharing)
+class LayerCalls:
+    """Context manager: while open, keeps what decoder layers `first..L-1` are called with (their input,
+    positions `keep_from..` only, and their keyword arguments: masks, rotary tables, the KV cache) and the
+    last layer's output (positions `keep_from..`): what a sweep resumes a patched run from."""
+
+    def __init__(self, adapter: VLMAdapter, first: int, keep_from: int = 0):
+        self.layers = adapter.decoder_layers()
+        self.first, self.keep_from = first, keep_from
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.kwargs: dict[int, dict[str, Any]] = {}
+        self.last_output: torch.Tensor | None = None
+        self.handles: list[RemovableHandle] = []
+
+    def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[:, self.keep_from :].clone() if self.keep_from else hidden
+
+    def __enter__(self) -> LayerCalls:
+        def keep_input(index: int):
+            def hook(module: torch.nn.Module, args: tuple, kw: dict) -> None:
+                self.inputs[index] = self._keep(args[0] if args else kw["hidden_states"])
+                self.kwargs[index] = {k: v for k, v in kw.items() if k != "hidden_states"}
+
+            return hook
+
+        def keep_output(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            self.last_output = self._keep(output[0] if isinstance(output, (tuple, list)) else output)
+
+        try:
+            for j in range(self.first, len(self.layers)):
+                self.handles.append(self.layers[j].register_forward_pre_hook(keep_input(j), with_kwargs=True))
+            self.handles.append(self.layers[-1].register_forward_hook(keep_output))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+_IDENTITY_LAYERS = [False]  # set while `identity_layers` is open: its layers do no work (not counted)
+
+
+class StopAtLayer0(Exception):
+    """Raised inside `identity_layers(stop=True)` once layer 0's input is known."""
+
+
+@contextmanager
+def identity_layers(adapter: VLMAdapter, hidden: dict[str, torch.Tensor], kwargs: list[dict[str, Any]], stop: bool = False):
+    """While open, every decoder layer is the identity and keeps what it was called with: layer 0's input
+    in `hidden["0"]`, each layer's keyword arguments in `kwargs[j]`. With `stop`, a forward ends at layer 0
+    (raises `StopAtLayer0`, which the caller catches). Everything before layer 0 (embeddings, image
+    encoder, hooks there) runs as usual. Raises `PositionalLayerCall` for layers called positionally.
+
+    Why replace `forward` rather than hook: a pre-hook cannot skip the layer's work, and skipping it is
+    the point (a capture pass costs no decoder compute). The instance attribute shadows the method and is
+    deleted on exit, even on error."""
+    layers = adapter.decoder_layers()
+
+    def identity(index: int):
+        def forward(hidden_states: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+            if args:
+                raise PositionalLayerCall("decoder layer called with positional arguments")
+            if index == 0:
+                hidden["0"] = hidden_states
+                if stop:
+                    raise StopAtLayer0
+            kwargs[index] = kw
+            return hidden_states
+
+        return forward
+
+    _IDENTITY_LAYERS[0] = True
+    try:
+        for j, layer in enumerate(layers):
+            layer.forward = identity(j)
+        yield
+    finally:
+        _IDENTITY_LAYERS[0] = False
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+
+class PositionalLayerCall(Exception):
+    """A decoder layer was called with positional arguments beyond its input (`identity_layers`)."""
+
+
+@contextmanager
+def count_token_layer_passes(adapter: VLMAdapter) -> Iterator[Counter]:
+    """Counts tokens through decoder layers (rows x positions per call, summed over layers) while open:
+    the benchmark's measure of work, whatever path (plain, shared, sweep) ran; capture passes
+    (`identity_layers`) do no work and do not count."""
+    counts: Counter = Counter()
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not _IDENTITY_LAYERS[0]:
+            counts["token_layers"] += int(hidden.shape[0] * hidden.shape[1])
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.decoder_layers()]
+    try:
+        yield counts
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -25,26 +25,29 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from spatialmech.engine.hooks import HookSession
-from spatialmech.engine.interventions import Intervention
-from spatialmech.engine.prefix_groups import (
-    GroupsDiffer,
-    Plan,
-    Unshareable,
+from spatialmech.engine.call_args import (
+    CACHE_KWARGS,
     causal_mask,
-    gather_rows,
+    layer_output,
+    map_tensors,
     masked,
-    plan_groups,
+    mentions_length,
 )
-from spatialmech.engine.sweep import _CACHE_KWARGS, _PrefixKV
+from spatialmech.engine.hooks import (
+    HookSession,
+    PositionalLayerCall,
+    StopAtLayer0,
+    identity_layers,
+)
+from spatialmech.engine.interventions import Intervention
+from spatialmech.engine.kv import KVKeeper, PrefixKV
+from spatialmech.engine.prefix_groups import GroupsDiffer, Plan, Unshareable, gather_rows, plan_groups
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
 ENV_SWITCH = "SPATIALMECH_PREFIX_SHARING"
@@ -81,10 +84,6 @@ class PrefixStats:
 TOTALS = PrefixStats()  # every engine's stats summed, for the benchmark (benchmarks/reproduce_time.py)
 
 
-class _StopAtLayer0(Exception):
-    """Raised by the capture pass when only the inputs of layer 0 were wanted."""
-
-
 def interventions_upstream(interventions: Sequence[Intervention]) -> bool:
     return all(i.site in UPSTREAM_SITES for i in interventions)
 
@@ -107,61 +106,19 @@ def capture_layer_inputs(
 ) -> tuple[Captured, HookSession]:
     """Run embeddings, image encoder and the interventions, but not the decoder layers (identity), keeping
     what every layer was called with. With `stop`, the forward ends at layer 0 (recording encoder sites)."""
-    layers = adapter.decoder_layers()
     hidden: dict[str, torch.Tensor] = {}
-    kwargs: list[dict[str, Any]] = [{} for _ in layers]
-
-    def identity(index: int):
-        def forward(hidden_states: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
-            if args:
-                raise Unshareable("decoder layer called with positional arguments")
-            if index == 0:
-                hidden["0"] = hidden_states
-                if stop:
-                    raise _StopAtLayer0
-            kwargs[index] = kw
-            return hidden_states
-
-        return forward
-
+    kwargs: list[dict[str, Any]] = [{} for _ in adapter.decoder_layers()]
     session = HookSession(adapter, inputs, interventions, record, record_device)
-    with session, _capturing():
-        for j, layer in enumerate(layers):
-            layer.forward = identity(j)  # an instance attribute shadows the method for this call
+    with session, identity_layers(adapter, hidden, kwargs, stop):
         try:
-            with torch.no_grad():
-                adapter.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
-        except _StopAtLayer0:
+            adapter.forward_output(inputs)
+        except StopAtLayer0:
             pass
-        finally:
-            for layer in layers:
-                del layer.forward
+        except PositionalLayerCall as exc:
+            raise Unshareable(str(exc)) from exc
     if "0" not in hidden:
         raise Unshareable("the forward never reached decoder layer 0")
     return Captured(hidden["0"], kwargs), session
-
-
-_CAPTURING = [False]  # set during capture passes, whose identity layers do no work (not counted)
-
-
-@contextmanager
-def _capturing() -> Iterator[None]:
-    _CAPTURING[0] = True
-    try:
-        yield
-    finally:
-        _CAPTURING[0] = False
-
-
-class _KVKeeper:
-    """A stand-in KV cache for the prefix pass: keeps each layer's keys/values and returns them unchanged."""
-
-    def __init__(self) -> None:
-        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        self.kept[layer_idx] = (key_states, value_states)
-        return key_states, value_states
 
 
 class _LayerArgs:
@@ -188,12 +145,12 @@ class _LayerArgs:
 
     def layer(self, kwargs: dict[str, Any], cache: Any, part: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if not any(name in kwargs for name in _CACHE_KWARGS):
+        if not any(name in kwargs for name in CACHE_KWARGS):
             raise Unshareable("decoder layers take no KV cache argument")
         if "attention_mask" not in kwargs:
             raise Unshareable("decoder layers take no attention mask")
         for name, value in kwargs.items():
-            if name in _CACHE_KWARGS:
+            if name in CACHE_KWARGS:
                 out[name] = cache
             elif name == "attention_mask":
                 key = (id(value), f"{name}:{part}")
@@ -205,7 +162,7 @@ class _LayerArgs:
             elif name == "cache_position":
                 start, length = (0, self.plan.prefix_len) if part == "prefix" else (self.plan.prefix_len, self.suffix_len)
                 out[name] = torch.arange(start, start + length, device=self.captured.hidden.device)
-            elif isinstance(value, (torch.Tensor, tuple, list, dict)) and _mentions(value, self.seq_len):
+            elif isinstance(value, (torch.Tensor, tuple, list, dict)) and mentions_length(value, self.seq_len):
                 key = (id(value), f"{name}:{part}")
                 if key not in self.memo:
                     self.memo[key] = self._convert(name, value, part)
@@ -228,12 +185,15 @@ class _LayerArgs:
         if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() >= 2:
             return gather_rows(value, -2, -1, rows, index)
         if name == "position_embeddings":
-            return _map_tensors(value, lambda t: gather_rows(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
+            return map_tensors(value, lambda t: gather_rows(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
         raise Unshareable(f"decoder-layer argument {name!r} depends on the sequence")
 
     def full_mask(self, mask: Any) -> torch.Tensor:
         if mask is None:
-            return causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
+            full = causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
+            if full is None:
+                raise Unshareable(f"no explicit causal mask for attention implementation {self.attention!r}")
+            return full
         if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
             raise Unshareable(f"attention mask of type {type(mask).__name__}")
         return mask
@@ -244,26 +204,6 @@ class _LayerArgs:
         keys = index if part in ("prefix", "check") else self.suffix_keys
         by_query = gather_rows(mask, 0, -2, rows, index)
         return gather_rows(by_query, 0, -1, torch.arange(len(rows)), keys)
-
-
-def _mentions(value: Any, seq_len: int) -> bool:
-    if isinstance(value, torch.Tensor):
-        return seq_len in value.shape
-    if isinstance(value, (tuple, list)):
-        return any(_mentions(v, seq_len) for v in value)
-    if isinstance(value, dict):
-        return any(_mentions(v, seq_len) for v in value.values())
-    return False
-
-
-def _map_tensors(value: Any, fn: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    return value
 
 
 def _bad(name: str) -> Any:
@@ -293,7 +233,7 @@ def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
     checked: set[int] = set()
     for kw in kwargs:
         for name, value in kw.items():
-            if name in (*_CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not _mentions(value, seq_len):
+            if name in (*CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not mentions_length(value, seq_len):
                 continue
             checked.add(id(value))
             if not _same_in_group(args._convert(name, value, "check"), plan):
@@ -319,7 +259,7 @@ def continue_plain(adapter: VLMAdapter, captured: Captured) -> torch.Tensor:
     with torch.no_grad():
         hidden = captured.hidden
         for layer, kwargs in zip(adapter.decoder_layers(), captured.kwargs):
-            hidden = _first(layer(hidden, **kwargs))
+            hidden = layer_output(layer(hidden, **kwargs))
         return adapter.final_logits(hidden[:, -1])
 
 
@@ -343,7 +283,7 @@ def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Seque
 
 
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
-    attention = str(adapter.model.config.get_text_config()._attn_implementation)
+    attention = adapter.attention_implementation
     try:
         plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
         args = _LayerArgs(captured, plan, attention)
@@ -353,20 +293,20 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
         args = _LayerArgs(captured, plan, attention)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
-    keeper = _KVKeeper()
+    keeper = KVKeeper()
     prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
     with torch.no_grad():
         hidden = gather_rows(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
         for j, layer in enumerate(layers):
-            hidden = _first(layer(hidden, **prefix_kwargs[j]))
+            hidden = layer_output(layer(hidden, **prefix_kwargs[j]))
         if len(keeper.kept) != len(layers):
             raise Unshareable("not every layer stored its keys/values")
         rows = plan.group_of_row.to(hidden.device)
-        stand_in = _PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
+        stand_in = PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
         suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
         hidden = gather_rows(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
         for j, layer in enumerate(layers):
-            hidden = _first(layer(hidden, **suffix_kwargs[j]))
+            hidden = layer_output(layer(hidden, **suffix_kwargs[j]))
         logits = adapter.final_logits(hidden[:, -1])
     for each in (stats, TOTALS):
         each.shared += 1
@@ -374,25 +314,3 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
         each.tokens_floor += plan.floor
     return logits
 
-
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-@contextmanager
-def count_token_layer_passes(adapter: VLMAdapter) -> Iterator[Counter]:
-    """Counts tokens through decoder layers (rows x positions per call, summed over layers) while open:
-    the benchmark's measure of work, whatever path (plain, shared, sweep) ran."""
-    counts: Counter = Counter()
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not _CAPTURING[0]:
-            counts["token_layers"] += int(hidden.shape[0] * hidden.shape[1])
-
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.decoder_layers()]
-    try:
-        yield counts
-    finally:
-        for handle in handles:
-            handle.remove()

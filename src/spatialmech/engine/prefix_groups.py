@@ -23,8 +23,6 @@ class GroupsDiffer(Unshareable):
     """Grouped rows agree on their tokens' states but not on positions/masks (retried by padding)."""
 
 
-
-
 def gather_rows(t: torch.Tensor, batch_dim: int, seq_dim: int, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """t[rows[i]] with its `seq_dim` gathered at index[i] (rows, new_len): per-row slices of captured tensors."""
     batch_dim, seq_dim = batch_dim % t.dim(), seq_dim % t.dim()
@@ -35,23 +33,6 @@ def gather_rows(t: torch.Tensor, batch_dim: int, seq_dim: int, rows: torch.Tenso
     rest = moved.shape[2:]
     idx = index.to(moved.device).view(*index.shape, *([1] * len(rest))).expand(*index.shape, *rest)
     return moved.gather(1, idx).movedim((0, 1), (batch_dim, seq_dim))
-
-
-def masked(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean 'this key is hidden from this query' for a boolean or additive mask."""
-    if mask.dtype == torch.bool:
-        return ~mask
-    return mask <= torch.finfo(mask.dtype).min / 2
-
-
-def causal_mask(seq_len: int, attention: str, device: torch.device) -> torch.Tensor:
-    """The implicit causal mask made explicit (a layer called without a mask), in the kernel's format."""
-    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
-    if attention == "sdpa":
-        return allowed
-    if attention == "eager":
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    raise Unshareable(f"no explicit causal mask for attention implementation {attention!r}")
 
 
 @dataclass

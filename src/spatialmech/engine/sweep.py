@@ -26,17 +26,24 @@ import torch
 from torch import nn
 
 from spatialmech.engine.activations import Activations
-from spatialmech.engine.hooks import HookSession
+from spatialmech.engine.call_args import (
+    CACHE_KWARGS,
+    Unprovable,
+    layer_output,
+    prefix_blind_to_suffix,
+    repeat_batch,
+    select_rows,
+    suffix_step_kwargs,
+)
+from spatialmech.engine.hooks import HookSession, LayerCalls
 from spatialmech.engine.interventions import Intervention, Patch
+from spatialmech.engine.kv import KVRecorded, KVRecorder, PrefixKV, whole_prompt_prefix
 from spatialmech.engine.positions import PositionsLike, as_positions
 from spatialmech.engine.scoring import TokenSet, answer_probabilities
 from spatialmech.errors import UserInputError
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
 SweepMethod = Literal["auto", "suffix", "resume", "naive"]
-# kwargs of a decoder layer the engine knows how to cut to the last position / repeat along the batch.
-_CACHE_KWARGS = ("cache", "past_key_values")
-_KNOWN_KWARGS = {"attention_mask", "position_embeddings", "position_ids", "use_cache", "cache_position", *_CACHE_KWARGS}
 
 
 @dataclass
@@ -72,152 +79,6 @@ def _resume_start(template: str, layer: int) -> int | None:
     if template == "lm.resid_post.{l}":
         return layer + 1
     return None
-
-
-class _PrefixKV:
-    """A stand-in KV cache for recomputing a suffix: returns the clean run's prefix keys/values (repeated
-    over stacked patch copies) with the suffix's appended; stores nothing, so one object serves every
-    layer and every copy."""
-
-    def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.prefix = prefix
-        self.device = next(iter(prefix.values()))[0].device
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        keys, values = self.prefix[layer_idx]
-        copies = key_states.shape[0] // keys.shape[0]
-        if copies > 1:
-            keys, values = keys.repeat(copies, 1, 1, 1), values.repeat(copies, 1, 1, 1)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
-
-    def rows(self, rows: slice) -> _PrefixKV:
-        return _PrefixKV({layer: (keys[rows], values[rows]) for layer, (keys, values) in self.prefix.items()})
-
-
-class _KVRecorded(Exception):
-    """Raised by `_KVRecorder` to stop a layer once its keys/values are known."""
-
-
-class _KVRecorder:
-    """A stand-in cache that keeps the keys/values a layer computes and stops the layer there."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        self.keys, self.values = key_states, value_states
-        raise _KVRecorded
-
-
-def _map_batch(obj: Any, batch: int, fn: Any) -> Any:
-    """Apply `fn` to every batch-leading tensor in a (nested) argument; broadcast ones stay as they are."""
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0 or obj.shape[0] == 1:
-            return obj
-        if obj.shape[0] != batch:
-            raise _Unsupported(f"tensor argument with leading size {obj.shape[0]} (batch {batch})")
-        return fn(obj)
-    if isinstance(obj, tuple):
-        return tuple(_map_batch(o, batch, fn) for o in obj)
-    if isinstance(obj, list):
-        return [_map_batch(o, batch, fn) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _map_batch(v, batch, fn) for k, v in obj.items()}
-    return obj
-
-
-def _repeat_batch(obj: Any, copies: int, batch: int) -> Any:
-    """Repeat every batch-leading tensor `copies` times along dim 0 (stacked patch copies)."""
-    if copies == 1:
-        return obj
-    return _map_batch(obj, batch, lambda t: t.repeat(copies, *([1] * (t.dim() - 1))))
-
-
-def _select_rows(obj: Any, rows: slice, batch: int) -> Any:
-    """Rows `rows` of every batch-leading tensor (a chunk of the batch); all rows: `obj` itself."""
-    if range(*rows.indices(batch)) == range(batch):
-        return obj
-    return _map_batch(obj, batch, lambda t: t[rows])
-
-
-class _Unsupported(Exception):
-    """The fast path cannot prove itself exact for this model/input; fall back to a slower exact one."""
-
-
-def _suffix_step_kwargs(kwargs: dict[str, Any], seq_len: int, first: int, prefix: _PrefixKV, attention: str) -> dict[str, Any]:
-    """A decoder layer's kwargs for recomputing positions first..seq_len-1 only, from the full-prompt kwargs."""
-    out: dict[str, Any] = {}
-    for name, value in kwargs.items():
-        if name in _CACHE_KWARGS:
-            out[name] = prefix
-        elif name == "use_cache":
-            out[name] = False
-        elif name == "attention_mask":
-            out[name] = _suffix_mask(value, seq_len, first, attention, prefix.device)
-        elif name == "position_embeddings":
-            out[name] = _slice_rotary(value, seq_len, first)
-        elif name in ("position_ids", "cache_position"):
-            out[name] = value[..., first:] if isinstance(value, torch.Tensor) else value
-        elif _mentions_length(value, seq_len):
-            raise _Unsupported(f"decoder-layer argument {name!r} depends on the sequence")
-        else:
-            out[name] = value
-    if not any(name in kwargs for name in _CACHE_KWARGS):
-        raise _Unsupported("decoder layers take no KV cache argument")
-    return out
-
-
-def _suffix_mask(mask: Any, seq_len: int, first: int, attention: str, device: torch.device) -> Any:
-    """Rows first.. of the layer's mask; without a mask (plain causal), build the causal rows explicitly,
-    since attention kernels align an implicit causal mask to the top-left when queries < keys."""
-    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-2] == seq_len:
-        return mask[..., first:, :]
-    if mask is not None:
-        raise _Unsupported(f"attention mask of type {type(mask).__name__}")
-    if seq_len - first == 1:
-        return None  # one query at the end attends to every key
-    allowed = torch.arange(seq_len, device=device)[None, :] <= torch.arange(first, seq_len, device=device)[:, None]
-    if attention == "sdpa":
-        return allowed[None, None]
-    if attention == "eager":
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
-    raise _Unsupported(f"no explicit causal mask for attention implementation {attention!r}")
-
-
-def _slice_rotary(value: Any, seq_len: int, first: int) -> Any:
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 2 and value.shape[-2] == seq_len:
-            return value[..., first:, :]
-        raise _Unsupported(f"rotary embedding of shape {tuple(value.shape)}")
-    if isinstance(value, (tuple, list)):
-        return type(value)(_slice_rotary(v, seq_len, first) for v in value)
-    if isinstance(value, dict):
-        return {k: _slice_rotary(v, seq_len, first) for k, v in value.items()}
-    if value is None:
-        return None
-    raise _Unsupported(f"rotary embedding of type {type(value).__name__}")
-
-
-def _mentions_length(value: Any, seq_len: int) -> bool:
-    if isinstance(value, torch.Tensor):
-        return seq_len in value.shape
-    if isinstance(value, (tuple, list)):
-        return any(_mentions_length(v, seq_len) for v in value)
-    if isinstance(value, dict):
-        return any(_mentions_length(v, seq_len) for v in value.values())
-    return False
-
-
-def _prefix_blind_to_suffix(mask: Any, seq_len: int, first: int) -> bool:
-    """True when no query before `first` attends to a key at or after it (so the suffix cannot change them)."""
-    if mask is None:
-        return True  # no mask = plain causal attention
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != seq_len:
-        return False
-    block = mask[..., :first, first:]
-    if mask.dtype == torch.bool:
-        return not bool(block.any())
-    return bool((block <= torch.finfo(mask.dtype).min / 2).all())
 
 
 class PatchSweep:
@@ -324,44 +185,20 @@ class PatchSweep:
         (positions keep_from.. only) and call kwargs, and the last layer's output; with keep_from > 0 it
         also keeps the KV cache. Returns (logits, inputs, kwargs, last_output, kv_cache)."""
         use_cache = keep_from > 0
-        layer_modules = self.adapter.decoder_layers()
-        inputs: dict[int, torch.Tensor] = {}
-        kwargs: dict[int, dict] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def keep_input(index: int):
-            def hook(module: nn.Module, args: tuple, kw: dict) -> None:
-                hidden = args[0] if args else kw["hidden_states"]
-                inputs[index] = hidden[:, keep_from:].clone() if keep_from else hidden
-                kwargs[index] = {k: v for k, v in kw.items() if k != "hidden_states"}
-
-            return hook
-
-        def keep_output(module: nn.Module, args: tuple, output: Any) -> None:
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            outputs["last"] = hidden[:, keep_from:].clone() if keep_from else hidden
-
-        with HookSession(self.adapter, self.target, self.target_interventions) as session:
-            handles = [
-                layer_modules[j].register_forward_pre_hook(keep_input(j), with_kwargs=True)
-                for j in range(first_start, self.num_layers)
-            ]
-            handles.append(layer_modules[-1].register_forward_hook(keep_output))
-            try:
-                with torch.no_grad():
-                    out = self.adapter.model(**self.target.model_kwargs, use_cache=use_cache, logits_to_keep=1)
-            finally:
-                for handle in handles:
-                    handle.remove()
+        with HookSession(self.adapter, self.target, self.target_interventions) as session, LayerCalls(
+            self.adapter, first_start, keep_from
+        ) as calls:
+            out = self.adapter.forward_output(self.target, use_cache=use_cache)
         session.check_fired()
         logits = out.logits[:, -1, :]
         kv = None
         if use_cache:
-            kv = next((kw[name] for kw in kwargs.values() for name in _CACHE_KWARGS if kw.get(name) is not None), None)
+            kv = next((kw[name] for kw in calls.kwargs.values() for name in CACHE_KWARGS if kw.get(name) is not None), None)
             if kv is None:
                 kv = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        self._check_final_logits(outputs["last"][:, -1], logits)
-        return logits, inputs, kwargs, outputs["last"], kv
+        assert calls.last_output is not None
+        self._check_final_logits(calls.last_output[:, -1], logits)
+        return logits, calls.inputs, calls.kwargs, calls.last_output, kv
 
     def _check_final_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
         with torch.no_grad():
@@ -385,7 +222,7 @@ class PatchSweep:
         if offset:
             try:
                 step_kwargs = self._suffix_kwargs(layer_kwargs, kv, first, seq_len, offset)
-            except _Unsupported:
+            except Unprovable:
                 return self.run_fast(values, "resume")
         else:
             step_kwargs = layer_kwargs
@@ -396,7 +233,7 @@ class PatchSweep:
         chunks = [slice(r0, min(batch, r0 + rows_per_call)) for r0 in range(0, batch, rows_per_call)]
         try:
             chunk_kwargs = [step_kwargs] if len(chunks) == 1 else [self._row_kwargs(step_kwargs, rows) for rows in chunks]
-        except _Unsupported:  # some argument cannot be split by rows: one chunk
+        except Unprovable:  # some argument cannot be split by rows: one chunk
             chunks, chunk_kwargs = [slice(0, batch)], [step_kwargs]
         results: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         with torch.no_grad():
@@ -409,15 +246,15 @@ class PatchSweep:
     def _row_kwargs(self, step_kwargs: dict[int, dict], rows: slice) -> dict[int, dict]:
         """Every layer's suffix kwargs for a chunk of batch rows, with one prefix key/value cache sliced alike."""
         batch = self.target.batch_size
-        prefixes: dict[int, _PrefixKV] = {}  # id of a full-batch prefix cache -> its rows (one slice for all layers)
+        prefixes: dict[int, PrefixKV] = {}  # id of a full-batch prefix cache -> its rows (one slice for all layers)
         out: dict[int, dict] = {}
         for j, kwargs in step_kwargs.items():
             out[j] = {}
             for name, value in kwargs.items():
-                if isinstance(value, _PrefixKV):
+                if isinstance(value, PrefixKV):
                     out[j][name] = prefixes.setdefault(id(value), value.rows(rows))
                 else:
-                    out[j][name] = _select_rows(value, rows, batch)
+                    out[j][name] = select_rows(value, rows, batch)
         return out
 
     def _recompute(
@@ -471,7 +308,7 @@ class PatchSweep:
                 key = (j, copies)
                 if key not in repeated:
                     repeated = {k: v for k, v in repeated.items() if k[0] == j}
-                    repeated[key] = _repeat_batch(step_kwargs[j], copies, n_rows)
+                    repeated[key] = repeat_batch(step_kwargs[j], copies, n_rows)
                 if j == self.num_layers - 1 and offset and hidden.shape[1] > 1:
                     last = self._last_layer_at_last_position(
                         layer_modules[j], hidden, repeated[key], layer_kwargs[j], copies, rows
@@ -479,8 +316,7 @@ class PatchSweep:
                     if last is not None:
                         hidden = last
                         continue
-                out = layer_modules[j](hidden, **repeated[key])
-                hidden = out[0] if isinstance(out, (tuple, list)) else out
+                hidden = layer_output(layer_modules[j](hidden, **repeated[key]))
             assert hidden is not None
             logits = self.adapter.final_logits(hidden[:, -1])
             for copy, layer in enumerate(members):
@@ -498,13 +334,13 @@ class PatchSweep:
         """
         seq_len, batch = self.target.seq_len, self.target.batch_size
         n_rows = len(range(*rows.indices(batch)))
-        if not _prefix_blind_to_suffix(full_kwargs.get("attention_mask"), seq_len, seq_len - 1):
+        if not prefix_blind_to_suffix(full_kwargs.get("attention_mask"), seq_len, seq_len - 1):
             return None
-        cache_name = next(name for name in _CACHE_KWARGS if name in step_kwargs)
-        recorder = _KVRecorder()
+        cache_name = next(name for name in CACHE_KWARGS if name in step_kwargs)
+        recorder = KVRecorder()
         try:
             module(hidden, **{**step_kwargs, cache_name: recorder})
-        except _KVRecorded:
+        except KVRecorded:
             pass
         else:
             return None  # the layer never reached its cache: no shortcut
@@ -512,34 +348,25 @@ class PatchSweep:
         prefix_keys, prefix_values = (t[rows].repeat(copies, 1, 1, 1) for t in self._prefix_kv.prefix[layer])
         keys = torch.cat([prefix_keys, recorder.keys[..., :-1, :]], dim=-2)
         values = torch.cat([prefix_values, recorder.values[..., :-1, :]], dim=-2)
-        stand_in = _PrefixKV({layer: (keys, values)})
+        stand_in = PrefixKV({layer: (keys, values)})
         try:
-            last_kwargs = _suffix_step_kwargs(_select_rows(full_kwargs, rows, batch), seq_len, seq_len - 1, stand_in, self._attention)
-            last_kwargs = _repeat_batch(last_kwargs, copies, n_rows)
-        except _Unsupported:
+            last_kwargs = suffix_step_kwargs(
+                select_rows(full_kwargs, rows, batch), seq_len, seq_len - 1, stand_in, self.adapter.attention_implementation, keys.device
+            )
+            last_kwargs = repeat_batch(last_kwargs, copies, n_rows)
+        except Unprovable:
             return None  # run the whole layer instead
-        out = module(hidden[:, -1:], **last_kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return layer_output(module(hidden[:, -1:], **last_kwargs))
 
     def _suffix_kwargs(self, layer_kwargs: dict[int, dict], kv: Any, first: int, seq_len: int, offset: int) -> dict[int, dict]:
         """Per layer, kwargs for recomputing positions offset.. only, after proving that this is exact."""
-        if kv is None or not hasattr(kv, "layers"):
-            raise _Unsupported("no KV cache from the clean run")
-        prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for j in range(first, self.num_layers):
-            layer = kv.layers[j]
-            keys, vals = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if not isinstance(keys, torch.Tensor) or keys.shape[-2] != seq_len:
-                raise _Unsupported(f"layer {j} cache does not hold the whole prompt")
-            prefix[j] = (keys[..., :offset, :], vals[..., :offset, :])
-        stand_in = _PrefixKV(prefix)
-        attention = str(self.adapter.model.config.get_text_config()._attn_implementation)
-        self._prefix_kv, self._attention = stand_in, attention
+        self._prefix_kv = stand_in = whole_prompt_prefix(kv, range(first, self.num_layers), seq_len, offset)
+        attention = self.adapter.attention_implementation
         out = {}
         for j in range(first, self.num_layers):
-            if not _prefix_blind_to_suffix(layer_kwargs[j].get("attention_mask"), seq_len, offset):
-                raise _Unsupported(f"layer {j}: positions before {offset} attend to later ones")
-            out[j] = _suffix_step_kwargs(layer_kwargs[j], seq_len, offset, stand_in, attention)
+            if not prefix_blind_to_suffix(layer_kwargs[j].get("attention_mask"), seq_len, offset):
+                raise Unprovable(f"layer {j}: positions before {offset} attend to later ones")
+            out[j] = suffix_step_kwargs(layer_kwargs[j], seq_len, offset, stand_in, attention, stand_in.device)
         return out
 
 

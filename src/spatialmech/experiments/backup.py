@@ -76,7 +76,7 @@ def backup_batch(
     return criss_cross.sweep_batch(
         engine, task, pairs, region=REGION, layers=layers, include_embeddings=include_embeddings,
         target_interventions=ablation.interventions(clean_inputs, [p.clean for p in pairs]),
-        source_interventions=ablation.interventions(counter_inputs, [p.counter for p in pairs]),
+        source_interventions=ablation.interventions(counter_inputs, [p.counterfactual for p in pairs]),
         clean_inputs=clean_inputs, counter_inputs=counter_inputs, mapping=mapping,
     )
 

@@ -173,7 +173,7 @@ class Pair:
     """A clean item and its counterfactual for one experiment."""
 
     clean: Item
-    counter: Item
+    counterfactual: Item
     kind: str
 
 
@@ -197,7 +197,7 @@ def filter_correct_pairs(
             break
         chunk = list(pairs[start : start + batch_size])
         clean = score_items(adapter, task, [p.clean for p in chunk], batch_size, logits_fn)
-        counter = score_items(adapter, task, [p.counter for p in chunk], batch_size, logits_fn)
+        counter = score_items(adapter, task, [p.counterfactual for p in chunk], batch_size, logits_fn)
         for pair, c, k in zip(chunk, clean, counter):
             if len(kept) >= n:
                 break

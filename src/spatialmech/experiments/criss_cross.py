@@ -105,7 +105,7 @@ def swap_positions(
     if mapping not in MAPPINGS:
         raise UserInputError(f"unknown region mapping {mapping!r}", f"use one of {', '.join(MAPPINGS)}")
     clean_a, clean_b = end_regions(clean, [p.clean for p in pairs], region)
-    counter_a, counter_b = end_regions(counter, [p.counter for p in pairs], region)
+    counter_a, counter_b = end_regions(counter, [p.counterfactual for p in pairs], region)
     targets, sources = [], []
     for row, pair in enumerate(pairs):
         sizes = {len(clean_a[row]), len(clean_b[row]), len(counter_a[row]), len(counter_b[row])}
@@ -130,14 +130,14 @@ def tracked_answers(pair: Pair) -> dict[str, str]:
     clean = pair.clean
     first, last = end_objects(clean)
     mirror = {first: last, last: first}
-    flipped = clean.objects[mirror[clean.target]].attribute if clean.target in mirror else pair.counter.answer
+    flipped = clean.objects[mirror[clean.target]].attribute if clean.target in mirror else pair.counterfactual.answer
     return {"clean": clean.answer, "flipped": flipped}
 
 
 # ---------------------------------------------------------------------------------------- the sweep
 def encode_pairs(adapter: Any, task: Any, pairs: Sequence[Pair]) -> tuple[BatchInputs, BatchInputs]:
     """Model inputs of the clean items and of their counterfactuals (row b of each = pair b)."""
-    return encode_items(adapter, task, [p.clean for p in pairs]), encode_items(adapter, task, [p.counter for p in pairs])
+    return encode_items(adapter, task, [p.clean for p in pairs]), encode_items(adapter, task, [p.counterfactual for p in pairs])
 
 
 def sweep_batch(

@@ -53,7 +53,7 @@ def tracked_answers(pair: Pair) -> dict[str, str]:
     Grid tasks keep slot order in every counterfactual, so `clean.objects[counter.target]` is the clean
     object at the counterfactual answer's ordinal position.
     """
-    clean, counter = pair.clean, pair.counter
+    clean, counter = pair.clean, pair.counterfactual
     return {
         "c0_clean": clean.answer,
         "c2_ordering": clean.objects[counter.target].attribute,
@@ -65,7 +65,7 @@ def sweep_batch(engine: Engine, task: Any, pairs: Sequence[Pair], layers: Sequen
     """Patch each pair's counterfactual last-token residual into its clean run at every layer."""
     adapter = engine.adapter
     clean = encode_items(adapter, task, [p.clean for p in pairs])
-    counter = encode_items(adapter, task, [p.counter for p in pairs])
+    counter = encode_items(adapter, task, [p.counterfactual for p in pairs])
     words = [tracked_answers(p) for p in pairs]
     result = engine.patch_sweep(
         clean, counter, last_position(clean), last_position(counter), site=SITE, layers=list(layers), keep_logits=True,

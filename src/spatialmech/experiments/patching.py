@@ -240,7 +240,7 @@ def pair_record(
     keys = list(answers)
     return {
         "clean_id": pair.clean.id,
-        "counter_id": pair.counter.id,
+        "counter_id": pair.counterfactual.id,
         "axis": pair.clean.axis,
         "relation": pair.clean.relation,
         "answers": dict(answers),
@@ -286,7 +286,7 @@ def answer_sets(adapter: Any, pairs: Sequence[Pair], words: Sequence[Mapping[str
     answer variants where the word is the clean or counterfactual answer, SPEC's spelling set otherwise."""
     out = []
     for pair, tracked in zip(pairs, words):
-        out.append([answer_ids(adapter, pair.counter if word == pair.counter.answer else pair.clean, word)
+        out.append([answer_ids(adapter, pair.counterfactual if word == pair.counterfactual.answer else pair.clean, word)
                     for word in tracked.values()])
     return out
 

@@ -1,5 +1,6 @@
-"""Pieces every Hugging Face adapter needs: loading with clear errors, chat rendering, the LM hook
-sites, and building `ImageTokens` from a token grid.
+"""Pieces every Hugging Face adapter needs: chat rendering, the LM hook sites, and building
+`ImageTokens` from a token grid; loading (`_loading`) and tiny models (`_tiny`) are re-exported, so a
+family reaches everything shared as `hf.*`.
 
 Kept here so each family file only states what is specific to the family (which modules, which
 special tokens, how the image slot expands).
@@ -7,131 +8,24 @@ special tokens, how the image slot expands).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from spatialmech.errors import UserInputError
+from spatialmech.models._loading import first_line, load_hf_model, load_image_processor, load_tokenizer  # noqa: F401
 from spatialmech.models._taps import FlatTaps, RowOrder
+from spatialmech.models._tiny import (  # noqa: F401 (families reach loading and tiny models as hf.*)
+    seeded_model,
+    special_token_ids,
+    tiny_siglip_config,
+    tiny_text_config,
+    tiny_vision_sizes,
+)
 from spatialmech.models.base import GridSpec, HookPoint, ImageTokens, VLMAdapter
-from spatialmech.models.placement import Placement, from_pretrained_kwargs, make_placement, resolve_device
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def load_hf_model(
-    model_cls: Any,
-    path_or_id: str,
-    *,
-    dtype: torch.dtype | None,
-    device: str | Placement,
-    trust_remote_code: bool,
-) -> nn.Module:
-    """`model_cls.from_pretrained` with safetensors only, turning missing/corrupt files into one-line errors.
-
-    `device` is a device name (resolved by `resolve_device`: 'auto' = CUDA if present) or a
-    `Placement`; a sharded placement is handed to accelerate at load time (the weights never sit
-    whole on one device)."""
-    placement = device if isinstance(device, Placement) else make_placement(device)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-    kwargs.update(from_pretrained_kwargs(placement))
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    try:
-        model = model_cls.from_pretrained(path_or_id, **kwargs)
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot load weights of model {path_or_id!r} ({_first_line(exc)})",
-            "pass a folder (or hub id) with safetensors weights and a matching config.json",
-        ) from exc
-    except SafetensorError as exc:
-        raise UserInputError(
-            f"weights of model {path_or_id!r} are corrupt or truncated ({_first_line(exc)})",
-            "download or copy the checkpoint again",
-        ) from exc
-    except Exception as exc:  # anything else transformers raises on a checkpoint's files (bad field types...)
-        raise UserInputError(
-            f"model {path_or_id!r} does not load ({_first_line(exc)})",
-            "check that the folder is a complete checkpoint of a supported family",
-        ) from exc
-    if not placement.sharded:
-        model = model.to(resolve_device(placement.device))
-    return model.eval()
-
-
-def load_tokenizer(path_or_id: str, *, trust_remote_code: bool) -> Any:
-    """AutoTokenizer, with the chat template taken from the processor's files when the tokenizer lacks one.
-
-    Real VLM checkpoints often keep the chat template in `chat_template.json`/`.jinja` (a processor
-    file), which AutoTokenizer does not read; we never build the processor (Qwen's needs torchvision).
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # a malformed tokenizer file fails in many ways (TypeError, KeyError, tokenizers' own)
-        raise UserInputError(
-            f"cannot load the tokenizer of model {path_or_id!r} ({_first_line(exc)})",
-            "pass a checkpoint folder that includes its tokenizer files",
-        ) from exc
-    if not getattr(tokenizer, "chat_template", None):
-        template = _read_processor_chat_template(path_or_id)
-        if template:
-            tokenizer.chat_template = template
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def _read_processor_chat_template(path_or_id: str) -> str | None:
-    for name in ("chat_template.jinja", "chat_template.json"):
-        file = _resolve_file(path_or_id, name)
-        if file is None:
-            continue
-        text = Path(file).read_text(encoding="utf-8")
-        if name.endswith(".json"):
-            try:
-                return json.loads(text).get("chat_template")
-            except (json.JSONDecodeError, AttributeError):
-                return None
-        return text
-    return None
-
-
-def _resolve_file(path_or_id: str, name: str) -> str | None:
-    folder = Path(path_or_id)
-    if folder.is_dir():
-        file = folder / name
-        return str(file) if file.is_file() else None
-    try:
-        from transformers.utils import cached_file
-
-        return cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
-    except OSError:
-        return None
-
-
-def load_image_processor(processor_cls: Any, path_or_id: str) -> Any:
-    """A specific (PIL/numpy backend) image processor class, so nothing needs torchvision."""
-    try:
-        return processor_cls.from_pretrained(path_or_id)
-    except Exception as exc:  # a malformed preprocessor_config.json fails in many ways (AttributeError, TypeError...)
-        raise UserInputError(
-            f"cannot load the image processor of model {path_or_id!r} ({_first_line(exc)})",
-            "pass a checkpoint folder that includes preprocessor_config.json",
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# ------------------------------------------------------------------------------------------ adapter base
+from spatialmech.models.placement import Placement
 
 
 class HFAdapter(VLMAdapter):
@@ -242,7 +136,7 @@ def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # the template is the checkpoint's Jinja code: syntax errors, raise_exception(...)
         raise UserInputError(
-            f"the model's chat template fails to render ({type(exc).__name__}: {_first_line(exc)})",
+            f"the model's chat template fails to render ({type(exc).__name__}: {first_line(exc)})",
             "use the checkpoint's original chat template (tokenizer_config.json or chat_template.jinja)",
         ) from exc
 
@@ -283,7 +177,7 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
         flat = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
         sizes = ", ".join(sorted({f"{image.width}x{image.height}" for image in flat if hasattr(image, "width")}))
         raise UserInputError(
-            f"the image processor of model {adapter.model_id} cannot take images of {sizes} pixels ({_first_line(exc)})",
+            f"the image processor of model {adapter.model_id} cannot take images of {sizes} pixels ({first_line(exc)})",
             "use photos with a less extreme aspect ratio (crop or pad them)",
         ) from exc
 
@@ -382,66 +276,6 @@ def decoder_layer_hook_point(adapter: VLMAdapter, site: str, layers: nn.ModuleLi
     if kind == "attn":
         return HookPoint(site, block.post_attention_layernorm if sandwich else block.self_attn, when="output")
     return HookPoint(site, block.post_feedforward_layernorm if sandwich else block.mlp, when="output")
-
-
-# ------------------------------------------------------------------------------------------ tiny models
-# The sizes every family's `tiny()` shares; each family adds only its architecture's own fields.
-
-
-def tiny_text_config(
-    tokenizer: Any,
-    *,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    max_positions: int = 2048,
-    **family_fields: Any,
-) -> dict[str, Any]:
-    """A tiny decoder LM config (as keyword arguments), sized to the tiny tokenizer, MLP width 2 x hidden."""
-    return {
-        "vocab_size": len(tokenizer),
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_kv_heads,
-        "max_position_embeddings": max_positions,
-        **family_fields,
-        **special_token_ids(tokenizer),
-    }
-
-
-def tiny_vision_sizes(width: int = 32, depth: int = 2) -> dict[str, int]:
-    """The size fields of a tiny ViT tower (two heads, MLP width 2 x width)."""
-    return {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": depth, "num_attention_heads": 2}
-
-
-def tiny_siglip_config(width: int, depth: int, image_size: int, patch_size: int) -> dict[str, Any]:
-    """A tiny SigLIP tower without its pooling head (Gemma3 and PaliGemma consume every patch)."""
-    return {
-        "model_type": "siglip_vision_model",
-        **tiny_vision_sizes(width, depth),
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "vision_use_head": False,
-    }
-
-
-def seeded_model(model_cls: Any, config: Any, seed: int) -> nn.Module:
-    """`model_cls(config)` with weights drawn from `seed`: the same seed gives the same tiny model."""
-    torch.manual_seed(seed)
-    return model_cls(config)
-
-
-def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
-    """bos/eos/pad ids of a trained tiny tokenizer, to pass into a tiny config (the real defaults are
-    out of the tiny vocabulary and trigger validation warnings)."""
-    return {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
 
 
 def token_id(tokenizer: Any, token: str) -> int:

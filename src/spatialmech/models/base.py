@@ -17,154 +17,34 @@ The engine hooks modules only through `hook_point`; experiments only through the
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from spatialmech.errors import UserInputError
+from spatialmech.models.inputs import (  # noqa: F401 (the data types are re-exported: `models.base` is their usual import)
+    ENCODED_IMAGES_KWARG,
+    PIXELS_KWARG,
+    BatchInputs,
+    GridSpec,
+    HookPoint,
+    ImageTokens,
+    repeat_encoded,
+    to_device,
+)
 
 SITE_NAMES = ("vision.out", "projector.out", "lm.resid_pre.{l}", "lm.resid_post.{l}", "lm.attn.{l}", "lm.mlp.{l}")
 _LAYER_SITE = re.compile(r"^lm\.(resid_pre|resid_post|attn|mlp)\.(\d+)$")
-PIXELS_KWARG = "pixel_values"
-ENCODED_IMAGES_KWARG = "mm_encoder_outputs"  # transformers' input for precomputed image-encoder outputs
 
 
-class _ImagesEncoded(Exception):
-    """Stops a forward once the image encoder has run (`VLMAdapter.encode_images`)."""
 
 # The system prompt SPEC section 3 uses for synthetic tasks.
 SYNTHETIC_SYSTEM_PROMPT = "You are a helpful assistant. You respond in one token."
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """Where a site lives and how its value is read or written.
-
-    when:  "output" -> forward hook; the value is the module output (first element if a tuple).
-           "input"  -> forward pre-hook; the value is the first positional argument (or `input_kwarg`).
-    space: "sequence"     -> value is (batch, seq, hidden) indexed by LM position.
-           "image_tokens" -> value is (n_tokens, hidden) rows of all images of the batch concatenated in
-                             the order the LM consumes them (i.e. the order of `BatchInputs.image_rows`),
-                             e.g. `projector.out`. `vision.out` may have more rows than LM image tokens
-                             (before a merger); `rows_per_lm_token` says how many.
-    """
-
-    site: str
-    module: nn.Module
-    when: Literal["output", "input"] = "output"
-    space: Literal["sequence", "image_tokens"] = "sequence"
-    input_kwarg: str | None = None
-    rows_per_lm_token: int = 1
-
-
-@dataclass
-class ImageTokens:
-    """The LM tokens of one image of one batch row.
-
-    All tensors have one entry per LM image token, in LM sequence order.
-    positions: LM sequence index (after left padding) of each token.
-    tiles:     which view the token belongs to (0 for single-view models; tiled models number their
-               crops 0..n-1 and the global thumbnail last, see `tile_names`).
-    rows/cols: grid cell of the token inside its tile, raster order.
-    boxes:     (x0, y0, x1, y1) of the original image the token covers, as fractions in [0, 1]; lets
-               experiments select object/strip tokens on any family, tiled or not.
-    grid_shapes: (rows, cols) of each tile's grid.
-    """
-
-    positions: torch.Tensor
-    tiles: torch.Tensor
-    rows: torch.Tensor
-    cols: torch.Tensor
-    boxes: torch.Tensor
-    grid_shapes: list[tuple[int, int]]
-    tile_names: list[str] = field(default_factory=lambda: ["image"])
-
-    def __len__(self) -> int:
-        return int(self.positions.numel())
-
-    @property
-    def main_tile(self) -> int:
-        """The tile that covers the whole image at the finest single grid (the global view)."""
-        return len(self.grid_shapes) - 1
-
-    def cell_positions(self, tile: int | None = None) -> torch.Tensor:
-        """(rows, cols) tensor of LM positions of one tile, -1 where a cell has no token."""
-        tile = self.main_tile if tile is None else tile
-        n_rows, n_cols = self.grid_shapes[tile]
-        table = torch.full((n_rows, n_cols), -1, dtype=torch.long)
-        mask = self.tiles == tile
-        table[self.rows[mask], self.cols[mask]] = self.positions[mask]
-        return table
-
-    def in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
-        """Which tokens (of one tile, default main) have their centre inside `box` (image fractions,
-        half-open): the one membership test every region selection builds on (`engine.regions`)."""
-        tile = self.main_tile if tile is None else tile
-        x0, y0, x1, y1 = box
-        centre_x = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
-        centre_y = (self.boxes[:, 1] + self.boxes[:, 3]) / 2
-        return (self.tiles == tile) & (centre_x >= x0) & (centre_x < x1) & (centre_y >= y0) & (centre_y < y1)
-
-    def positions_in_box(self, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
-        """LM positions of the tokens (of one tile, default main) whose centre lies inside `box` (fractions)."""
-        return self.positions[self.in_box(box, tile)]
-
-
-@dataclass
-class BatchInputs:
-    """Model inputs for a batch plus the map from LM positions to image parts."""
-
-    model_kwargs: dict[str, Any]
-    images: list[list[ImageTokens]]  # per batch row, per image in the prompt
-    prompts: list[str]
-    # For `image_tokens` sites whose module rows are NOT in LM order (Qwen2.5-VL's window attention
-    # permutes them): `value[row_order[site]]` is in `image_rows()` order (for sites with
-    # rows_per_lm_token > 1, grouped per LM token). Read: `value[order]`; write: `value[order] = new`.
-    # Sites absent from the dict are already in LM order.
-    row_order: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.images)
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.model_kwargs["input_ids"].shape[1])
-
-    def image_rows(self) -> list[tuple[int, int, int]]:
-        """(batch row, image index, token index in that image) for every row of an `image_tokens` site."""
-        out = []
-        for b, per_row in enumerate(self.images):
-            for i, tokens in enumerate(per_row):
-                out.extend((b, i, t) for t in range(len(tokens)))
-        return out
-
-    @property
-    def images_encoded(self) -> bool:
-        """True for inputs from `VLMAdapter.encode_images`: the image encoder's output rides along in
-        place of the pixels, so the vision tower and projector do not run again."""
-        return ENCODED_IMAGES_KWARG in self.model_kwargs
-
-    def to(self, device: torch.device | str) -> BatchInputs:
-        kwargs = {k: _to_device(v, device) for k, v in self.model_kwargs.items()}
-        return BatchInputs(kwargs, self.images, self.prompts, {k: v.to(device) for k, v in self.row_order.items()})
-
-
-def _to_device(value: Any, device: torch.device | str) -> Any:
-    """Tensors moved, containers (tuples, lists, dicts, HF model outputs) walked, anything else kept."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):  # includes transformers' ModelOutput
-        moved = {k: _to_device(v, device) for k, v in value.items()}
-        return type(value)(**moved) if type(value) is not dict else moved
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 def _inputs_to_model_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -174,39 +54,7 @@ def _inputs_to_model_device(model: nn.Module, args: tuple, kwargs: dict) -> tupl
     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
     if all(t.device == device for t in tensors) and device.type == "cpu":
         return None  # the common CPU case: nothing to move (nested encoder outputs are made on the model's device)
-    return _to_device(args, device), _to_device(kwargs, device)
-
-
-def _repeat_encoded(value: Any, copies: int) -> Any:
-    """An image encoder's output for a batch repeated `copies` times: tensors concatenated along their
-    first axis (images, tiles or all image rows), per-image lists of tensors repeated, other fields walked."""
-    if copies == 1:
-        return value
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value] * copies)
-    if isinstance(value, dict):  # includes transformers' ModelOutput
-        walked = {k: _repeat_encoded(v, copies) for k, v in value.items()}
-        return type(value)(**walked) if type(value) is not dict else walked
-    if isinstance(value, (tuple, list)):
-        if value and all(isinstance(v, torch.Tensor) for v in value):
-            return type(value)(list(value) * copies)
-        return type(value)(_repeat_encoded(v, copies) for v in value)
-    return value
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """The token grid the LM sees for a square image: what synthetic stimuli are drawn on."""
-
-    tokens_per_side: int
-    pixels_per_token: int
-    preset: str | None = None  # the authors' geometry preset of this family (tasks.geometry.PRESETS)
-    family: str | None = None
-    note: str | None = None  # set when the grid is not the size asked for (and why)
-
-    @property
-    def image_size(self) -> int:
-        return self.tokens_per_side * self.pixels_per_token
+    return to_device(args, device), to_device(kwargs, device)
 
 
 class VLMAdapter(ABC):
@@ -311,38 +159,28 @@ class VLMAdapter(ABC):
         """The same inputs with the image encoder's output (vision tower + projector) computed once.
 
         Many forwards of one picture (an alpha sweep, both option orders) then skip the encoder, often
-        most of a small model's cost. Uses transformers' own `mm_encoder_outputs` input: the model's
-        `get_image_features` runs exactly as in a normal forward, its result is kept, and the forward is
-        stopped there. Logits from the returned inputs equal the raw inputs' (a suite test, per family).
-        Sites inside the encoder (`vision.out`) cannot be hooked on them; `projector.out` is served at
-        the identical LM layer-0 input (see `engine.hooks`).
+        most of a small model's cost. This is transformers' own mechanism, as `generate` uses it
+        (`_prepare_multimodal_encoder_kwargs_for_generation`): call the base model's public
+        `get_image_features` with the inputs its signature names and `return_dict=True`, and pass the
+        result as `mm_encoder_outputs={"image": ...}`; the model's forward then skips the encoder. No
+        method is patched and no forward is started. Logits from the returned inputs equal the raw
+        inputs' (a suite test, per family). Sites inside the encoder (`vision.out`) cannot be hooked on
+        them; `projector.out` is served at the identical LM layer-0 input (see `engine.hooks`).
         """
         if inputs.images_encoded:
             return inputs
         if PIXELS_KWARG not in inputs.model_kwargs:
             raise UserInputError("these inputs have no images to encode", "build the inputs with images")
-        inner = getattr(self.model, "model", None)
-        original = getattr(inner, "get_image_features", None)
-        if original is None:
+        encoder = getattr(self.model.base_model, "get_image_features", None)
+        if encoder is None:
             raise NotImplementedError(f"{type(self).__name__}: the model has no get_image_features to reuse")
-        kept: dict[str, Any] = {}
-
-        def keep_and_stop(*args: Any, **kwargs: Any) -> Any:
-            kept["image"] = original(*args, **kwargs)
-            raise _ImagesEncoded
-
-        inner.get_image_features = keep_and_stop  # an instance attribute shadows the method for this call
-        try:
-            with torch.no_grad():
-                self.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
-        except _ImagesEncoded:
-            pass
-        finally:
-            del inner.get_image_features
-        if "image" not in kept:
-            raise RuntimeError(f"{type(self).__name__}: the forward pass never encoded the images")
+        wanted = inspect.signature(encoder).parameters
+        encoder_kwargs = {k: v for k, v in inputs.model_kwargs.items() if k in wanted and k != "kwargs"}
+        with torch.no_grad():
+            # called directly, so no forward pre-hook moves the inputs: put them on the model's input device
+            encoded = encoder(**to_device(encoder_kwargs, self.device), return_dict=True)
         kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
-        kwargs[ENCODED_IMAGES_KWARG] = {"image": kept["image"]}
+        kwargs[ENCODED_IMAGES_KWARG] = {"image": encoded}
         return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     def with_prompts(self, encoded: BatchInputs, inputs: BatchInputs) -> BatchInputs:
@@ -356,15 +194,26 @@ class VLMAdapter(ABC):
         if copies < 1 or inputs.batch_size != copies * encoded.batch_size or [len(r) for r in inputs.images] != counts * copies:
             raise ValueError("the two batches do not hold the same images (or whole repeats of them)")
         kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
-        kwargs[ENCODED_IMAGES_KWARG] = _repeat_encoded(encoded.model_kwargs[ENCODED_IMAGES_KWARG], copies)
+        kwargs[ENCODED_IMAGES_KWARG] = repeat_encoded(encoded.model_kwargs[ENCODED_IMAGES_KWARG], copies)
         return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     # ------------------------------------------------------------------ outputs
+    def forward_output(self, inputs: BatchInputs, use_cache: bool = False) -> Any:
+        """The model's own output for a prompt pass (logits at the last position only; with `use_cache`,
+        the KV cache it built): the one place the toolkit calls the wrapped model's forward."""
+        with torch.no_grad():
+            return self.model(**inputs.model_kwargs, use_cache=use_cache, logits_to_keep=1)
+
     def forward(self, inputs: BatchInputs) -> torch.Tensor:
         """Logits at the last position of every row, (batch, vocab)."""
-        with torch.no_grad():
-            out = self.model(**inputs.model_kwargs, use_cache=False, logits_to_keep=1)
-        return out.logits[:, -1, :]
+        return self.forward_output(inputs).logits[:, -1, :]
+
+    @property
+    def attention_implementation(self) -> str:
+        """The LM's attention kernel ("sdpa", "eager", ...): the mask format the engine must build when it
+        runs decoder layers itself. transformers keeps it in the text config's `_attn_implementation`
+        (no public getter in 5.x); reading it here keeps that private name in one place."""
+        return str(self.model.config.get_text_config()._attn_implementation)
 
     def answer_token_id(self, word: str) -> int:
         """The single token id of an answer word; an error if the word is several tokens."""
