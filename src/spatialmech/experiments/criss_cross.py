@@ -1,8 +1,8 @@
 """`criss-cross` (paper §5.2.2, Figs. 6-7): is an object's position carried by its own tokens or by its strip?
 
 Clean input: (c0, c1, c2) along an axis, e.g. "left of c1" -> c0. Counterfactual (`reversed`): the same
-image with the attributes reversed, (c2, c1, c0), same query. At one site (the embeddings
-`projector.out`, then `lm.resid_pre.{l}` for every layer) the two *end* regions are swapped between
+image with the attributes reversed, (c2, c1, c0), same query. At one point of the layer axis ("emb" =
+the input to layer 0, then the output of each layer, `patching.sweep_layer_axis`) the two *end* regions are swapped between
 the runs: the clean run's region of object 0 gets the counterfactual run's values from its object-2
 region, and vice versa. The counterfactual's object-2 region shows c0, so in image space every
 attribute stays where it was, but it now arrives in tokens computed at the other end of the row. If
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Engine, Intervention, Patch, regions
+from spatialmech.engine import Engine, Intervention, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import patching
 from spatialmech.experiments.common import Pair, encode_items
@@ -37,9 +37,8 @@ DEFAULT_TASK = "squares"
 TASKS = ("squares", "shapes", "objects")
 REGIONS = ("object", "strip")
 MAPPINGS = ("swap", "aligned")
-SITE = "lm.resid_pre.{l}"
-EMBEDDINGS_SITE = "projector.out"
-EMBEDDINGS_LABEL = "emb"
+SITE = patching.LAYER_SITE
+EMBEDDINGS_SITE = patching.EMBEDDINGS_SITE
 ANSWERS = ("clean", "flipped")
 LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
 FLIP_THRESHOLD = 0.5  # a layer "flips" when most pairs' patched top-1 is the flipped answer
@@ -162,50 +161,22 @@ def sweep_batch(
     For `backup`: `target_interventions` act on every clean run (the unpatched one and each patched
     one), `source_interventions` on the counterfactual run the swapped values are read from. Both must
     be built for `clean_inputs` / `counter_inputs` (pass the inputs you built them for; otherwise they
-    are encoded here with `encode_pairs`). Per site, target interventions apply before the swap, so an
-    ablation of `projector.out` is overwritten at the swapped tokens by the (ablated) counterfactual
-    values; an intervention at `lm.resid_pre.0` over the same tokens would instead overwrite the
-    embedding-level swap. Target interventions at or before layer min(layers) keep the fast sweep;
-    later ones fall back to the engine's exact naive loop.
+    are encoded here with `encode_pairs`). An ablation of `projector.out` acts upstream of every swap, so
+    at the swapped tokens it is overwritten by the (ablated) counterfactual values. Target
+    interventions at or before the first swept point keep the fast sweep; later ones fall back to the
+    engine's exact naive loop.
     """
     adapter = engine.adapter
     if clean_inputs is None or counter_inputs is None:
         clean_inputs, counter_inputs = encode_pairs(adapter, task, pairs)
     targets, sources = swap_positions(clean_inputs, counter_inputs, pairs, region, mapping)
     words = [tracked_answers(p) for p in pairs]
-    per_label: list[torch.Tensor] = []
-    labels: list[Any] = []
-    method = "none"
-    if include_embeddings:
-        source_values = engine.cache(counter_inputs, {EMBEDDINGS_SITE: sources}, interventions=source_interventions)
-        swap = Patch(EMBEDDINGS_SITE, targets, source_values[EMBEDDINGS_SITE])
-        per_label.append(engine.logits(clean_inputs, [*target_interventions, swap])[None])
-        labels.append(EMBEDDINGS_LABEL)
-    if layers:
-        result = engine.patch_sweep(
-            clean_inputs, counter_inputs, targets, sources, site=SITE, layers=list(layers), keep_logits=True,
-            target_interventions=target_interventions, source_interventions=source_interventions,
-        )
-        per_label.append(result.logits)
-        labels.extend(int(layer) for layer in layers)
-        clean_logits, counter_logits, method = result.clean_logits, result.source_logits, result.method
-    else:
-        clean_logits = engine.logits(clean_inputs, target_interventions)
-        counter_logits = engine.logits(counter_inputs, source_interventions)
-    if not per_label:
-        raise UserInputError("criss-cross with no layers and no embeddings has nothing to patch", "pass --layers or keep the embeddings")
-    logits = torch.cat([x.to(clean_logits.device) for x in per_label])
-    records = patching.batch_records(adapter, pairs, words, logits, clean_logits, counter_logits)
-    return {"layers": labels, "pairs": records, "method": method}
-
-
-def layer_labels(config: dict[str, Any]) -> list[Any]:
-    return ([EMBEDDINGS_LABEL] if config.get("include_embeddings", True) else []) + list(config["layers"])
-
-
-def plot_x(labels: Sequence[Any]) -> list[int]:
-    """x positions for the figure: the embeddings at -1, layers at their index."""
-    return [-1 if label == EMBEDDINGS_LABEL else int(label) for label in labels]
+    sweep = patching.sweep_layer_axis(
+        engine, clean_inputs, counter_inputs, targets, sources, layers=list(layers), include_embeddings=include_embeddings,
+        target_interventions=target_interventions, source_interventions=source_interventions,
+    )
+    records = patching.batch_records(adapter, pairs, words, sweep.logits, sweep.clean_logits, sweep.source_logits)
+    return {"layers": sweep.labels, "pairs": records, "method": sweep.method}
 
 
 def flip_summary(labels: Sequence[Any], flip_rate: Sequence[float]) -> dict[str, Any]:
@@ -221,10 +192,11 @@ def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
 
 
 def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
-             n_pairs: int) -> list[str]:
+             records: list[dict[str, Any]]) -> list[str]:
+    n_pairs = len(records)
     title = (f"criss-cross ({ctx.config['region']} tokens swapped): {patching.model_name(ctx)}, {ctx.task_name}, "
-             f"n={n_pairs} pairs; layer -1 = embeddings")
-    return patching.figure(ctx, plot_x(labels), curves, LEGEND, title)
+             f"n={n_pairs} pairs")
+    return patching.figure(ctx, labels, curves, LEGEND, title)
 
 
 def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list[Any], curves: dict[str, list[float]],
@@ -243,7 +215,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    labels=lambda ctx: patching.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
     desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}",
 )
 

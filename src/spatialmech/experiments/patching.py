@@ -10,6 +10,11 @@ kind it uses, which answers it tracks and how it patches one batch.
 
 A batch function returns one JSON-able record per pair (see `pair_record`), with one row per layer
 label; `summarise` averages them into the curves of the result.
+
+The layer axis is the authors' (their `last_token_exp/src/patch.py` and `plot.py`): L+1 points, "emb"
+= the input to layer 0 (`lm.resid_pre.0`), then label l = the *output* of layer l
+(`lm.resid_post.{l}`), so the paper's "c2 at layers 20-22" reads the same on our curves. `--layers`
+picks which layer outputs are swept (0..L-1); "emb" is always added (`include_embeddings`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import LogitsFn, Pair, answer_ids, filter_correct_pairs, make_pairs
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, parse_layers
-from spatialmech.plotting import plot_layer_curves
+from spatialmech.plotting import EMBEDDINGS_LABEL, plot_layer_curves
 from spatialmech.tasks.base import Item, Task
 
 DEFAULT_PAIRS = 50  # the paper's pairs per setting
+EMBEDDINGS_SITE = "lm.resid_pre.0"  # the layer axis' "emb" point: the input to layer 0
+LAYER_SITE = "lm.resid_post.{l}"  # layer label l: the output of layer l
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -50,8 +57,64 @@ def base_config(options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
     return {
         "n": DEFAULT_PAIRS if n is None else int(n),
         "layers": [int(layer) for layer in layers],
+        "include_embeddings": bool(options.get("include_embeddings", True)),
         "filter_correct": bool(options.get("filter_correct", True)),
     }
+
+
+def layer_labels(config: Mapping[str, Any]) -> list[Any]:
+    """["emb", l0, l1, ...]: the labels of a sweep's rows (see the module docstring)."""
+    return ([EMBEDDINGS_LABEL] if config.get("include_embeddings", True) else []) + [int(x) for x in config["layers"]]
+
+
+@dataclass
+class LayerSweep:
+    """Patched logits (n_labels, batch, vocab) in `layer_labels` order, and the unpatched runs."""
+
+    labels: list[Any]
+    logits: torch.Tensor
+    clean_logits: torch.Tensor
+    source_logits: torch.Tensor
+    method: str
+
+
+def sweep_layer_axis(
+    engine: Engine,
+    target: Any,
+    source: Any,
+    target_positions: Any,
+    source_positions: Any,
+    *,
+    layers: Sequence[int],
+    include_embeddings: bool = True,
+    target_interventions: Sequence[Any] = (),
+    source_interventions: Sequence[Any] = (),
+) -> LayerSweep:
+    """Patch source values into the target at "emb" (`lm.resid_pre.0`) and at the output of every layer
+    in `layers` (`lm.resid_post.{l}`): the one place the patching experiments' layer axis is made."""
+    if not include_embeddings and not layers:
+        raise UserInputError("a patching sweep with no layers and no embeddings has nothing to patch",
+                             "pass --layers or keep the embeddings")
+    parts, labels, method = [], [], "none"
+    runs: Any = None
+    for site, chosen, names in (("lm.resid_pre.{l}", [0] if include_embeddings else [], [EMBEDDINGS_LABEL]),
+                                (LAYER_SITE, [int(x) for x in layers], [int(x) for x in layers])):
+        if not chosen:
+            continue
+        # The engine's fast sweep recomputes from the first layer after the patch; patching only the last
+        # layer's output leaves nothing to recompute, which it does not handle: one plain forward instead.
+        only_last = site == LAYER_SITE and chosen == [engine.adapter.num_layers - 1]
+        result = engine.patch_sweep(
+            target, source, target_positions, source_positions, site=site, layers=chosen, keep_logits=True,
+            target_interventions=target_interventions, source_interventions=source_interventions,
+            method="naive" if only_last else "auto",
+        )
+        parts.append(result.logits)
+        labels.extend(names)
+        runs = runs or result
+        method = result.method
+    logits = torch.cat([part.to(runs.clean_logits.device) for part in parts])
+    return LayerSweep(labels, logits, runs.clean_logits, runs.source_logits, method)
 
 
 def load_task(ctx: ExperimentContext) -> Task:
@@ -80,22 +143,32 @@ def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
     return make_pairs(task, ordered, kind)
 
 
-def pair_selection(ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None) -> dict[str, Any]:
+def pair_selection(ctx: ExperimentContext, task: Task, groups: Mapping[str, Sequence[Pair]],
+                   logits_fn: LogitsFn | None = None) -> dict[str, Any]:
     """The unit `pairs`: the kept pairs' clean ids and the filter report.
 
-    With `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
-    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the
-    first `n` candidates.
+    `n` applies per group of candidates (one group "all", or one per direction for last-token). With
+    `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
+    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the first `n`.
     """
     n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
-    candidates = candidate_pairs(task, kind, ctx.seed)
-    if filtering:
-        kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
-    else:
-        kept = candidates[:n]
-        report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
-                  "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
-    report = {**report, "requested": n, "filter_correct": filtering, "counterfactual": kind}
+    kept: list[Pair] = []
+    totals: dict[str, Any] = {}
+    by_group: dict[str, Any] = {}
+    for group, candidates in groups.items():
+        if filtering:
+            chosen, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
+        else:
+            chosen = list(candidates[:n])
+            report = {"candidates": len(chosen), "kept": len(chosen), "dropped_clean_wrong": 0,
+                      "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
+        kept.extend(chosen)
+        by_group[group] = report
+        for key, value in report.items():
+            totals[key] = totals.get(key, 0) + value
+    report = {**totals, "requested": n, "filter_correct": filtering}
+    if len(groups) > 1:
+        report["by_group"] = by_group
     return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
 
 
@@ -114,9 +187,10 @@ class PatchingSpec:
     patches one batch of pairs; plus the few metrics, the figure and (for `backup`) the result when
     no pair is kept. Everything else (pair selection, batching, curves, tables) is shared here.
 
-    `batch(ctx, pairs)` returns `{"pairs": [one `pair_record` per pair], ...}`; `labels(ctx)` the
+    `candidates(ctx, task)` groups the candidate pairs (`n` is kept per group; default one group of
+    every item's `counterfactual` pair). `batch(ctx, pairs)` returns `{"pairs": [one `pair_record` per pair], ...}`; `labels(ctx)` the
     layer labels of its rows; `metrics(ctx, records, labels, curves, top1, report)` the
-    experiment's metrics; `figures(ctx, labels, curves, top1, n_pairs)` its figure files.
+    experiment's metrics; `figures(ctx, labels, curves, top1, records)` its figure files.
     """
 
     name: str
@@ -130,6 +204,7 @@ class PatchingSpec:
     desc: Callable[[ExperimentContext], str]
     selection_logits: Callable[[ExperimentContext], LogitsFn | None] = lambda ctx: None
     no_pairs: Callable[[ExperimentContext, dict[str, Any]], ExperimentOutput] | None = None
+    candidates: Callable[[ExperimentContext, Task], Mapping[str, Sequence[Pair]]] | None = None
 
 
 PAIRS_UNIT = "pairs"
@@ -144,10 +219,21 @@ def shared_engine(ctx: ExperimentContext) -> Engine:
     return ctx.shared("engine", lambda: Engine(ctx.adapter))
 
 
+def candidate_groups(ctx: ExperimentContext, spec: PatchingSpec) -> Mapping[str, Sequence[Pair]]:
+    """The spec's candidate pairs by group, built once per process."""
+    def build() -> Mapping[str, Sequence[Pair]]:
+        task = shared_task(ctx)
+        if spec.candidates is not None:
+            return spec.candidates(ctx, task)
+        return {"all": candidate_pairs(task, spec.counterfactual, ctx.seed)}
+
+    return ctx.shared("candidate_groups", build)
+
+
 def kept_pairs(ctx: ExperimentContext, spec: PatchingSpec) -> list[Pair]:
     """The pairs the saved `pairs` unit kept, rebuilt from the task (once per process)."""
     def build() -> list[Pair]:
-        by_id = {pair.clean.id: pair for pair in candidate_pairs(shared_task(ctx), spec.counterfactual, ctx.seed)}
+        by_id = {pair.clean.id: pair for group in candidate_groups(ctx, spec).values() for pair in group}
         return [by_id[item_id] for item_id in ctx.load_unit(PAIRS_UNIT)["clean_ids"]]
 
     return ctx.shared("kept_pairs", build)
@@ -168,7 +254,9 @@ def plan(ctx: ExperimentContext, spec: PatchingSpec) -> Iterator[Stage]:
 
 def compute_unit(ctx: ExperimentContext, spec: PatchingSpec, key: str) -> Mapping[str, Any]:
     if key == PAIRS_UNIT:
-        return pair_selection(ctx, shared_task(ctx), spec.counterfactual, spec.selection_logits(ctx))
+        unit = pair_selection(ctx, shared_task(ctx), candidate_groups(ctx, spec), spec.selection_logits(ctx))
+        unit["report"]["counterfactual"] = spec.counterfactual
+        return unit
     index = int(key.removeprefix(BATCH_PREFIX))
     group = chunks(kept_pairs(ctx, spec), ctx.batch_size)[index]
     return spec.batch(ctx, group)
@@ -188,7 +276,7 @@ def combine(ctx: ExperimentContext, spec: PatchingSpec) -> ExperimentOutput:
         records.extend(ctx.load_unit(f"{BATCH_PREFIX}{index:05d}")["pairs"])
     labels = spec.labels(ctx)
     curves, top1 = summarise(records, spec.answers)
-    figures = spec.figures(ctx, labels, curves, top1, len(records))
+    figures = spec.figures(ctx, labels, curves, top1, records)
     metrics = spec.metrics(ctx, records, labels, curves, top1, report)
     tables = {"curves": curve_rows(labels, curves, top1), "pairs": pair_rows(records, spec.answers)}
     return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": dict(spec.legend)})
@@ -339,7 +427,7 @@ def model_name(ctx: ExperimentContext) -> str:
 
 def figure(
     ctx: ExperimentContext,
-    x: Sequence[int],
+    x: Sequence[Any],
     curves: Mapping[str, Sequence[float]],
     legend: Mapping[str, str],
     title: str,
