@@ -10,9 +10,10 @@ those tokens carry the position, the answer flips to the attribute at the mirror
 "left of c1": c2).
 
 `--region object` swaps only the tokens whose centre lies in the object's box; `--region strip` swaps
-the object's whole strip (the band across the image along the other axis, `strip_tokens` wide =
-object + spacing, centred on the object). Paper (Qwen2-VL-7B): object-only swaps never flip; strip
-swaps flip from the embeddings up to ~layer 24.
+the object's whole strip: the grid is tiled into three bands across the image as the authors'
+criss_cross_patching/src/regions.py (`regions.tiling_strip_box`: middle = object + spacing, outer
+strips equal; Qwen 4/4/4, Gemma 5/6/5, Pixtral 5/5/5). Paper (Qwen2-VL-7B): object-only swaps never
+flip; strip swaps flip from the embeddings up to ~layer 24.
 
 `sweep_batch` is the reusable core: `backup` calls it with vision-ablation interventions.
 """
@@ -57,6 +58,12 @@ def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
     }
 
 
+def default_folder(config: dict[str, Any]) -> str | None:
+    """`--region strip` writes to its own folder (`criss-cross-strip`, as `reproduce` names it), so it
+    never overwrites the object run's."""
+    return f"{NAME}-strip" if config.get("region") == "strip" else None
+
+
 # ---------------------------------------------------------------------------------------- regions
 def end_objects(item: Item) -> tuple[int, int]:
     """Indices of the first and last object along the item's axis (by ordinal, else list order)."""
@@ -74,7 +81,7 @@ def region_box(item: Item, index: int, region: str) -> tuple[float, float, float
     if region == "object":
         return regions.object_box(item, index)
     if region == "strip":
-        box = regions.strip_box(item, index)
+        box = regions.tiling_strip_box(item, index)
         if box is None:
             raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
         return box
