@@ -23,7 +23,7 @@ from typing import Any
 
 from spatialmech.engine import Engine
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import ReusedEncodings, score_items, system_prompt
+from spatialmech.experiments.common import ReusedEncodings, get_task_for, score_items, system_prompt
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
 from spatialmech.experiments.vision_ablation import (
@@ -102,12 +102,11 @@ TOKENS_UNIT = "tokens-replaced"
 def _setup(ctx: ExperimentContext) -> dict[str, Any]:
     """Per process: the engine, each task with its items and its ablations (sources shared per task)."""
     def build() -> dict[str, Any]:
-        from spatialmech.tasks import get_task
 
         engine = Engine(ctx.adapter)
         tasks, items, ablations = {}, {}, {}
         for name in task_names(ctx.task_name):
-            tasks[name] = task = get_task(name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+            tasks[name] = task = get_task_for(ctx.adapter, name, ctx.data_root)
             items[name] = task.items(ctx.config.get("n"), seed=ctx.seed)
             shared = SourceTokens(engine, task)
             ablations[name] = {c: VisionAblation(engine, task, parts, source_tokens=shared) if parts else None

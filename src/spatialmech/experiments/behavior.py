@@ -18,7 +18,7 @@ from typing import Any
 
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import common
-from spatialmech.experiments.common import LogitsFn
+from spatialmech.experiments.common import LogitsFn, get_task_for
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
 from spatialmech.models.base import VLMAdapter
@@ -113,12 +113,6 @@ def run_behavior(
     items = task.items(n, seed=seed)
     rows = score_items(adapter, task, items, batch_size, logits_fn)
     return {**summarise(rows, items), "rows": rows}
-
-
-def get_task_for(adapter: VLMAdapter, task_name: str, data_root: str | None) -> Any:
-    from spatialmech.tasks import get_task
-
-    return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root, tokenizer=adapter.tokenizer)
 
 
 def _items(ctx: ExperimentContext) -> list[Any]:

@@ -30,7 +30,14 @@ import torch
 from spatialmech.engine import Engine
 from spatialmech.engine.scoring import answer_probabilities, top1_correct
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import LogitsFn, Pair, answer_ids, filter_correct_pairs, make_pairs
+from spatialmech.experiments.common import (
+    LogitsFn,
+    Pair,
+    answer_ids,
+    filter_correct_pairs,
+    get_task_for,
+    make_pairs,
+)
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, parse_layers
 from spatialmech.plotting import EMBEDDINGS_LABEL, plot_layer_curves
@@ -118,10 +125,8 @@ def sweep_layer_axis(
 
 
 def load_task(ctx: ExperimentContext) -> Task:
-    """The context's task, drawn on the model's own token grid."""
-    from spatialmech.tasks import get_task
-
-    return get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+    """The context's task, drawn on the model's own token grid (with its tokenizer, `get_task_for`)."""
+    return get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
 
 
 # ---------------------------------------------------------------------------------------- pairs

@@ -29,7 +29,7 @@ import torch
 
 from spatialmech.engine import Activations, ActivationStore, ActivationWriter, Engine, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import encode_items
+from spatialmech.experiments.common import encode_items, get_task_for
 from spatialmech.experiments.probing import (
     LinearProbe,
     ProbeTraining,
@@ -42,7 +42,6 @@ from spatialmech.experiments.probing import (
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, model_fingerprint
 from spatialmech.models.base import ImageTokens
 from spatialmech.plotting import plot_accuracy_bars, plot_token_heatmaps
-from spatialmech.tasks import get_task
 from spatialmech.tasks.base import Item
 
 NAME = "probe"
@@ -276,7 +275,7 @@ def run_axis(ctx: ExperimentContext, engine: Engine, task: Any, items: list[Item
 
 
 def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+    task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
     images = select_images(task.items(None, seed=ctx.seed), int(ctx.config["images_per_axis"]), ctx.seed)
     skipped = {axis: "no images with three objects along this axis" for axis in AXES if axis not in images}
     for axis in list(images):
