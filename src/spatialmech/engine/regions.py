@@ -82,6 +82,17 @@ def tiling_strip_box(item: Item, index: int, axis: str | None = None) -> Box | N
     return _fraction(item, geometry.cells_to_px(geometry.tiling_strip_cells(tuple(obj.box_cells), axis or item.axis)))
 
 
+def labelled_box(item: Item, index: int, kind: str) -> Box | None:
+    """The hand-labelled `kind` ("object" / "strip") box of end object `index` (0 = left, last = right)
+    where the item carries one (`meta["regions"]`, What'sUp composites on the authors' 12x12 and 16x16
+    grids, tasks/whatsup_data.py); None otherwise."""
+    labelled = ((item.meta or {}).get("regions") or {}).get(kind)
+    if not labelled or not item.grid or index not in (0, len(item.objects) - 1):
+        return None
+    geometry = GridGeometry.from_dict(item.grid)
+    return _fraction(item, geometry.cells_to_px(tuple(labelled["left" if index == 0 else "right"])))
+
+
 def nearest_index(tokens: ImageTokens, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
     """Index (shape (1,)) of the token of `tile` (default main) whose centre is nearest the box centre."""
     tile = tokens.main_tile if tile is None else tile

@@ -35,7 +35,7 @@ from spatialmech.tasks.base import CF_REVERSED, Item
 
 NAME = "criss-cross"
 DEFAULT_TASK = "squares"
-TASKS = ("squares", "shapes", "objects")
+TASKS = ("squares", "shapes", "objects", "whatsup")
 REGIONS = ("object", "strip")
 MAPPINGS = ("swap", "aligned")
 SITE = patching.LAYER_SITE
@@ -77,7 +77,11 @@ def end_objects(item: Item) -> tuple[int, int]:
 
 
 def region_box(item: Item, index: int, region: str) -> tuple[float, float, float, float]:
-    """The box of object `index`'s region: its own box or its strip (`engine.regions`)."""
+    """The box of object `index`'s region: its own box or its strip (`engine.regions`); What'sUp
+    composites use the authors' hand-labelled left/right boxes."""
+    labelled = regions.labelled_box(item, index, region) if region in REGIONS else None
+    if labelled is not None:
+        return labelled
     if region == "object":
         return regions.object_box(item, index)
     if region == "strip":
@@ -127,6 +131,38 @@ def swap_positions(
         else:
             sources.append(torch.cat([counter_a[row], counter_b[row]]))
     return targets, sources
+
+
+def whatsup_candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
+    """What'sUp: every composite as a clean (left, reference, right) row with its reversed
+    counterfactual (their criss_cross_patching/cf_pairs 3-tuples), shuffled from the seed. A reference
+    whose hand-labelled left and right regions differ in size (Gemma's table strip: 6 and 4 columns)
+    cannot be swapped token for token and is left out."""
+    import random
+
+    from spatialmech.tasks import cf_pairs
+
+    def equal(item: Item) -> bool:
+        labelled = (item.meta.get("regions") or {}).get(ctx.config["region"]) or {}
+        sizes = {(b[2] - b[0]) * (b[3] - b[1]) for b in labelled.values()}
+        return len(sizes) == 1
+
+    items = [item for item in task.items(None, seed=ctx.seed) if equal(item)]
+    random.Random(ctx.seed).shuffle(items)
+    pairs = []
+    for item in items:
+        left, right = item.meta["side_names"]
+        reference = item.id.split("/")[1]
+        entities = [left, reference, right] if item.relation == "left" else [right, reference, left]
+        built = cf_pairs.build_pair(task, entities, item.relation, item.id, "whatsup")
+        pairs.append(Pair(built.clean, built.counterfactual.item, built.counterfactual.kind))
+    return {"all": pairs}
+
+
+def candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
+    if task.name == "whatsup":
+        return whatsup_candidates(ctx, task)
+    return {"all": patching.candidate_pairs(task, CF_REVERSED, ctx.seed)}
 
 
 # ---------------------------------------------------------------------------------------- answers
@@ -223,7 +259,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=ANSWERS, legend=LEGEND, batch=_batch,
     labels=lambda ctx: patching.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
-    desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}",
+    desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}", candidates=candidates,
 )
 
 

@@ -15,7 +15,8 @@ counterfactual run's last-token residual replaces the clean run's, and we read P
 - c3 (counterfactual answer): the residual already carries the attribute itself;
 - c1 (reference) and c4 (the counterfactual's far object): controls.
 
-Paper (Qwen2-VL-7B, 28 layers): c0 up to layer 19, c2 at 20-22, c3 from 23 on. `--pairs FILE` runs
+What'sUp (left/right only): a reference (chair, table, armchair) and 4 of its side objects that
+are one token for the model, as theirs. Paper (Qwen2-VL-7B, 28 layers): c0 up to layer 19, c2 at 20-22, c3 from 23 on. `--pairs FILE` runs
 the authors' own pairs (`last_token_exp/cf_pairs/<task>.json`, via `tasks.cf_pairs.load_pairs`).
 """
 
@@ -36,7 +37,7 @@ from spatialmech.tasks.base import CF_OPPOSITE_QUERY, Task
 
 NAME = "last-token"
 DEFAULT_TASK = "squares"
-TASKS = ("squares", "shapes", "objects")
+TASKS = ("squares", "shapes", "objects", "whatsup")
 DIRECTIONS = ("left", "right", "above", "below")
 MAX_ATTEMPTS = 2000  # candidate tuples drawn per direction at most (theirs: --max-attempts-per-direction)
 ANSWERS = ("c0", "c1", "c2", "c3", "c4")
@@ -59,19 +60,34 @@ def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- pairs
-def draw_tuples(attributes: Sequence[str], direction_count: int, seed: int, limit: int) -> list[list[list[str]]]:
-    """Per direction, up to `limit` distinct random 5-tuples of `attributes` (one generator over the
-    directions in order, as their build_cf_pairs.py draws them)."""
-    if len(attributes) < 5:
-        raise UserInputError(f"last-token needs 5 distinct attributes, the task has {len(attributes)}",
+def draw_tuples(pool: Sequence[str] | Mapping[str, Sequence[str]], direction_count: int, seed: int,
+                limit: int) -> list[list[list[str]]]:
+    """Per direction, the distinct 5-tuples among `limit` random draws (one generator over the
+    directions in order, as their build_cf_pairs.py). `pool`: the attributes (5 distinct), or
+    What'sUp's {reference: side objects} (a reference, then 4 distinct sides: (s0, ref, s2, s3, s4))."""
+    if isinstance(pool, Mapping):
+        pool = {ref: list(sides) for ref, sides in pool.items() if len(sides) >= 4}
+        if not pool:
+            raise UserInputError("last-token on whatsup needs a reference object with 4 usable side objects",
+                                 "use the full What'sUp download (and a model whose tokenizer keeps the names)")
+    elif len(pool) < 5:
+        raise UserInputError(f"last-token needs 5 distinct attributes, the task has {len(pool)}",
                              "use squares, shapes or objects")
     rng = random.Random(seed)
+
+    def draw() -> tuple[str, ...]:
+        if isinstance(pool, dict):
+            reference = rng.choice(sorted(pool))
+            sides = rng.sample(pool[reference], 4)
+            return (sides[0], reference, sides[1], sides[2], sides[3])
+        return tuple(rng.sample(list(pool), 5))
+
     out = []
     for _ in range(direction_count):
         seen: set[tuple[str, ...]] = set()
         tuples: list[list[str]] = []
         for _ in range(limit):
-            candidate = tuple(rng.sample(list(attributes), 5))
+            candidate = draw()
             if candidate not in seen:
                 seen.add(candidate)
                 tuples.append(list(candidate))
@@ -92,7 +108,7 @@ def candidates(ctx: ExperimentContext, task: Task) -> dict[str, list[Pair]]:
                                      "use the authors' last_token_exp/cf_pairs/<task>.json")
             groups.setdefault(file_pair.direction, []).append(Pair(file_pair.clean, cf.item, cf.kind))
         return groups
-    if not getattr(task, "attributes", ()):  # custom data: its rows' own opposite_query counterfactuals
+    if task.name != "whatsup" and not getattr(task, "attributes", ()):  # custom data: its own counterfactuals
         return {"all": patching.candidate_pairs(task, CF_OPPOSITE_QUERY, ctx.seed)}
     return drawn_pairs(task, ctx.seed, min(MAX_ATTEMPTS, max(200, 20 * int(ctx.config["n"]))))
 
@@ -102,7 +118,12 @@ def drawn_pairs(task: Task, seed: int, limit: int) -> dict[str, list[Pair]]:
     from spatialmech.tasks import cf_pairs
 
     groups: dict[str, list[Pair]] = {}
-    for direction, tuples in zip(DIRECTIONS, draw_tuples(getattr(task, "attributes", ()), len(DIRECTIONS), seed, limit)):
+    directions, pool = DIRECTIONS, getattr(task, "attributes", ())
+    if task.name == "whatsup":  # horizontal only; sides kept for the model's tokenizer (task.stats)
+        task.all_items()
+        directions = ("left", "right")
+        pool = {ref: stats["kept"] for ref, stats in task.stats["side_objects"].items()}
+    for direction, tuples in zip(directions, draw_tuples(pool, len(directions), seed, limit)):
         built = [cf_pairs.build_pair(task, t, direction, f"{task.name} tuple {t}", task.name) for t in tuples]
         groups[direction] = [Pair(b.clean, b.counterfactual.item, b.counterfactual.kind) for b in built]
     return groups
