@@ -91,9 +91,11 @@ def _accuracy(rows: Sequence[dict[str, Any]], condition: str) -> float | None:
 
 
 def paper_reference(task_name: str) -> dict[str, float | None]:
+    """Table 5 as the authors' fixed code gives it (their re-run): the published Gemma row came from
+    their range(12*12) bug (`reference.ABLATE_VISION_BUGGED`)."""
     from spatialmech import reference as paper
 
-    return {model: values.get(task_name) for model, values in paper.ABLATE_VISION.items()}
+    return {model: values.get(task_name) for model, values in paper.ABLATE_VISION_RERUN.items()}
 
 
 TOKENS_UNIT = "tokens-replaced"
