@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spatialmech.engine import Engine, last_position
-from spatialmech.experiments import last_token, patching
+from spatialmech.experiments import last_token, layer_axis
 from spatialmech.experiments.common import encode_items
 from spatialmech.experiments.runner import load_result, run_experiment
 from spatialmech.models import adapter_class
@@ -31,7 +31,7 @@ def test_layer_axis_is_embed_then_each_layers_output(adapter):
     pairs = [p for group in last_token.drawn_pairs(task, seed=0, limit=1).values() for p in group]
     engine = Engine(adapter)
     layers = list(range(adapter.num_layers))
-    sweep = patching.sweep_layer_axis(
+    sweep = layer_axis.sweep_layer_axis(
         engine, *(encode_items(adapter, task, [getattr(p, side) for p in pairs]) for side in ("clean", "counter")),
         *(last_position(encode_items(adapter, task, [getattr(p, side) for p in pairs])) for side in ("clean", "counter")),
         layers=layers,
@@ -50,7 +50,7 @@ def test_layer_axis_is_embed_then_each_layers_output(adapter):
 def test_layers_option_picks_layer_outputs_and_keeps_emb(adapter):
     """plot.py's axis: `--layers 1` gives the points "emb" and 1 (the output of layer 1)."""
     config = last_token.config_from({"layers": "1"}, adapter)
-    assert patching.layer_labels(config) == ["emb", 1]
+    assert layer_axis.layer_labels(config) == ["emb", 1]
     assert config["sites"] == ["lm.resid_pre.0", "lm.resid_post.{l}"]
 
 

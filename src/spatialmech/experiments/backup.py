@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spatialmech.engine import Engine
-from spatialmech.experiments import criss_cross, patching
+from spatialmech.experiments import criss_cross, layer_axis, patching
 from spatialmech.experiments.common import Pair
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
 from spatialmech.experiments.vision_ablation import PARTS, SITE, SourceTokens, VisionAblation
@@ -118,7 +118,7 @@ def no_pairs_output(ctx: ExperimentContext, report: dict[str, Any]) -> Experimen
         "n_pairs": 0,
         "kept_pairs": 0,
         "candidate_pairs": report["candidates"],
-        "layers": patching.layer_labels(ctx.config),
+        "layers": layer_axis.layer_labels(ctx.config),
         "max_flip_rate": None,
         "finding": finding,
         "pairs": report,
@@ -166,7 +166,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=criss_cross.ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: patching.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    labels=lambda ctx: layer_axis.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
     desc=lambda ctx: f"backup {ctx.task_name}", selection_logits=lambda ctx: shared_ablation(ctx).logits,
     no_pairs=no_pairs_output,
 )

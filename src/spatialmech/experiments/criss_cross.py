@@ -2,7 +2,7 @@
 
 Clean input: (c0, c1, c2) along an axis, e.g. "left of c1" -> c0. Counterfactual (`reversed`): the same
 image with the attributes reversed, (c2, c1, c0), same query. At one point of the layer axis ("emb" =
-the input to layer 0, then the output of each layer, `patching.sweep_layer_axis`) the two *end* regions are swapped between
+the input to layer 0, then the output of each layer, `layer_axis.sweep_layer_axis`) the two *end* regions are swapped between
 the runs: the clean run's region of object 0 gets the counterfactual run's values from its object-2
 region, and vice versa. The counterfactual's object-2 region shows c0, so in image space every
 attribute stays where it was, but it now arrives in tokens computed at the other end of the row. If
@@ -27,7 +27,7 @@ import torch
 
 from spatialmech.engine import Engine, Intervention, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import patching
+from spatialmech.experiments import layer_axis, patching
 from spatialmech.experiments.common import Pair, encode_items
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.models.base import BatchInputs
@@ -38,8 +38,8 @@ DEFAULT_TASK = "squares"
 TASKS = ("squares", "shapes", "objects", "whatsup")
 REGIONS = ("object", "strip")
 MAPPINGS = ("swap", "aligned")
-SITE = patching.LAYER_SITE
-EMBEDDINGS_SITE = patching.EMBEDDINGS_SITE
+SITE = layer_axis.LAYER_SITE
+EMBEDDINGS_SITE = layer_axis.EMBEDDINGS_SITE
 ANSWERS = ("clean", "flipped")
 LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
 FLIP_THRESHOLD = 0.5  # a layer "flips" when most pairs' patched top-1 is the flipped answer
@@ -214,7 +214,7 @@ def sweep_batch(
         clean_inputs, counter_inputs = encode_pairs(adapter, task, pairs)
     targets, sources = swap_positions(clean_inputs, counter_inputs, pairs, region, mapping)
     words = [tracked_answers(p) for p in pairs]
-    sweep = patching.sweep_layer_axis(
+    sweep = layer_axis.sweep_layer_axis(
         engine, clean_inputs, counter_inputs, targets, sources, layers=list(layers), include_embeddings=include_embeddings,
         target_interventions=target_interventions, source_interventions=source_interventions,
     )
@@ -258,7 +258,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: patching.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    labels=lambda ctx: layer_axis.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
     desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}", candidates=candidates,
 )
 

@@ -5,7 +5,7 @@ direction (left, right, above, below) random 5-tuples (c0, c1, c2, c3, c4) drawn
 attributes (seed = `--seed`), c1 the reference. Clean: (c0, c1, c2) asked "left of c1" -> c0 (for
 right/below the row is (c2, c1, c0)); counterfactual: (c4, c1, c3) asked the opposite way -> c3. The first
 `--n` (default 50) pairs per direction the model answers right on both inputs are kept. At each point of
-the layer axis ("emb" = input to layer 0, then the output of each layer, `patching.sweep_layer_axis`) the
+the layer axis ("emb" = input to layer 0, then the output of each layer, `layer_axis.sweep_layer_axis`) the
 counterfactual run's last-token residual replaces the clean run's, and we read P of all five objects
 (summed over spellings):
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from spatialmech.engine import Engine, last_position
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import patching
+from spatialmech.experiments import layer_axis, patching
 from spatialmech.experiments.common import Pair, encode_items
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.plotting import plot_layer_panels
@@ -52,7 +52,7 @@ def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
     return {
         **patching.base_config(options, adapter),
         "counterfactual": CF_OPPOSITE_QUERY,
-        "sites": [patching.EMBEDDINGS_SITE, patching.LAYER_SITE],
+        "sites": [layer_axis.EMBEDDINGS_SITE, layer_axis.LAYER_SITE],
         "positions": "last token",
         "per": "direction",
         "pairs_file": str(Path(pairs).resolve()) if pairs is not None else None,
@@ -152,7 +152,7 @@ def sweep_batch(engine: Engine, task: Any, pairs: Sequence[Pair], layers: Sequen
     clean = encode_items(adapter, task, [p.clean for p in pairs])
     counter = encode_items(adapter, task, [p.counter for p in pairs])
     words = [tracked_answers(p) for p in pairs]
-    sweep = patching.sweep_layer_axis(engine, clean, counter, last_position(clean), last_position(counter),
+    sweep = layer_axis.sweep_layer_axis(engine, clean, counter, last_position(clean), last_position(counter),
                                       layers=list(layers), include_embeddings=include_embeddings)
     records = patching.batch_records(adapter, pairs, words, sweep.logits, sweep.clean_logits, sweep.source_logits)
     for record, pair in zip(records, pairs):
@@ -230,7 +230,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_OPPOSITE_QUERY, answers=ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: patching.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    labels=lambda ctx: layer_axis.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
     desc=lambda ctx: f"last-token {ctx.task_name}", candidates=candidates,
 )
 
