@@ -42,6 +42,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.experiment, model, task=args.task, n=args.n, out=args.out, data=args.data, seed=args.seed,
             batch_size=args.batch_size, resume=args.resume, progress=True, executor=cluster,
             layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe,
+            **({"pairs": args.pairs} if args.pairs is not None else {}),
         )
     assert result.folder is not None
     print(f"{args.experiment} on {args.model} ({result.task}) finished in {time.time() - start:.1f}s: {result.folder / 'result.json'}")

@@ -35,8 +35,24 @@ def save_figure(fig, stem: str | Path) -> list[str]:
     return paths
 
 
+EMBEDDINGS_LABEL = "emb"  # the layer axis' first point: the input to layer 0 (SPEC section 7)
+
+
+def layer_x(labels: Sequence[int | str]) -> list[int]:
+    """x positions of layer labels: "emb" at -1, layer l (the output of layer l) at l."""
+    return [-1 if label == EMBEDDINGS_LABEL else int(label) for label in labels]
+
+
+def _layer_ticks(ax, labels: Sequence[int | str]) -> None:
+    """Ticks named as the labels, so "c2 at layers 20-22" reads off the axis (the authors' plot.py)."""
+    xs = layer_x(labels)
+    step = max(1, (len(xs) - 1) // 8)
+    picked = sorted({*xs[::step], xs[-1]}) if xs else []
+    ax.set_xticks(picked, [EMBEDDINGS_LABEL if x == -1 else str(x) for x in picked])
+
+
 def plot_layer_curves(
-    layers: Sequence[int],
+    layers: Sequence[int | str],
     curves: Mapping[str, Sequence[float]],
     stem: str | Path,
     title: str,
@@ -48,13 +64,43 @@ def plot_layer_curves(
     for (start, end, label), colour in zip(shade, ("#f3e6c9", "#d9ecd9", "#dde4f3")):
         ax.axvspan(start - 0.5, end + 0.5, color=colour, alpha=0.6, label=label)
     for (label, values), colour in zip(curves.items(), PALETTE):
-        ax.plot(list(layers), list(values), marker="o", markersize=3, label=label, color=colour)
-    ax.set_xlabel("layer")
+        ax.plot(layer_x(layers), list(values), marker="o", markersize=3, label=label, color=colour)
+    _layer_ticks(ax, layers)
+    ax.set_xlabel("layer (emb = input to layer 0; l = output of layer l)")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, stem)
+
+
+def plot_layer_panels(
+    labels: Sequence[int | str],
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    stem: str | Path,
+    title: str,
+    ylabel: str = "P (summed over spellings)",
+) -> list[str]:
+    """One panel per group (e.g. direction), one line per tracked answer with a +-std band:
+    panels[group][line] = (mean, std), as the authors' last_token_exp/plot.py draws Fig. 3."""
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), sharey=True, squeeze=False)
+    xs = layer_x(labels)
+    for ax, (group, lines) in zip(axes[0], panels.items()):
+        for (line, (mean, std)), colour in zip(lines.items(), PALETTE):
+            low = [m - s for m, s in zip(mean, std)]
+            high = [m + s for m, s in zip(mean, std)]
+            ax.plot(xs, list(mean), label=line, color=colour, linewidth=1.8)
+            ax.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
+        _layer_ticks(ax, labels)
+        ax.set_title(str(group), fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle(title, fontsize=10)
     return save_figure(fig, stem)
 
 

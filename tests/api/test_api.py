@@ -33,7 +33,7 @@ def test_run_reproduces_the_cli_last_token(model, tmp_path, capsys):
     cli = json.loads((tmp_path / "last-token" / "result.json").read_text())
     result = sm.run("last-token", model, task="squares", n=3, layers="0-3")
     assert result.metrics == cli["metrics"]
-    assert result.metrics["n_pairs"] == 3 and result.folder is None
+    assert result.metrics["n_pairs"] == 12 and result.folder is None  # n per direction, 4 directions
     assert {"layer", "answer", "iia"} <= set(result.tables["curves"][0])
     assert isinstance(result.tables["curves"][0]["iia"], float)
     fig = result.figure()

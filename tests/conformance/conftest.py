@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 REFERENCE_COLOR = (120, 70, 20)
 SIDE_COLORS = {"pot": (220, 30, 30), "hat": (30, 60, 220), "orange": (240, 140, 0), "beer-bottle": (150, 40, 170),
                "mug": (30, 170, 60), "apple": (200, 0, 120), "rose": (90, 200, 200), "cube": (10, 10, 10),
-               "sphere": (250, 250, 0)}
+               "sphere": (250, 250, 0), "plant": (0, 120, 0), "cup": (255, 255, 255)}
 PHOTO = (160, 120)  # width, height (What'sUp photos are 4:3)
 
 

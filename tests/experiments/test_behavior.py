@@ -55,7 +55,7 @@ def test_forced_choice_is_correct_only_when_right_under_both_option_orders(tiny:
     for row in rows:
         assert row["correct"] == (row["correct_natural_order"] and row["correct_swapped_order"])
         assert "prediction_swapped" in row
-    assert chance_level(items) == 0.5
+    assert chance_level(items) == 0.25  # strict: both option orders right (meta["strict_chance"])
 
 
 def test_a_model_that_picks_the_first_offered_option_scores_zero_strictly(tiny: Adapter, monkeypatch: pytest.MonkeyPatch) -> None:

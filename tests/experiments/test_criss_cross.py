@@ -77,10 +77,12 @@ def test_regions_on_the_models_own_grid(adapter):
             assert _cells(adapter, inputs, row, region) == expected  # raster order: swapped token by token
         for objects, strip in ((objects_a[row], strips_a[row]), (objects_b[row], strips_b[row])):
             cells = _cells(adapter, inputs, row, strip)
-            assert len(cells) == geometry.strip_tokens * n
+            outer = geometry.strip_bands()[0][1]  # the end strips are the outer bands of the tiling
+            assert len(cells) == outer * n
             along = {c for _, c in cells} if item.axis == "horizontal" else {r for r, _ in cells}
             across = {r for r, _ in cells} if item.axis == "horizontal" else {c for _, c in cells}
-            assert len(along) == geometry.strip_tokens and across == set(range(n))  # a full band
+            assert len(along) == outer and across == set(range(n))  # a full band
+            assert along in (set(range(outer)), set(range(n - outer, n)))
             assert set(objects.tolist()) <= set(strip.tolist())
         assert not set(strips_a[row].tolist()) & set(strips_b[row].tolist())
         assert len(objects_a[row]) == k * k
@@ -111,7 +113,7 @@ def test_result_schema_with_embeddings_row(adapter, tmp_path):
         assert len(series) == len(labels) and all(0.0 <= v <= 1.0 for v in series)
     assert metrics["flip_rate"] == metrics["top1"]["flipped"]
     assert set(metrics["flip_layers"]) <= set(labels) and 0.0 <= metrics["max_flip_rate"] <= 1.0
-    folder = tmp_path / "criss-cross"
+    folder = tmp_path / ("criss-cross-strip" if region == "strip" else "criss-cross")
     curves = _csv(folder / "curves.csv")
     assert [(r["layer"], r["answer"]) for r in curves[:2]] == [("emb", "clean"), ("emb", "flipped")]
     assert len(curves) == 2 * len(labels)
@@ -164,7 +166,7 @@ def test_sweep_applies_the_callers_interventions(adapter):
 def test_resume_after_interruption_gives_the_same_metrics(tmp_path):
     adapter = adapter_class("qwen2-vl").tiny(0)
     first = load_result(_run(adapter, tmp_path, "strip").parent)
-    folder = tmp_path / "criss-cross"
+    folder = tmp_path / "criss-cross-strip"
     kept_unit = folder / "units" / "batch-00000.json"
     stamp = kept_unit.stat().st_mtime_ns
     (folder / "result.json").unlink()
@@ -189,7 +191,8 @@ def test_cli_on_the_bundled_model(tmp_path, capsys):
 
     code = main(["run", "criss-cross", "--region", "strip", "--n", "2", "--layers", "0,1", "--out", str(tmp_path), "--batch-size", "2"])
     assert code == 0, capsys.readouterr().err
-    metrics = load_result(tmp_path / "criss-cross")["metrics"]
+    assert not (tmp_path / "criss-cross").exists()  # the strip run has its own folder
+    metrics = load_result(tmp_path / "criss-cross-strip")["metrics"]
     assert metrics["region"] == "strip" and metrics["layers"] == ["emb", 0, 1] and 1 <= metrics["n_pairs"] <= 2
 
 

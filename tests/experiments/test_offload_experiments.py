@@ -25,7 +25,7 @@ LAYERS = 4
 # A random model answers few pairs right: patch unfiltered pairs (`filter_correct` is a test-only option).
 OPTIONS: dict[str, dict] = {
     "behavior": {"n": 4},
-    "last-token": {"n": 3, "filter_correct": False},
+    "last-token": {"n": 1, "filter_correct": False},  # per direction
     "probe": {"n": 4},
     "criss-cross": {"n": 2, "filter_correct": False},
     "ablate-vision": {"n": 2, "filter_correct": False},
@@ -81,7 +81,7 @@ def test_every_experiment_on_split_layers_equals_plain(models, experiment, tmp_p
 
 
 def test_cli_last_token_fully_offloaded_to_disk_equals_plain(tmp_path, capsys):
-    common = ["run", "last-token", "--n", "8"]
+    common = ["run", "last-token", "--n", "2"]  # per direction: 8 pairs
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     offloaded = [*common, "--device-map", "auto", "--max-memory", "cpu=2MiB", "--offload-folder", str(tmp_path / "offload"),
                  "--out", str(tmp_path / "offloaded")]

@@ -156,9 +156,18 @@ def test_resume_after_interruption_gives_the_same_result(adapter, finished, tmp_
 
 
 def test_whatsup_probe_runs_on_the_horizontal_axis_only(tmp_path):
+    import shutil
+
     adapter = _tiny("qwen2-vl")
+    # Experiments load What'sUp with the model's tokenizer, which keeps one-token names only: the tiny
+    # tokenizer splits "mug", so the fixture's mug photos are renamed to "pot" (one token) here.
+    root = shutil.copytree(FIXTURE, tmp_path / "whatsup")
+    for photo in (root / "data" / "controlled_images").glob("mug_*"):
+        photo.rename(photo.with_name(photo.name.replace("mug_", "pot_")))
+    listing = root / "data" / "controlled_images_dataset.json"
+    listing.write_text(listing.read_text().replace("mug_", "pot_"))
     result = load_result(
-        run_experiment("probe", adapter, out_root=tmp_path, task="whatsup", data_root=str(FIXTURE), progress=False).parent
+        run_experiment("probe", adapter, out_root=tmp_path / "out", task="whatsup", data_root=str(root), progress=False).parent
     )
     metrics = result["metrics"]
     assert set(metrics["accuracy"]) == {"horizontal"} and "vertical" in metrics["axes_skipped"]

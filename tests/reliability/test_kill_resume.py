@@ -133,7 +133,7 @@ def test_sigkill_at_random_points_then_resume(experiment, tiny_model, references
 
 # Patching experiments keep only pairs the model answers right, so they need a trained model: the bundled one.
 BUNDLED_RUNS: dict[str, list[str]] = {
-    "last-token": ["--n", "4", "--layers", "0-1", "--batch-size", "1"],  # pairs unit + 4 batch units
+    "last-token": ["--n", "1", "--layers", "0-1", "--batch-size", "1"],  # pairs unit + 4 batch units (1 pair per direction)
     "criss-cross": ["--n", "4", "--layers", "0-1", "--batch-size", "1"],
 }
 

@@ -26,7 +26,11 @@ def load_task(name_or_path: str | Path, model: Model | VLMAdapter | None = None,
     your own data: a .jsonl (render's items.jsonl) or .csv file, or a folder holding items.jsonl."""
     geometry = _adapter(model).grid_spec() if model is not None else None
     if str(name_or_path) in TASKS and str(name_or_path) != CustomTask.name:
-        return get_task(str(name_or_path), geometry=geometry, data_root=data)
+        if model is not None:  # the model's grid and tokenizer, as every experiment loads it
+            from spatialmech.experiments.common import get_task_for
+
+            return get_task_for(_adapter(model), str(name_or_path), data)
+        return get_task(str(name_or_path), data_root=data)
     if str(name_or_path) == CustomTask.name:
         if data is None:
             raise UserInputError("task custom needs its data file", "pass data='FILE.jsonl' or load_task('FILE.jsonl')")

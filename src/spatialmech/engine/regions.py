@@ -9,6 +9,9 @@ the box (`ImageTokens.in_box`, half-open, main view unless a tile is named). On 
   smaller than a token (pooled features of small objects);
 - `strip_box`: an object's strip, the band across the whole image along the other axis, centred on
   the object and `strip_tokens` wide, so that the strips of a row of objects tile the grid;
+- `tiling_strip_box`: the strip criss-cross swaps, as the authors' (criss_cross_patching/src/regions.py):
+  the grid tiled into three bands (`GridGeometry.strip_bands`, middle = object + spacing, outer
+  strips equal: Qwen 4/4/4, Gemma 5/6/5, Pixtral 5/5/5), the band holding the object;
 - `object_box`: an object's own box.
 
 Why here: the paper's object-versus-strip result rests on exactly which tokens are swapped, probed
@@ -66,6 +69,28 @@ def strip_box(item: Item, index: int, axis: str | None = None) -> Box | None:
     if axis == "horizontal":
         return _fraction(item, (max(0, x0 - before), 0, min(width, x1 + after), height))
     return _fraction(item, (0, max(0, y0 - before), width, min(height, y1 + after)))
+
+
+def tiling_strip_box(item: Item, index: int, axis: str | None = None) -> Box | None:
+    """The band of `GridGeometry.strip_bands` that holds object `index` (along `axis`, default the
+    item's), as an image-fraction box; None for an item not drawn on a token grid or an object
+    without grid cells."""
+    obj = item.objects[index]
+    if not item.grid or obj.box_cells is None:
+        return None
+    geometry = GridGeometry.from_dict(item.grid)
+    return _fraction(item, geometry.cells_to_px(geometry.tiling_strip_cells(tuple(obj.box_cells), axis or item.axis)))
+
+
+def labelled_box(item: Item, index: int, kind: str) -> Box | None:
+    """The hand-labelled `kind` ("object" / "strip") box of end object `index` (0 = left, last = right)
+    where the item carries one (`meta["regions"]`, What'sUp composites on the authors' 12x12 and 16x16
+    grids, tasks/whatsup_data.py); None otherwise."""
+    labelled = ((item.meta or {}).get("regions") or {}).get(kind)
+    if not labelled or not item.grid or index not in (0, len(item.objects) - 1):
+        return None
+    geometry = GridGeometry.from_dict(item.grid)
+    return _fraction(item, geometry.cells_to_px(tuple(labelled["left" if index == 0 else "right"])))
 
 
 def nearest_index(tokens: ImageTokens, box: Sequence[float], tile: int | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spatialmech.engine import Engine
-from spatialmech.experiments import criss_cross, patching
+from spatialmech.experiments import criss_cross, layer_axis, patching
 from spatialmech.experiments.common import Pair
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
 from spatialmech.experiments.vision_ablation import PARTS, SITE, SourceTokens, VisionAblation
@@ -97,7 +97,7 @@ def plot_curves(ctx: ExperimentContext, labels: Sequence[Any], curves: dict[str,
     lines["flip rate (top-1 is the flipped answer)"] = top1["flipped"]
     start, end = paper_range_scaled(ctx.adapter.num_layers)
     shade = [(start, end, f"paper: flips at layers 11-20 of 28, scaled to {ctx.adapter.num_layers}")]
-    return plot_layer_curves(criss_cross.plot_x(labels), lines, ctx.figure_path("iia_curves"), title,
+    return plot_layer_curves(labels, lines, ctx.figure_path("iia_curves"), title,
                              ylabel="mean P (IIA) / top-1 rate", shade=shade)
 
 
@@ -118,7 +118,7 @@ def no_pairs_output(ctx: ExperimentContext, report: dict[str, Any]) -> Experimen
         "n_pairs": 0,
         "kept_pairs": 0,
         "candidate_pairs": report["candidates"],
-        "layers": criss_cross.layer_labels(ctx.config),
+        "layers": layer_axis.layer_labels(ctx.config),
         "max_flip_rate": None,
         "finding": finding,
         "pairs": report,
@@ -141,9 +141,10 @@ def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
 
 
 def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
-             n_pairs: int) -> list[str]:
+             records: list[dict[str, Any]]) -> list[str]:
+    n_pairs = len(records)
     title = (f"backup: object criss-cross under vision ablation: {patching.model_name(ctx)}, {ctx.task_name}, "
-             f"n={n_pairs} pairs; layer -1 = embeddings")
+             f"n={n_pairs} pairs")
     return plot_curves(ctx, labels, curves, top1, title)
 
 
@@ -165,7 +166,7 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=criss_cross.ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: criss_cross.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    labels=lambda ctx: layer_axis.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
     desc=lambda ctx: f"backup {ctx.task_name}", selection_logits=lambda ctx: shared_ablation(ctx).logits,
     no_pairs=no_pairs_output,
 )

@@ -6,8 +6,11 @@ scored strictly, as the paper does: asked with the options in both orders ("left
 or left"), correct only if both answers are right.
 
 Chance level: a grid task's image shows 3 objects, so a model naming a random object of the image
-scores 1/3 (the paper's chance line); a forced-choice question has 2 options and a constant answer
-per axis scores 1/2 under strict scoring (strictness is about the order of the options, not the answer).
+scores 1/3 (the paper's chance line); a forced-choice question scored strictly (both orders right) has
+the chance its items state in `meta["strict_chance"]` (0.25 for two options, as the authors'
+coco_amplification: a random answer per order is right in both with 1/2 x 1/2).
+
+`run behavior` writes `accuracy.png/.svg` (overall and per axis, chance line) like every experiment.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import common
-from spatialmech.experiments.common import LogitsFn
+from spatialmech.experiments.common import LogitsFn, get_task_for
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks
 from spatialmech.models.base import VLMAdapter
@@ -63,7 +66,9 @@ def chance_level(items: Sequence[Any]) -> float:
     if not items:
         return float("nan")
     if common.is_forced_choice(items[0]):
-        return 1.0 / len(items[0].options)
+        # Strict scoring (both option orders right): the task says its chance (0.25 for COCO-spatial's
+        # two options, 1/len(options)**2); 1/len(options) only for items that do not.
+        return float(sum(float((item.meta or {}).get("strict_chance", 1.0 / len(item.options))) for item in items) / len(items))
     named = [len(item.objects) for item in items if item.objects]
     return float(sum(1.0 / n for n in named) / len(named)) if named else float("nan")
 
@@ -115,12 +120,6 @@ def run_behavior(
     return {**summarise(rows, items), "rows": rows}
 
 
-def get_task_for(adapter: VLMAdapter, task_name: str, data_root: str | None) -> Any:
-    from spatialmech.tasks import get_task
-
-    return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root, tokenizer=adapter.tokenizer)
-
-
 def _items(ctx: ExperimentContext) -> list[Any]:
     """Per process: the task's items (n from the seed) and the scoring function."""
     def build() -> dict[str, Any]:
@@ -150,4 +149,17 @@ def combine(ctx: ExperimentContext) -> ExperimentOutput:
     rows: list[dict[str, Any]] = []
     for key in _keys(ctx):
         rows.extend(ctx.load_unit(key)["rows"])
-    return ExperimentOutput(metrics=summarise(rows, _items(ctx)["items"]), tables={"predictions": rows})
+    metrics = summarise(rows, _items(ctx)["items"])
+    return ExperimentOutput(metrics=metrics, tables={"predictions": rows}, figures=figure(ctx, metrics))
+
+
+def figure(ctx: ExperimentContext, metrics: Mapping[str, Any]) -> list[str]:
+    """accuracy.png/.svg: overall and per-axis accuracy with the chance line, like every experiment's figure."""
+    from spatialmech.experiments.patching import model_name
+    from spatialmech.plotting import plot_accuracy_bars
+
+    labels = ["all"] + [axis for axis in ("horizontal", "vertical") if f"accuracy_{axis}" in metrics]
+    values = [metrics["accuracy"]] + [metrics[f"accuracy_{axis}"] for axis in labels[1:]]
+    chance = metrics["chance"] if metrics["chance"] == metrics["chance"] else None  # NaN: no chance line
+    title = f"behavior: {model_name(ctx)}, {ctx.task_name}, n={metrics['n']}"
+    return plot_accuracy_bars(labels, values, ctx.figure_path("accuracy"), title, chance=chance)

@@ -88,6 +88,15 @@ def picture_key(item: Item) -> str:
     return repr((item.image_path, item.image_size, item.grid, item.background, [o.__dict__ for o in item.objects]))
 
 
+
+def get_task_for(adapter: Any, task_name: str, data_root: str | None) -> Task:
+    """The one way experiments load their task: drawn on the model's own token grid, with its
+    tokenizer (What'sUp keeps only side-object names that are one token for it; other tasks ignore it)."""
+    from spatialmech.tasks import get_task
+
+    return get_task(task_name, geometry=adapter.grid_spec(), data_root=data_root, tokenizer=adapter.tokenizer)
+
+
 @dataclass
 class ItemScore:
     """How the model did on one item. Forced-choice items also carry the swapped-order pass."""

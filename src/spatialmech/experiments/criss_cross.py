@@ -1,8 +1,8 @@
 """`criss-cross` (paper §5.2.2, Figs. 6-7): is an object's position carried by its own tokens or by its strip?
 
 Clean input: (c0, c1, c2) along an axis, e.g. "left of c1" -> c0. Counterfactual (`reversed`): the same
-image with the attributes reversed, (c2, c1, c0), same query. At one site (the embeddings
-`projector.out`, then `lm.resid_pre.{l}` for every layer) the two *end* regions are swapped between
+image with the attributes reversed, (c2, c1, c0), same query. At one point of the layer axis ("emb" =
+the input to layer 0, then the output of each layer, `layer_axis.sweep_layer_axis`) the two *end* regions are swapped between
 the runs: the clean run's region of object 0 gets the counterfactual run's values from its object-2
 region, and vice versa. The counterfactual's object-2 region shows c0, so in image space every
 attribute stays where it was, but it now arrives in tokens computed at the other end of the row. If
@@ -10,9 +10,10 @@ those tokens carry the position, the answer flips to the attribute at the mirror
 "left of c1": c2).
 
 `--region object` swaps only the tokens whose centre lies in the object's box; `--region strip` swaps
-the object's whole strip (the band across the image along the other axis, `strip_tokens` wide =
-object + spacing, centred on the object). Paper (Qwen2-VL-7B): object-only swaps never flip; strip
-swaps flip from the embeddings up to ~layer 24.
+the object's whole strip: the grid is tiled into three bands across the image as the authors'
+criss_cross_patching/src/regions.py (`regions.tiling_strip_box`: middle = object + spacing, outer
+strips equal; Qwen 4/4/4, Gemma 5/6/5, Pixtral 5/5/5). Paper (Qwen2-VL-7B): object-only swaps never
+flip; strip swaps flip from the embeddings up to ~layer 24.
 
 `sweep_batch` is the reusable core: `backup` calls it with vision-ablation interventions.
 """
@@ -24,9 +25,9 @@ from typing import Any
 
 import torch
 
-from spatialmech.engine import Engine, Intervention, Patch, regions
+from spatialmech.engine import Engine, Intervention, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import patching
+from spatialmech.experiments import layer_axis, patching
 from spatialmech.experiments.common import Pair, encode_items
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.models.base import BatchInputs
@@ -34,12 +35,11 @@ from spatialmech.tasks.base import CF_REVERSED, Item
 
 NAME = "criss-cross"
 DEFAULT_TASK = "squares"
-TASKS = ("squares", "shapes", "objects")
+TASKS = ("squares", "shapes", "objects", "whatsup")
 REGIONS = ("object", "strip")
 MAPPINGS = ("swap", "aligned")
-SITE = "lm.resid_pre.{l}"
-EMBEDDINGS_SITE = "projector.out"
-EMBEDDINGS_LABEL = "emb"
+SITE = layer_axis.LAYER_SITE
+EMBEDDINGS_SITE = layer_axis.EMBEDDINGS_SITE
 ANSWERS = ("clean", "flipped")
 LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the mirrored position)"}
 FLIP_THRESHOLD = 0.5  # a layer "flips" when most pairs' patched top-1 is the flipped answer
@@ -58,6 +58,12 @@ def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
     }
 
 
+def default_folder(config: dict[str, Any]) -> str | None:
+    """`--region strip` writes to its own folder (`criss-cross-strip`, as `reproduce` names it), so it
+    never overwrites the object run's."""
+    return f"{NAME}-strip" if config.get("region") == "strip" else None
+
+
 # ---------------------------------------------------------------------------------------- regions
 def end_objects(item: Item) -> tuple[int, int]:
     """Indices of the first and last object along the item's axis (by ordinal, else list order)."""
@@ -71,11 +77,15 @@ def end_objects(item: Item) -> tuple[int, int]:
 
 
 def region_box(item: Item, index: int, region: str) -> tuple[float, float, float, float]:
-    """The box of object `index`'s region: its own box or its strip (`engine.regions`)."""
+    """The box of object `index`'s region: its own box or its strip (`engine.regions`); What'sUp
+    composites use the authors' hand-labelled left/right boxes."""
+    labelled = regions.labelled_box(item, index, region) if region in REGIONS else None
+    if labelled is not None:
+        return labelled
     if region == "object":
         return regions.object_box(item, index)
     if region == "strip":
-        box = regions.strip_box(item, index)
+        box = regions.tiling_strip_box(item, index)
         if box is None:
             raise UserInputError(f"item {item.id} has no token-grid geometry", "the strip region needs a task drawn on a token grid")
         return box
@@ -123,6 +133,38 @@ def swap_positions(
     return targets, sources
 
 
+def whatsup_candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
+    """What'sUp: every composite as a clean (left, reference, right) row with its reversed
+    counterfactual (their criss_cross_patching/cf_pairs 3-tuples), shuffled from the seed. A reference
+    whose hand-labelled left and right regions differ in size (Gemma's table strip: 6 and 4 columns)
+    cannot be swapped token for token and is left out."""
+    import random
+
+    from spatialmech.tasks import cf_pairs
+
+    def equal(item: Item) -> bool:
+        labelled = (item.meta.get("regions") or {}).get(ctx.config["region"]) or {}
+        sizes = {(b[2] - b[0]) * (b[3] - b[1]) for b in labelled.values()}
+        return len(sizes) == 1
+
+    items = [item for item in task.items(None, seed=ctx.seed) if equal(item)]
+    random.Random(ctx.seed).shuffle(items)
+    pairs = []
+    for item in items:
+        left, right = item.meta["side_names"]
+        reference = item.id.split("/")[1]
+        entities = [left, reference, right] if item.relation == "left" else [right, reference, left]
+        built = cf_pairs.build_pair(task, entities, item.relation, item.id, "whatsup")
+        pairs.append(Pair(built.clean, built.counterfactual.item, built.counterfactual.kind))
+    return {"all": pairs}
+
+
+def candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
+    if task.name == "whatsup":
+        return whatsup_candidates(ctx, task)
+    return {"all": patching.candidate_pairs(task, CF_REVERSED, ctx.seed)}
+
+
 # ---------------------------------------------------------------------------------------- answers
 def tracked_answers(pair: Pair) -> dict[str, str]:
     """clean = the clean answer; flipped = the attribute at the mirror image of the answer's position
@@ -162,50 +204,22 @@ def sweep_batch(
     For `backup`: `target_interventions` act on every clean run (the unpatched one and each patched
     one), `source_interventions` on the counterfactual run the swapped values are read from. Both must
     be built for `clean_inputs` / `counter_inputs` (pass the inputs you built them for; otherwise they
-    are encoded here with `encode_pairs`). Per site, target interventions apply before the swap, so an
-    ablation of `projector.out` is overwritten at the swapped tokens by the (ablated) counterfactual
-    values; an intervention at `lm.resid_pre.0` over the same tokens would instead overwrite the
-    embedding-level swap. Target interventions at or before layer min(layers) keep the fast sweep;
-    later ones fall back to the engine's exact naive loop.
+    are encoded here with `encode_pairs`). An ablation of `projector.out` acts upstream of every swap, so
+    at the swapped tokens it is overwritten by the (ablated) counterfactual values. Target
+    interventions at or before the first swept point keep the fast sweep; later ones fall back to the
+    engine's exact naive loop.
     """
     adapter = engine.adapter
     if clean_inputs is None or counter_inputs is None:
         clean_inputs, counter_inputs = encode_pairs(adapter, task, pairs)
     targets, sources = swap_positions(clean_inputs, counter_inputs, pairs, region, mapping)
     words = [tracked_answers(p) for p in pairs]
-    per_label: list[torch.Tensor] = []
-    labels: list[Any] = []
-    method = "none"
-    if include_embeddings:
-        source_values = engine.cache(counter_inputs, {EMBEDDINGS_SITE: sources}, interventions=source_interventions)
-        swap = Patch(EMBEDDINGS_SITE, targets, source_values[EMBEDDINGS_SITE])
-        per_label.append(engine.logits(clean_inputs, [*target_interventions, swap])[None])
-        labels.append(EMBEDDINGS_LABEL)
-    if layers:
-        result = engine.patch_sweep(
-            clean_inputs, counter_inputs, targets, sources, site=SITE, layers=list(layers), keep_logits=True,
-            target_interventions=target_interventions, source_interventions=source_interventions,
-        )
-        per_label.append(result.logits)
-        labels.extend(int(layer) for layer in layers)
-        clean_logits, counter_logits, method = result.clean_logits, result.source_logits, result.method
-    else:
-        clean_logits = engine.logits(clean_inputs, target_interventions)
-        counter_logits = engine.logits(counter_inputs, source_interventions)
-    if not per_label:
-        raise UserInputError("criss-cross with no layers and no embeddings has nothing to patch", "pass --layers or keep the embeddings")
-    logits = torch.cat([x.to(clean_logits.device) for x in per_label])
-    records = patching.batch_records(adapter, pairs, words, logits, clean_logits, counter_logits)
-    return {"layers": labels, "pairs": records, "method": method}
-
-
-def layer_labels(config: dict[str, Any]) -> list[Any]:
-    return ([EMBEDDINGS_LABEL] if config.get("include_embeddings", True) else []) + list(config["layers"])
-
-
-def plot_x(labels: Sequence[Any]) -> list[int]:
-    """x positions for the figure: the embeddings at -1, layers at their index."""
-    return [-1 if label == EMBEDDINGS_LABEL else int(label) for label in labels]
+    sweep = layer_axis.sweep_layer_axis(
+        engine, clean_inputs, counter_inputs, targets, sources, layers=list(layers), include_embeddings=include_embeddings,
+        target_interventions=target_interventions, source_interventions=source_interventions,
+    )
+    records = patching.batch_records(adapter, pairs, words, sweep.logits, sweep.clean_logits, sweep.source_logits)
+    return {"layers": sweep.labels, "pairs": records, "method": sweep.method}
 
 
 def flip_summary(labels: Sequence[Any], flip_rate: Sequence[float]) -> dict[str, Any]:
@@ -221,10 +235,11 @@ def _batch(ctx: ExperimentContext, group: Sequence[Pair]) -> dict[str, Any]:
 
 
 def _figures(ctx: ExperimentContext, labels: list[Any], curves: dict[str, list[float]], top1: dict[str, list[float]],
-             n_pairs: int) -> list[str]:
+             records: list[dict[str, Any]]) -> list[str]:
+    n_pairs = len(records)
     title = (f"criss-cross ({ctx.config['region']} tokens swapped): {patching.model_name(ctx)}, {ctx.task_name}, "
-             f"n={n_pairs} pairs; layer -1 = embeddings")
-    return patching.figure(ctx, plot_x(labels), curves, LEGEND, title)
+             f"n={n_pairs} pairs")
+    return patching.figure(ctx, labels, curves, LEGEND, title)
 
 
 def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list[Any], curves: dict[str, list[float]],
@@ -243,8 +258,8 @@ def _metrics(ctx: ExperimentContext, records: list[dict[str, Any]], labels: list
 
 SPEC = patching.PatchingSpec(
     name=NAME, counterfactual=CF_REVERSED, answers=ANSWERS, legend=LEGEND, batch=_batch,
-    labels=lambda ctx: layer_labels(ctx.config), metrics=_metrics, figures=_figures,
-    desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}",
+    labels=lambda ctx: layer_axis.layer_labels(ctx.config), metrics=_metrics, figures=_figures,
+    desc=lambda ctx: f"criss-cross {ctx.config['region']} {ctx.task_name}", candidates=candidates,
 )
 
 

@@ -10,6 +10,8 @@ kind it uses, which answers it tracks and how it patches one batch.
 
 A batch function returns one JSON-able record per pair (see `pair_record`), with one row per layer
 label; `summarise` averages them into the curves of the result.
+
+The layer axis (rows of every record) is the authors': `experiments.layer_axis`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import torch
 from spatialmech.engine import Engine
 from spatialmech.engine.scoring import answer_probabilities, top1_correct
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import LogitsFn, Pair, answer_ids, filter_correct_pairs, make_pairs
+from spatialmech.experiments.common import (
+    LogitsFn,
+    Pair,
+    answer_ids,
+    filter_correct_pairs,
+    get_task_for,
+    make_pairs,
+)
 from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, parse_layers
 from spatialmech.plotting import plot_layer_curves
@@ -50,15 +59,14 @@ def base_config(options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
     return {
         "n": DEFAULT_PAIRS if n is None else int(n),
         "layers": [int(layer) for layer in layers],
+        "include_embeddings": bool(options.get("include_embeddings", True)),
         "filter_correct": bool(options.get("filter_correct", True)),
     }
 
 
 def load_task(ctx: ExperimentContext) -> Task:
-    """The context's task, drawn on the model's own token grid."""
-    from spatialmech.tasks import get_task
-
-    return get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+    """The context's task, drawn on the model's own token grid (with its tokenizer, `get_task_for`)."""
+    return get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
 
 
 # ---------------------------------------------------------------------------------------- pairs
@@ -80,22 +88,32 @@ def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
     return make_pairs(task, ordered, kind)
 
 
-def pair_selection(ctx: ExperimentContext, task: Task, kind: str, logits_fn: LogitsFn | None = None) -> dict[str, Any]:
+def pair_selection(ctx: ExperimentContext, task: Task, groups: Mapping[str, Sequence[Pair]],
+                   logits_fn: LogitsFn | None = None) -> dict[str, Any]:
     """The unit `pairs`: the kept pairs' clean ids and the filter report.
 
-    With `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
-    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the
-    first `n` candidates.
+    `n` applies per group of candidates (one group "all", or one per direction for last-token). With
+    `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
+    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the first `n`.
     """
     n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
-    candidates = candidate_pairs(task, kind, ctx.seed)
-    if filtering:
-        kept, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
-    else:
-        kept = candidates[:n]
-        report = {"candidates": len(kept), "kept": len(kept), "dropped_clean_wrong": 0,
-                  "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
-    report = {**report, "requested": n, "filter_correct": filtering, "counterfactual": kind}
+    kept: list[Pair] = []
+    totals: dict[str, Any] = {}
+    by_group: dict[str, Any] = {}
+    for group, candidates in groups.items():
+        if filtering:
+            chosen, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
+        else:
+            chosen = list(candidates[:n])
+            report = {"candidates": len(chosen), "kept": len(chosen), "dropped_clean_wrong": 0,
+                      "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
+        kept.extend(chosen)
+        by_group[group] = report
+        for key, value in report.items():
+            totals[key] = totals.get(key, 0) + value
+    report = {**totals, "requested": n, "filter_correct": filtering}
+    if len(groups) > 1:
+        report["by_group"] = by_group
     return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
 
 
@@ -114,9 +132,10 @@ class PatchingSpec:
     patches one batch of pairs; plus the few metrics, the figure and (for `backup`) the result when
     no pair is kept. Everything else (pair selection, batching, curves, tables) is shared here.
 
-    `batch(ctx, pairs)` returns `{"pairs": [one `pair_record` per pair], ...}`; `labels(ctx)` the
+    `candidates(ctx, task)` groups the candidate pairs (`n` is kept per group; default one group of
+    every item's `counterfactual` pair). `batch(ctx, pairs)` returns `{"pairs": [one `pair_record` per pair], ...}`; `labels(ctx)` the
     layer labels of its rows; `metrics(ctx, records, labels, curves, top1, report)` the
-    experiment's metrics; `figures(ctx, labels, curves, top1, n_pairs)` its figure files.
+    experiment's metrics; `figures(ctx, labels, curves, top1, records)` its figure files.
     """
 
     name: str
@@ -130,6 +149,7 @@ class PatchingSpec:
     desc: Callable[[ExperimentContext], str]
     selection_logits: Callable[[ExperimentContext], LogitsFn | None] = lambda ctx: None
     no_pairs: Callable[[ExperimentContext, dict[str, Any]], ExperimentOutput] | None = None
+    candidates: Callable[[ExperimentContext, Task], Mapping[str, Sequence[Pair]]] | None = None
 
 
 PAIRS_UNIT = "pairs"
@@ -144,10 +164,21 @@ def shared_engine(ctx: ExperimentContext) -> Engine:
     return ctx.shared("engine", lambda: Engine(ctx.adapter))
 
 
+def candidate_groups(ctx: ExperimentContext, spec: PatchingSpec) -> Mapping[str, Sequence[Pair]]:
+    """The spec's candidate pairs by group, built once per process."""
+    def build() -> Mapping[str, Sequence[Pair]]:
+        task = shared_task(ctx)
+        if spec.candidates is not None:
+            return spec.candidates(ctx, task)
+        return {"all": candidate_pairs(task, spec.counterfactual, ctx.seed)}
+
+    return ctx.shared("candidate_groups", build)
+
+
 def kept_pairs(ctx: ExperimentContext, spec: PatchingSpec) -> list[Pair]:
     """The pairs the saved `pairs` unit kept, rebuilt from the task (once per process)."""
     def build() -> list[Pair]:
-        by_id = {pair.clean.id: pair for pair in candidate_pairs(shared_task(ctx), spec.counterfactual, ctx.seed)}
+        by_id = {pair.clean.id: pair for group in candidate_groups(ctx, spec).values() for pair in group}
         return [by_id[item_id] for item_id in ctx.load_unit(PAIRS_UNIT)["clean_ids"]]
 
     return ctx.shared("kept_pairs", build)
@@ -168,7 +199,9 @@ def plan(ctx: ExperimentContext, spec: PatchingSpec) -> Iterator[Stage]:
 
 def compute_unit(ctx: ExperimentContext, spec: PatchingSpec, key: str) -> Mapping[str, Any]:
     if key == PAIRS_UNIT:
-        return pair_selection(ctx, shared_task(ctx), spec.counterfactual, spec.selection_logits(ctx))
+        unit = pair_selection(ctx, shared_task(ctx), candidate_groups(ctx, spec), spec.selection_logits(ctx))
+        unit["report"]["counterfactual"] = spec.counterfactual
+        return unit
     index = int(key.removeprefix(BATCH_PREFIX))
     group = chunks(kept_pairs(ctx, spec), ctx.batch_size)[index]
     return spec.batch(ctx, group)
@@ -188,7 +221,7 @@ def combine(ctx: ExperimentContext, spec: PatchingSpec) -> ExperimentOutput:
         records.extend(ctx.load_unit(f"{BATCH_PREFIX}{index:05d}")["pairs"])
     labels = spec.labels(ctx)
     curves, top1 = summarise(records, spec.answers)
-    figures = spec.figures(ctx, labels, curves, top1, len(records))
+    figures = spec.figures(ctx, labels, curves, top1, records)
     metrics = spec.metrics(ctx, records, labels, curves, top1, report)
     tables = {"curves": curve_rows(labels, curves, top1), "pairs": pair_rows(records, spec.answers)}
     return ExperimentOutput(metrics=metrics, tables=tables, figures=figures, data={"answers": dict(spec.legend)})
@@ -339,7 +372,7 @@ def model_name(ctx: ExperimentContext) -> str:
 
 def figure(
     ctx: ExperimentContext,
-    x: Sequence[int],
+    x: Sequence[Any],
     curves: Mapping[str, Sequence[float]],
     legend: Mapping[str, str],
     title: str,

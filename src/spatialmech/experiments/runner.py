@@ -231,10 +231,10 @@ def run_experiment(
 ) -> Path:
     """Run one experiment on an already-loaded adapter; return the path of its result.json.
 
-    `folder` names the output folder under `out_root` (default: the experiment's name), so one run can
-    hold the same experiment twice (e.g. `criss-cross` and `criss-cross-strip`). `executor` runs a
-    planned experiment's units, or a plan-less one whole (`experiments.plan`; default: in this
-    process, in order).
+    `folder` names the output folder under `out_root` (default: the module's `default_folder(config)`
+    where it has one, else the experiment's name), so one run can hold the same experiment twice
+    (e.g. `criss-cross` and `criss-cross-strip`). `executor` runs a planned experiment's units, or a
+    plan-less one whole (`experiments.plan`; default: in this process, in order).
     """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK
@@ -253,7 +253,7 @@ def run_experiment(
         data_root=data_root,
         progress=progress,
         input_hashes=data_hashes(task_name, data_root),
-        folder=folder,
+        folder=folder or getattr(module, "default_folder", lambda config: None)(config),
     )
     ctx.prepare()
     from spatialmech.experiments.plan import execute

@@ -82,7 +82,7 @@ def load_pairs(path: str | Path, task: Task, model: str | None = None) -> list[F
             kinds.add(KIND_OF_LENGTH[len(entry)])
             if len(kinds) > 1:
                 raise UserInputError(f"{where}: the file mixes 3- and 5-entity pairs", FIX)
-            pairs.append(_pair(task, [_attribute(task, e, where) for e in entry], direction, where, file.stem))
+            pairs.append(build_pair(task, [_attribute(task, e, where) for e in entry], direction, where, file.stem))
     if not pairs:
         raise UserInputError(f"counterfactual-pair file {file} has no pairs for model {key}", FIX)
     return pairs
@@ -126,7 +126,9 @@ def _attribute(task: Task, entity: Any, where: str) -> str:
     raise UserInputError(f"{where}: entity {entity!r} does not fit task {task.name}", FIX)
 
 
-def _pair(task: Task, entities: list[str], direction: str, where: str, stem: str) -> FilePair:
+def build_pair(task: Task, entities: list[str], direction: str, where: str, stem: str) -> FilePair:
+    """One pair from our attribute names in their tuple order (module docstring); `where` names it in
+    errors, `stem` goes into the clean item's id. Also how last-token draws its own 5-tuples."""
     if len(entities) == 5:
         t0, t1, t2, t3, t4 = entities
         first = direction in ("left", "above")

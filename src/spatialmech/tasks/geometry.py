@@ -130,6 +130,23 @@ class GridGeometry:
         start = max(0, row0 - (self.strip_tokens - (row1 - row0)) // 2)
         return (start, 0, min(n, start + self.strip_tokens), n)
 
+    def strip_bands(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The three strips that tile the grid along an axis, as the authors' criss-cross
+        (criss_cross_patching/src/regions.py): middle = object + spacing, the two outer strips equal,
+        (N - middle) // 2 each, the middle taking the remainder: Qwen 4/4/4, Gemma 5/6/5, Pixtral 5/5/5.
+        Equal outer strips make the end swap pair tokens 1:1. As (start, end) token ranges."""
+        n = self.tokens_per_side
+        outer = (n - (self.object_tokens + self.spacing_tokens)) // 2
+        return ((0, outer), (outer, n - outer), (n - outer, n))
+
+    def tiling_strip_cells(self, cells: tuple[int, int, int, int], axis: str) -> tuple[int, int, int, int]:
+        """The cell box of the `strip_bands` strip holding the object's centre (full band across)."""
+        row0, col0, row1, col1 = cells
+        n = self.tokens_per_side
+        centre = (col0 + col1 - 1) / 2 if axis == "horizontal" else (row0 + row1 - 1) / 2
+        start, end = next(band for band in self.strip_bands() if band[0] <= centre < band[1])
+        return (0, start, n, end) if axis == "horizontal" else (start, 0, end, n)
+
 
 # The authors' geometries (their shared/experiment_config.py GEOM and STRIP_WIDTH, shared/GEOMETRY.md):
 # Qwen2-VL and Gemma3 as the paper's Table 4; Pixtral 15x15 tokens of 16 px (its patch stride; Table 4

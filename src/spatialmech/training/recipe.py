@@ -340,7 +340,8 @@ def evaluate_checkpoint(
     folder: Path, config: TrainingConfig, *, progress: bool, log: Callable[[str], None], timings: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Held-out accuracy per task, loading the saved folder exactly as `spatialmech eval` does."""
-    from spatialmech.experiments.behavior import get_task_for, run_behavior
+    from spatialmech.experiments.behavior import run_behavior
+    from spatialmech.experiments.common import get_task_for
     from spatialmech.models import load_model
 
     adapter = load_model(str(folder))
