@@ -38,7 +38,7 @@ def run_command(args: argparse.Namespace) -> int:
     result = api.run(
         args.experiment, model, task=args.task, n=args.n, out=args.out, data=args.data, seed=args.seed,
         batch_size=args.batch_size, resume=args.resume, progress=True,
-        layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe,
+        layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe, protocol=args.protocol,
     )
     assert result.folder is not None
     print(f"{args.experiment} on {args.model} ({result.task}) finished in {time.time() - start:.1f}s: {result.folder / 'result.json'}")
@@ -52,7 +52,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """`spatialmech eval --task T`: print accuracy and n (and write OUT/behavior/result.json with --out)."""
     from spatialmech.experiments.behavior import config_from
 
-    options = {"amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
+    options = {"amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None), "protocol": getattr(args, "protocol", None)}
     config_from({"n": args.n, **options})  # fail fast on bad options before loading a model
     check_batch_size(args.batch_size, args.n)
     check_before_loading(args)

@@ -84,18 +84,22 @@ class StepRecord:
 
 
 # ------------------------------------------------------------------------------------------ plan
-def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, int] | None = None) -> list[Step]:
+def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, int] | None = None,
+               protocol: str = "paper") -> list[Step]:
     """The steps of a reproduce run, in the order of the paper's sections.
 
     behavior on every synthetic task (and each available real-data task); last-token; probe;
     criss-cross with object-only and whole-strip swaps (two folders); ablate-vision; backup; amplify on
-    `scenes` (and on `coco-spatial` when its data is there).
+    `scenes` (and on `coco-spatial` when its data is there). `protocol` "both": the steps run under the
+    paper protocol, and amplify once more under strict (folders `amplify-strict`, ...), side by side.
     """
     chosen = dict(QUICK_SIZES if quick else {})
     chosen.update(sizes or {})
 
+    main = "paper" if protocol == "both" else protocol
+
     def opts(experiment: str, **extra: Any) -> dict[str, Any]:
-        return {"n": chosen.get(experiment), **extra}
+        return {"n": chosen.get(experiment), "protocol": main, **extra}
 
     amplify = opts("amplify", alphas=list(QUICK_ALPHAS)) if quick else opts("amplify")
     steps = [Step(f"behavior-{task}", "behavior", task, opts("behavior"), f"accuracy on {task}")
@@ -113,6 +117,9 @@ def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, 
     ]
     if "coco-spatial" in data_tasks:
         steps.append(Step("amplify-coco-spatial", "amplify", "coco-spatial", amplify, "ordering amplification on COCO-spatial"))
+    if protocol == "both":
+        steps += [Step(f"{s.folder}-strict", s.experiment, s.task, {**s.options, "protocol": "strict"}, f"{s.what} (strict protocol)")
+                  for s in steps if s.experiment == "amplify"]
     return steps
 
 
@@ -275,7 +282,7 @@ def check_resumable(out_root: Path, header: Mapping[str, Any]) -> None:
     if not path.is_file():
         return
     previous = read_json(path, "reproduce manifest")
-    for key, flag in (("quick", "--quick"), ("model", "--model"), ("seed", "--seed"), ("data", "--data")):
+    for key, flag in (("quick", "--quick"), ("protocol", "--protocol"), ("model", "--model"), ("seed", "--seed"), ("data", "--data")):
         if previous.get(key) != header.get(key):
             raise UserInputError(
                 f"--resume: {out_root} holds a run with {key}={previous.get(key)!r}, not {header.get(key)!r}",
@@ -321,6 +328,7 @@ def reproduce(
         RESULT_FILE,
         experiment_module,
         model_fingerprint,
+        resolve_config,
         run_experiment,
     )
     from spatialmech.models.registry import load_adapter_from_args
@@ -336,6 +344,7 @@ def reproduce(
     header = {
         "command": "reproduce",
         "quick": bool(args.quick),
+        "protocol": getattr(args, "protocol", None) or "paper",
         "model": str(args.model),
         "seed": int(args.seed),
         "data": None if args.data is None else str(Path(args.data).resolve()),
@@ -349,7 +358,7 @@ def reproduce(
     if args.resume:
         check_resumable(out_root, header)
 
-    plan = build_plan(bool(args.quick), data_tasks, sizes)
+    plan = build_plan(bool(args.quick), data_tasks, sizes, header["protocol"])
     records = [StepRecord(s.folder, s.experiment, s.task or "default", {**s.options, **dict(extra_options or {})}, s.what) for s in plan]
     manifest = Manifest(out_root, header, records)
     if not args.resume:  # results of this plan's folders from an older run must not look current
@@ -366,7 +375,7 @@ def reproduce(
         try:
             module = experiment_module(step.experiment)
             record.task = step.task or module.DEFAULT_TASK
-            configs[step.folder] = module.config_from(dict(record.options), adapter)
+            configs[step.folder] = resolve_config(module, record.options, adapter)
             forwards = estimate_forwards(step.experiment, configs[step.folder], adapter.num_layers,
                                          task_facts(record.task, adapter, args.data))
             record.estimated_seconds = forwards * seconds_per_forward
@@ -385,7 +394,7 @@ def reproduce(
     refresh_report(out_root)  # from now on report.html always shows this run's state, never an older run's
 
     total = sum(r.estimated_seconds or 0.0 for r in records if r.status == "pending")
-    log(f"reproduce: {len(plan)} steps on {args.model} ({'quick' if args.quick else 'full, paper sizes'}), "
+    log(f"reproduce: {len(plan)} steps on {args.model} ({'quick' if args.quick else 'full, paper sizes'}, {header['protocol']} protocol), "
         f"seed {args.seed}, into {out_root}")
     for index, record in enumerate(records, 1):
         state = {"reused": "finished earlier, reused", "failed": f"cannot run: {record.error}"}.get(
