@@ -80,7 +80,7 @@ def config_from(options: dict[str, Any], adapter: Any = None) -> dict[str, Any]:
     common = {"protocol": protocol, "site": SITE, "variant": variant, "alphas": alphas, "n": None if n is None else int(n),
               "feature_prompt": FEATURE_PROMPT, "probe_test_fraction": 0.05, **ProbeTraining().to_dict(),
               "random_control": "hidden x 2 standard normal, columns scaled to unit norm, seeded per axis",
-              "save_probe": options.get("save_probe")}
+              "save_probe": options.get("save_probe"), "filter_correct": bool(options.get("filter_correct", True))}
     if protocol == "paper":
         return {**common,
                 "probe_items": "baseline-correct items of the evaluation set (the authors' code); tokens touched by each box; "
@@ -88,7 +88,6 @@ def config_from(options: dict[str, Any], adapter: Any = None) -> dict[str, Any]:
                 "scoring": "strict over both option orders; items with an off-axis answer dropped; only failed orders re-run",
                 "alpha_selection": "best alpha > 0 on the evaluation items; random at its own best alpha"}
     return {**common,
-            "filter_correct": bool(options.get("filter_correct", True)),
             "validation_fraction": 0.5,
             "scoring": "strict: correct under both option orders (forced-choice items), every item at every alpha",
             "alpha_selection": "best_alpha is picked on the evaluation items themselves (as the paper does); "
@@ -244,7 +243,7 @@ def _figures(ctx: ExperimentContext, alphas: Sequence[float], curve_rows: Sequen
     best = summary["best_alpha"]
     return figures + plot_accuracy_bars(
         ["baseline", "random", "probe", "probe* (oracle)"],
-        [summary["baseline_accuracy"], summary["random_accuracy"], summary["accuracy"], summary["oracle_accuracy"]],
+        [float("nan") if summary[k] is None else summary[k] for k in ("baseline_accuracy", "random_accuracy", "accuracy", "oracle_accuracy")],
         ctx.figure_path("amplify_bars"),
         f"amplification on {ctx.task_name} (alpha {'-' if best is None else f'{best:g}'}, {protocol}); paper: Qwen2-VL-2B COCO",
         reference=[reference["none"], reference["random"], reference["amplified"], None])
@@ -257,7 +256,8 @@ def run_paper(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentOu
     clean = [(item, row) for item, row in zip(items, scored) if not row["off_axis"]]
     golden = [item for item, row in clean if not row["failed_orders"]]
     failed = [(item, row["failed_orders"]) for item, row in clean if row["failed_orders"]]
-    fitted = fit.fit_paper_probes(ctx, engine, task, golden)
+    # filter_correct=False (tests on untrained models): every item fits the probes, not only the correct ones
+    fitted = fit.fit_paper_probes(ctx, engine, task, golden if ctx.config["filter_correct"] else items)
     probes: dict[str, LinearProbe] = fitted["probes"]
     if not probes:
         raise _no_probe(fitted, len(golden))

@@ -151,7 +151,7 @@ def fit_probes(ctx: ExperimentContext, rows: Sequence[dict[str, Any]], test_coun
     probes: dict[str, LinearProbe] = {}
     for axis, classes in AXIS_CLASSES.items():
         axis_rows = [row for row in rows if row["axis"] == axis]
-        if len(axis_rows) < min_items or not axis_rows:
+        if not axis_rows or len(axis_rows) < min_items:
             continue
 
         def fit(axis_rows: list[dict[str, Any]] = axis_rows, classes: list[str] = classes, axis: str = axis) -> dict[str, Any]:
@@ -217,4 +217,4 @@ def fit_paper_probes(ctx: ExperimentContext, engine: Engine, task: Any, golden: 
             else:
                 features.append(row)
     report["kept"] = len(features)
-    return {"probes": fit_probes(ctx, features, paper_test_count), "report": report}
+    return {"probes": fit_probes(ctx, features, paper_test_count, min_items=2), "report": report}
