@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--out", default="runs/reproduce", help="output folder (default: runs/reproduce)")
     p.add_argument("--quick", action="store_true", help="small-sample run (minutes on the bundled model)")
+    p.add_argument("--protocol", choices=["paper", "strict", "both"], default="paper",
+                   help="paper: the authors' code on every point (default); strict: our stricter amplification; both: each, side by side")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished work")
     p.add_argument("--data", default=None, help="data root for whatsup / coco-spatial (optional)")
     p.add_argument("--seed", type=int, default=0)
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip finished units of an interrupted run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-probe", default=None, help="amplify: also save the fitted probes to this safetensors file")
+    p.add_argument("--protocol", choices=["paper", "strict"], default="paper",
+                   help="paper: the authors' code on every point (default); strict: our stricter variants (amplify)")
     p.add_argument("--variant", choices=["projection", "add"], default="projection", help="amplify: projection (authors' code) or add-direction (paper text)")
     _add_cluster_options(p)
 
@@ -109,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of items (default: the whole task)")
     p.add_argument("--out", default=None, help="also write result.json here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amplify", default=None, help="apply a saved amplification probe (from run amplify --save-probe)")
+    p.add_argument("--amplify", default=None, help="apply a saved amplification probe (from run amplify --save-probe), or the folder of the authors' *_probe_<axis>_{W,b}_FP32.npy arrays")
     p.add_argument("--alpha", type=float, default=None, help="amplification strength with --amplify")
+    p.add_argument("--protocol", choices=["paper", "strict"], default="paper",
+                   help="paper: the authors' code on every point (default); strict: our stricter variants (amplify)")
 
     sub.add_parser("tasks", help="list the tasks")
 

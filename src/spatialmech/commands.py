@@ -42,6 +42,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.experiment, model, task=args.task, n=args.n, out=args.out, data=args.data, seed=args.seed,
             batch_size=args.batch_size, resume=args.resume, progress=True, executor=cluster,
             layers=args.layers, region=args.region, variant=args.variant, save_probe=args.save_probe,
+            protocol=args.protocol,
             **({"pairs": args.pairs} if args.pairs is not None else {}),
         )
     assert result.folder is not None
@@ -56,7 +57,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """`spatialmech eval --task T`: print accuracy and n (and write OUT/behavior/result.json with --out)."""
     from spatialmech.experiments.behavior import config_from
 
-    options = {"amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None)}
+    options = {"amplify": getattr(args, "amplify", None), "alpha": getattr(args, "alpha", None), "protocol": getattr(args, "protocol", None)}
     config_from({"n": args.n, **options})  # fail fast on bad options before loading a model
     check_batch_size(args.batch_size, args.n)
     check_before_loading(args)

@@ -164,3 +164,20 @@ def plot_accuracy_bars(
     if chance is not None or reference is not None:
         ax.legend(fontsize=8, loc="upper right")
     return save_figure(fig, stem)
+
+
+def plot_alpha_curves(alphas: Sequence[float], curves: Mapping[str, Sequence[float | None]], baseline: float | None,
+                      stem: str | Path, title: str) -> list[str]:
+    """Accuracy against amplification strength, one line per direction set, baseline dashed (amplify)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    for (label, values), colour in zip(curves.items(), PALETTE):
+        ax.plot(list(alphas), [float("nan") if v is None else v for v in values], marker="o", markersize=3, label=label, color=colour)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="dashed", label="baseline (alpha 0)")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("accuracy (strict)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, stem)

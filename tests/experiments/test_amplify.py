@@ -16,7 +16,7 @@ import torch
 
 from spatialmech.engine import Engine, image_positions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import amplify
+from spatialmech.experiments import amplify, amplify_fit, amplify_sweep
 from spatialmech.experiments.common import encode_items, score_items
 from spatialmech.experiments.probing import LinearProbe, image_key, load_probes, save_probes
 from spatialmech.experiments.runner import load_result, run_experiment
@@ -137,7 +137,7 @@ def test_summary_arithmetic_on_hand_made_curves():
     # items 0-2 are the validation half, 3-5 the test half
     probe = {0: [T, F, F, F, T, F], 1: [T, T, F, T, T, T], 2: [T, T, T, F, F, F]}
     rand = {0: probe[0], 1: [T, F, F, F, F, F], 2: [T, F, F, T, T, F]}
-    s = amplify.summarise({"probe": probe, "random": rand}, validation=[0, 1, 2], test=[3, 4, 5])
+    s = amplify_sweep.summarise({"probe": probe, "random": rand}, validation=[0, 1, 2], test=[3, 4, 5])
     assert s["n"] == 6 and s["baseline_accuracy"] == 2 / 6
     assert s["best_alpha"] == 1 and s["accuracy"] == 5 / 6
     assert s["oracle_accuracy"] == 1.0 and s["oracle_fails_fixed"] == 1.0
@@ -148,22 +148,22 @@ def test_summary_arithmetic_on_hand_made_curves():
     assert held["alpha"] == 2  # validation: alpha 2 gets 3/3
     assert held["accuracy"] == 0.0 and held["baseline_accuracy"] == 1 / 3 and held["fails_fixed"] == 0.0
     assert held["random_alpha"] == 0 and held["random_accuracy_at_probe_alpha"] == 2 / 3
-    assert amplify._best({0: [T, F], 1: [T, T], 2: [T, T]}) == 1  # ties go to the smaller alpha
+    assert amplify_sweep.best_alpha({0: [T, F], 1: [T, T], 2: [T, T]}) == 1  # ties go to the smaller alpha
 
 
 def test_probe_and_evaluation_items_never_share_an_image():
     scenes = get_task("scenes")
-    evaluation, probe_items, how = amplify.split_items(scenes, "scenes", 20, seed=0)
+    evaluation, probe_items, how = amplify_fit.split_items(scenes, "scenes", 20, seed=0)
     assert len(evaluation) == len(probe_items) == 20 and how["shared_images"] == 0
     assert not {image_key(i) for i in evaluation} & {image_key(i) for i in probe_items}
     coco = get_task("coco-spatial", data_root=str(FIXTURE))
-    evaluation, probe_items, how = amplify.split_items(coco, "coco-spatial", None, seed=0)
+    evaluation, probe_items, how = amplify_fit.split_items(coco, "coco-spatial", None, seed=0)
     assert evaluation and probe_items and not {image_key(i) for i in evaluation} & {image_key(i) for i in probe_items}
     assert len(evaluation) + len(probe_items) == len(coco.items())
 
 
 def _run(adapter, out, **kwargs):
-    options = {"n": 6, "alphas": [0, 2, 8], "filter_correct": False, **kwargs.pop("options", {})}
+    options = {"n": 6, "alphas": [0, 2, 8], "filter_correct": False, "protocol": "strict", **kwargs.pop("options", {})}
     return run_experiment("amplify", adapter, out_root=out, options=options, batch_size=4, progress=False, **kwargs)
 
 

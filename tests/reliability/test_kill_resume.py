@@ -28,7 +28,9 @@ RUNS: dict[str, list[str]] = {
     "behavior": ["--task", "squares", "--n", "192"],  # 3 units of 64 items
     "probe": ["--task", "squares", "--n", "48", "--layers", "0-1"],  # features store + 4 probe fits
     "ablate-vision": ["--n", "8"],  # 3 tasks, one unit each
-    "amplify": ["--n", "4"],  # probe features and fits, then baseline and alpha-sweep units (34 in all)
+    # strict: this untrained model gets none of 4 items right in both orders, so the paper protocol (probes on the
+    # evaluation set's correct items) has nothing to fit; probe features and fits, then baseline and sweep units (34 in all)
+    "amplify": ["--n", "4", "--protocol", "strict"],
 }
 
 

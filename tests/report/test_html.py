@@ -96,3 +96,25 @@ def test_report_of_an_empty_folder_is_one_clear_error(tmp_path: Path) -> None:
         build_report(tmp_path)
     with pytest.raises(UserInputError, match="does not exist"):
         build_report(tmp_path / "missing")
+
+
+def test_protocol_named_at_the_top_and_both_amplifications_side_by_side(quick_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    html = (quick_run / "report.html").read_text(encoding="utf-8")
+    assert "Protocol: paper" in html[: html.index("<h2")] and "amplify-protocols" not in html
+    run = tmp_path / "run"
+    for folder in ("amplify", "behavior-squares"):
+        shutil.copytree(quick_run / folder, run / folder)
+    shutil.copytree(quick_run / "amplify", run / "amplify-strict")
+    strict = read_json(run / "amplify-strict" / "result.json")
+    strict["config"]["protocol"] = "strict"
+    strict["metrics"]["accuracy"] = 0.123456
+    (run / "amplify-strict" / "result.json").write_text(json.dumps(strict), encoding="utf-8")
+    html = build_report(run).read_text(encoding="utf-8")
+    assert "Protocol: both" in html[: html.index("<h2")]
+    side = html[html.index("id='amplify-protocols'"):]
+    side = side[: side.index("</table>")]
+    assert "scenes, paper" in side and "scenes, strict" in side
+    assert "data-src='amplify-strict' data-key='[&#34;accuracy&#34;]' data-value='0.123456'" in side
+    assert "data-src='amplify' data-key='[&#34;accuracy&#34;]'" in side

@@ -199,3 +199,14 @@ def test_resume_continues_a_step_from_its_saved_units(quick_run: Path, tmp_path:
     assert all(s["status"] == "reused" for f, s in steps.items() if f != "amplify")
     after = read_json(run / "amplify" / "result.json")
     assert after["metrics"] == before["metrics"] and after["config"] == before["config"]
+
+
+def test_protocol_both_plans_each_amplification_side_by_side():
+    paper_plan = build_plan(quick=True)
+    assert {s.options["protocol"] for s in paper_plan} == {"paper"}
+    assert {s.options["protocol"] for s in build_plan(quick=True, protocol="strict")} == {"strict"}
+    both = build_plan(quick=True, data_tasks=["coco-spatial"], protocol="both")
+    strict = {s.folder: s for s in both if s.options["protocol"] == "strict"}
+    assert set(strict) == {"amplify-strict", "amplify-coco-spatial-strict"}
+    assert all(s.experiment == "amplify" for s in strict.values())
+    assert len(both) == len(build_plan(quick=True, data_tasks=["coco-spatial"])) + 2

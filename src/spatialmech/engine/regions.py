@@ -12,7 +12,11 @@ the box (`ImageTokens.in_box`, half-open, main view unless a tile is named). On 
 - `tiling_strip_box`: the strip criss-cross swaps, as the authors' (criss_cross_patching/src/regions.py):
   the grid tiled into three bands (`GridGeometry.strip_bands`, middle = object + spacing, outer
   strips equal: Qwen 4/4/4, Gemma 5/6/5, Pixtral 5/5/5), the band holding the object;
-- `object_box`: an object's own box.
+- `object_box`: an object's own box;
+- `touched_indices` / `touched_positions`: the "touched" rule, every token whose cell overlaps the box
+  at all (the authors' COCO amplification probe pools these: coco_amplification/src/qwen.py maps a
+  pixel box to the patch cells from its first to its last pixel), so a box smaller than a token still
+  has the token(s) it lies in.
 
 Why here: the paper's object-versus-strip result rests on exactly which tokens are swapped, probed
 or ablated, so all experiments share this one definition.
@@ -127,6 +131,27 @@ def region_positions(
 ) -> torch.Tensor:
     """LM positions of the tokens whose centre lies in `box` (see `region_indices` for the options)."""
     return tokens.positions[region_indices(tokens, box, order=order, nearest=nearest, tile=tile)].long()
+
+
+def touched_indices(tokens: ImageTokens, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
+    """Indices into `tokens` (LM order) of the tokens of `tile` (default main) whose cell overlaps `box`.
+
+    Overlap is strict on the far edge (a box ending exactly on a cell border does not touch the next
+    cell), as the authors' pixel-to-cell map subtracts an epsilon from the box's far corner. A
+    degenerate box touches the cell holding its corner.
+    """
+    tile = tokens.main_tile if tile is None else tile
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cells = tokens.boxes.float()
+    eps = 1e-9
+    overlap_x = (cells[:, 0] < max(x1, x0 + eps)) & (cells[:, 2] > x0)
+    overlap_y = (cells[:, 1] < max(y1, y0 + eps)) & (cells[:, 3] > y0)
+    return ((tokens.tiles == tile) & overlap_x & overlap_y).nonzero().reshape(-1)
+
+
+def touched_positions(tokens: ImageTokens, box: Sequence[float], tile: int | None = None) -> torch.Tensor:
+    """LM positions of the tokens whose cell overlaps `box` (see `touched_indices`)."""
+    return tokens.positions[touched_indices(tokens, box, tile)].long()
 
 
 def region_mask(tokens: ImageTokens, box: Sequence[float], tile: int | None = None) -> torch.Tensor:

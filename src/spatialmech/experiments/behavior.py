@@ -44,11 +44,17 @@ def config_from(options: dict[str, Any], adapter: VLMAdapter | None = None) -> d
     if (probe is None) != (alpha is None):
         raise UserInputError("--amplify and --alpha go together", "pass both (a probe file from `run amplify --save-probe` and a strength)")
     if probe is not None:
+        from spatialmech.experiments.probing import author_probe_files, is_author_probe_path
         from spatialmech.provenance import file_sha256
 
-        if not Path(probe).is_file():
-            raise UserInputError(f"probe file {probe} does not exist", "write one with `spatialmech run amplify --save-probe FILE`")
-        config["amplify"] = {"probe": str(probe), "probe_sha256": file_sha256(probe), "alpha": float(alpha)}
+        if is_author_probe_path(probe):  # the authors' .npy arrays: hash each file of the set
+            digest: Any = {f.name: file_sha256(f) for pair in author_probe_files(probe).values() for f in pair}
+        elif Path(probe).is_file():
+            digest = file_sha256(probe)
+        else:
+            raise UserInputError(f"probe file {probe} does not exist",
+                                 "write one with `spatialmech run amplify --save-probe FILE`, or pass the folder of the authors' *_probe_*_W_FP32.npy arrays")
+        config["amplify"] = {"probe": str(probe), "probe_sha256": digest, "alpha": float(alpha)}
     return config
 
 

@@ -220,3 +220,57 @@ def load_probes(path: str | Path) -> ProbeFile:
         raise UserInputError(f"probe file {source} holds no probes", fix)
     meta.pop("probes", None)
     return ProbeFile(probes, meta)
+
+
+# The authors' amplification probe arrays (coco_amplification/run_experiment.py writes
+# `<model>_coco_spatial_probe_<axis>_<W|b>_<FP32|BF16>.npy`: W float32 (D, 2), b float32 (2,)).
+AUTHOR_AXIS_CLASSES = {"horizontal": ["left", "right"], "vertical": ["above", "below"]}
+
+
+def author_probe_files(path: str | Path) -> dict[str, tuple[Path, Path]]:
+    """{axis: (W file, b file)} for the authors' arrays in a folder, or of the set one named file belongs to."""
+    import re
+
+    source = Path(path)
+    prefix, suffix = "*", "*"
+    if not source.is_dir():
+        named = re.match(r"^(.*)_probe_(?:horizontal|vertical)_[Wb]_(.*)\.npy$", source.name)
+        if named is None:
+            return {}
+        prefix, suffix = named.groups()
+    folder = source if source.is_dir() else source.parent
+    found: dict[str, tuple[Path, Path]] = {}
+    for axis in AUTHOR_AXIS_CLASSES:
+        for weight in sorted(folder.glob(f"{prefix}_probe_{axis}_W_{suffix}.npy"))[:1]:
+            bias = weight.with_name(weight.name.replace(f"_probe_{axis}_W_", f"_probe_{axis}_b_"))
+            if bias.is_file():
+                found[axis] = (weight, bias)
+    return found
+
+
+def is_author_probe_path(path: str | Path) -> bool:
+    source = Path(path)
+    return (source.is_dir() or source.suffix == ".npy") and bool(author_probe_files(source))
+
+
+def load_author_probes(path: str | Path) -> ProbeFile:
+    """The authors' per-axis probe arrays as a `ProbeFile` (np.load with allow_pickle=False; refuses
+    anything but float (D, 2) weights and (2,) biases, in one line)."""
+    import numpy as np
+
+    files = author_probe_files(path)
+    fix = "pass the folder holding <model>_coco_spatial_probe_<axis>_{W,b}_FP32.npy (coco_amplification/results/<model>/FP32/)"
+    if not files:
+        raise UserInputError(f"{path} holds none of the authors' probe arrays (*_probe_<axis>_W_*.npy with its _b_ twin)", fix)
+    probes: dict[str, LinearProbe] = {}
+    for axis, (w_file, b_file) in files.items():
+        try:
+            weight, bias = np.load(w_file, allow_pickle=False), np.load(b_file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"{w_file.name} / {b_file.name} are not readable .npy arrays ({type(exc).__name__})", fix) from exc
+        if weight.ndim != 2 or weight.shape[1] != 2 or bias.shape != (2,) or weight.dtype.kind != "f" or bias.dtype.kind != "f":
+            raise UserInputError(f"{w_file.name} has shape {weight.shape} ({weight.dtype}) and {b_file.name} {bias.shape}",
+                                 "the authors' arrays are float32 W (D, 2) and b (2,)")
+        probes[axis] = LinearProbe(torch.from_numpy(weight.astype("float32")), torch.from_numpy(bias.astype("float32")),
+                                   list(AUTHOR_AXIS_CLASSES[axis]), {"axis": axis, "source": w_file.name})
+    return ProbeFile(probes, {"site": "projector.out", "variant": "projection", "source": "authors' .npy arrays"})

@@ -30,6 +30,25 @@ UNITS_DIR = "units"
 MANIFEST_FILE = "run_config.json"
 EXECUTION_KEY = "execution"  # manifest entry for workers; not part of the run's identity
 _UNIT_KEY = re.compile(r"^[A-Za-z0-9_.=-]+$")
+# paper: the authors' code on every point of SPEC section 7; strict: our stricter variants where they
+# differ (today only amplify's). Every result.json records which one it ran under (config.protocol).
+PROTOCOLS = ("paper", "strict")
+DEFAULT_PROTOCOL = "paper"
+
+
+def protocol_of(options: Mapping[str, Any]) -> str:
+    """The protocol an experiment's options ask for (default paper), refused in one line when unknown."""
+    protocol = options.get("protocol") or DEFAULT_PROTOCOL
+    if protocol not in PROTOCOLS:
+        raise UserInputError(f"--protocol {protocol!r} is not a protocol", f"use one of {', '.join(PROTOCOLS)}")
+    return str(protocol)
+
+
+def resolve_config(module: Any, options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
+    """An experiment's full config from its options: its own `config_from`, plus the protocol."""
+    config = module.config_from(dict(options), adapter)
+    config.setdefault("protocol", protocol_of(options))
+    return config
 
 
 def model_fingerprint(adapter: Any) -> dict[str, Any]:
@@ -240,7 +259,7 @@ def run_experiment(
     task_name = task or module.DEFAULT_TASK
     if task_name not in module.TASKS and task_name != CUSTOM_TASK:
         raise UserInputError(f"experiment {name} does not run on task {task_name!r}", f"use one of {', '.join(module.TASKS)}")
-    config = module.config_from(dict(options or {}), adapter)
+    config = resolve_config(module, options or {}, adapter)
     ctx = ExperimentContext(
         experiment=name,
         adapter=adapter,

@@ -53,6 +53,8 @@ def estimate_forwards(experiment: str, config: Mapping[str, Any], num_layers: in
     if experiment == "amplify":  # probe features + probe-item scoring + baseline + 2 directions x alphas
         n = _config_n(config, 300 if task.unbounded else task.size // 2)
         alphas = len(config.get("alphas") or range(16))
+        if config.get("protocol") == "paper":  # baseline once; features of the right items; only failed orders re-run
+            return n * (strict + 0.5 + 2 * 0.75 * (alphas - 1))  # (about half the items fail, 1.5 orders each)
         return n * (1 + 2 * strict + 2 * strict * (alphas - 1))
     return 100.0
 

@@ -87,7 +87,7 @@ def check_resumable(out_root: Path, header: Mapping[str, Any]) -> None:
     if not path.is_file():
         return
     previous = read_json(path, "reproduce manifest")
-    for key, flag in (("quick", "--quick"), ("model", "--model"), ("seed", "--seed"), ("data", "--data")):
+    for key, flag in (("quick", "--quick"), ("protocol", "--protocol"), ("model", "--model"), ("seed", "--seed"), ("data", "--data")):
         if previous.get(key) != header.get(key):
             raise UserInputError(
                 f"--resume: {out_root} holds a run with {key}={previous.get(key)!r}, not {header.get(key)!r}",

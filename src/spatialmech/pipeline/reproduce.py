@@ -57,6 +57,11 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def protocol_of(args: argparse.Namespace) -> str:
+    """The run's protocol: paper (the authors' code, the default), strict, or both (amplify twice)."""
+    return getattr(args, "protocol", None) or "paper"
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, SpatialmechError) else text
@@ -66,7 +71,7 @@ def _size_steps(plan: Sequence[Step], records: list[StepRecord], adapter: Any, a
                 out_root: Path, seconds_per_forward: float) -> dict[str, bool]:
     """Resolve each step's config (a bad option fails that step now), estimate its time and, with
     --resume, mark finished steps reused; returns folder -> continue its saved units."""
-    from spatialmech.experiments.runner import experiment_module, model_fingerprint
+    from spatialmech.experiments.runner import experiment_module, model_fingerprint, resolve_config
 
     fingerprint = model_fingerprint(adapter) if args.resume else {}  # hashes the weights: once, not per step
     resume_from: dict[str, bool] = {}
@@ -74,7 +79,7 @@ def _size_steps(plan: Sequence[Step], records: list[StepRecord], adapter: Any, a
         try:
             module = experiment_module(step.experiment)
             record.task = step.task or module.DEFAULT_TASK
-            config = module.config_from(dict(record.options), adapter)
+            config = resolve_config(module, record.options, adapter)
             forwards = estimate_forwards(step.experiment, config, adapter.num_layers, task_facts(record.task, adapter, args.data))
             record.estimated_seconds = forwards * seconds_per_forward
             if args.resume:
@@ -94,7 +99,7 @@ def _announce(args: argparse.Namespace, plan: Sequence[Step], records: Sequence[
               log: Callable[[str], None]) -> None:
     total = sum(r.estimated_seconds or 0.0 for r in records if r.status == "pending")
     where = f", units on {cluster.num_workers} Ray workers" if cluster is not None else ""
-    log(f"reproduce: {len(plan)} steps on {args.model} ({'quick' if args.quick else 'full, paper sizes'}), "
+    log(f"reproduce: {len(plan)} steps on {args.model} ({'quick' if args.quick else 'full, paper sizes'}, {protocol_of(args)} protocol), "
         f"seed {args.seed}, into {out_root}{where}")
     for index, record in enumerate(records, 1):
         state = {"reused": "finished earlier, reused", "failed": f"cannot run: {record.error}"}.get(
@@ -127,7 +132,7 @@ def reproduce(
     out_root = Path(args.out)
     ensure_writable_dir(out_root)
     data_tasks, missing_data = available_data_tasks(args.data, None)  # before loading a model: fail fast
-    plan = select_steps(build_plan(bool(args.quick), data_tasks, sizes), getattr(args, "only", None))
+    plan = select_steps(build_plan(bool(args.quick), data_tasks, sizes, protocol_of(args)), getattr(args, "only", None))
     with nullcontext(cluster) if cluster is not None else cluster_from_args(args, progress) as workers:
         return _reproduce(args, plan, data_tasks, missing_data, out_root, extra_options, adapter, progress, log, workers)
 
@@ -145,6 +150,7 @@ def _reproduce(args: argparse.Namespace, plan: Sequence[Step], data_tasks: list[
     header = {
         "command": "reproduce",
         "quick": bool(args.quick),
+        "protocol": protocol_of(args),
         "model": str(args.model),
         "seed": int(args.seed),
         "data": None if args.data is None else str(Path(args.data).resolve()),

@@ -39,18 +39,21 @@ class Step:
     what: str = ""
 
 
-def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, int] | None = None) -> list[Step]:
+def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, int] | None = None,
+               protocol: str = "paper") -> list[Step]:
     """The steps of a reproduce run, in the order of the paper's sections.
 
     behavior on every synthetic task (and each available real-data task); last-token; probe;
     criss-cross with object-only and whole-strip swaps (two folders); ablate-vision; backup; amplify on
-    `scenes` (and on `coco-spatial` when its data is there).
+    `scenes` (and on `coco-spatial` when its data is there). `protocol` "both": the steps run under the
+    paper protocol, and amplify once more under strict (folders `amplify-strict`, ...), side by side.
     """
     chosen = dict(QUICK_SIZES if quick else {})
     chosen.update(sizes or {})
+    main = "paper" if protocol == "both" else protocol
 
     def opts(experiment: str, **extra: Any) -> dict[str, Any]:
-        return {"n": chosen.get(experiment), **extra}
+        return {"n": chosen.get(experiment), "protocol": main, **extra}
 
     amplify = opts("amplify", alphas=list(QUICK_ALPHAS)) if quick else opts("amplify")
     steps = [Step(f"behavior-{task}", "behavior", task, opts("behavior"), f"accuracy on {task}")
@@ -68,6 +71,9 @@ def build_plan(quick: bool, data_tasks: Sequence[str] = (), sizes: Mapping[str, 
     ]
     if "coco-spatial" in data_tasks:
         steps.append(Step("amplify-coco-spatial", "amplify", "coco-spatial", amplify, "ordering amplification on COCO-spatial"))
+    if protocol == "both":
+        steps += [Step(f"{s.folder}-strict", s.experiment, s.task, {**s.options, "protocol": "strict"}, f"{s.what} (strict protocol)")
+                  for s in steps if s.experiment == "amplify"]
     return steps
 
 
