@@ -182,7 +182,7 @@ def test_bad_region_and_task_are_user_errors():
         criss_cross.config_from({"region": "diagonal"}, adapter)
     assert criss_cross.config_from({"region": None}, adapter)["region"] == "object"
     with pytest.raises(UserInputError, match="does not run on task"):
-        run_experiment("criss-cross", adapter, out_root="unused", task="whatsup", options={})
+        run_experiment("criss-cross", adapter, out_root="unused", task="scenes", options={})
 
 
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not trained yet")
