@@ -32,8 +32,8 @@ def test_layer_axis_is_embed_then_each_layers_output(adapter):
     engine = Engine(adapter)
     layers = list(range(adapter.num_layers))
     sweep = layer_axis.sweep_layer_axis(
-        engine, *(encode_items(adapter, task, [getattr(p, side) for p in pairs]) for side in ("clean", "counter")),
-        *(last_position(encode_items(adapter, task, [getattr(p, side) for p in pairs])) for side in ("clean", "counter")),
+        engine, *(encode_items(adapter, task, [getattr(p, side) for p in pairs]) for side in ("clean", "counterfactual")),
+        *(last_position(encode_items(adapter, task, [getattr(p, side) for p in pairs])) for side in ("clean", "counterfactual")),
         layers=layers,
     )
     assert sweep.labels == ["emb", *layers] and sweep.logits.shape[0] == adapter.num_layers + 1
