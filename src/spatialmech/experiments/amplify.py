@@ -249,6 +249,17 @@ def _figures(ctx: ExperimentContext, alphas: Sequence[float], curve_rows: Sequen
         reference=[reference["none"], reference["random"], reference["amplified"], None])
 
 
+def _probes_and_controls(ctx: ExperimentContext, fitted: dict[str, Any], items: int
+                         ) -> tuple[dict[str, LinearProbe], dict[str, LinearProbe]]:
+    """The fitted probes (refusing a run where none could be fitted) and the random-direction control of
+    each, both protocols' shared start of the sweep."""
+    probes: dict[str, LinearProbe] = fitted["probes"]
+    if not probes:
+        raise _no_probe(fitted, items)
+    hidden = next(iter(probes.values())).hidden_size
+    return probes, {axis: random_directions(hidden, ctx.seed, axis, AXIS_CLASSES[axis]) for axis in probes}
+
+
 def run_paper(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentOutput:
     """The authors' protocol: baseline once, probes on its correct items, re-run only failed orders."""
     items = task.items(ctx.config.get("n") if ctx.task_name != "scenes" else ctx.config.get("n") or fit.DEFAULT_SCENES_N, seed=ctx.seed)
@@ -258,11 +269,7 @@ def run_paper(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentOu
     failed = [(item, row["failed_orders"]) for item, row in clean if row["failed_orders"]]
     # filter_correct=False (tests on untrained models): every item fits the probes, not only the correct ones
     fitted = fit.fit_paper_probes(ctx, engine, task, golden if ctx.config["filter_correct"] else items)
-    probes: dict[str, LinearProbe] = fitted["probes"]
-    if not probes:
-        raise _no_probe(fitted, len(golden))
-    hidden = next(iter(probes.values())).hidden_size
-    random_probes = {axis: random_directions(hidden, ctx.seed, axis, AXIS_CLASSES[axis]) for axis in probes}
+    probes, random_probes = _probes_and_controls(ctx, fitted, len(golden))
     curves = sweeps.failed_order_sweep(ctx, engine, task, failed, {"probe": probes, "random": random_probes}, _steered(ctx, engine))
     summary = sweeps.paper_summary(len(clean), len(golden), [i.axis for i, _ in failed], [i.axis for i in golden], curves)
     metrics = {**summary, "protocol": "paper", "items": len(items), "dropped_off_axis": len(items) - len(clean),
@@ -300,11 +307,7 @@ def run_strict(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentO
     config = ctx.config
     evaluation, probe_items, split = fit.split_items(task, ctx.task_name, config.get("n"), ctx.seed)
     fitted = fit.fit_strict_probes(ctx, engine, task, probe_items)
-    probes: dict[str, LinearProbe] = fitted["probes"]
-    if not probes:
-        raise _no_probe(fitted, len(probe_items))
-    hidden = next(iter(probes.values())).hidden_size
-    random_probes = {axis: random_directions(hidden, ctx.seed, axis, AXIS_CLASSES[axis]) for axis in probes}
+    probes, random_probes = _probes_and_controls(ctx, fitted, len(probe_items))
 
     swept = sweeps.sweep(ctx, engine, task, evaluation, {"probe": probes, "random": random_probes}, _steered(ctx, engine))
     curves = {name: values["correct"] for name, values in swept.items()}
