@@ -34,14 +34,26 @@ RUNS: dict[str, list[str]] = {
 }
 
 
-def _child(argv: list[str], log: str) -> None:
-    """Body of the forked child: the CLI, its output to `log`, its exit code as the process's."""
+def _detach_from_parent() -> None:
+    """What a forked child must drop so that killing it cannot hang anyone else.
+
+    tqdm's default write lock holds a multiprocessing RLock as a *class* attribute: a semaphore in
+    memory shared with the parent across fork. A child SIGKILLed while drawing a progress bar would
+    leave it held forever, and the parent's next bar (and every later child's) would block on it.
+    """
+    import threading
+
     import torch
     import tqdm
 
     torch.set_num_threads(1)  # as DataLoader workers do after fork
-    tqdm.tqdm.set_lock(tqdm.std.TqdmDefaultWriteLock())  # the parent's lock may have been held mid-fork
+    tqdm.tqdm.set_lock(threading.RLock())  # a lock of this process alone
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _child(argv: list[str], log: str) -> None:
+    """Body of the forked child: the CLI, its output to `log`, its exit code as the process's."""
+    _detach_from_parent()
     with open(log, "w", buffering=1) as stream:
         sys.stdout = sys.stderr = stream
         code = main(argv)
@@ -153,6 +165,28 @@ def test_sigkill_then_resume_patching_experiment_on_bundled_model(experiment, tm
     reference = science(reference_out / experiment)
     args = ["run", experiment, "--out", str(tmp_path / "out"), *BUNDLED_RUNS[experiment]]
     kill_at_random_points_then_resume(args, experiment, reference, len(units(reference_out)), tmp_path)
+
+
+def _die_holding_the_progress_lock() -> None:
+    import tqdm
+
+    _detach_from_parent()
+    tqdm.tqdm.get_lock().acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_child_killed_while_drawing_a_bar_does_not_block_the_parent():
+    """The hang this file once caused in CI: the kill landed while a child held tqdm's shared lock."""
+    import tqdm
+
+    tqdm.tqdm.get_lock()  # the parent's lock exists before the fork, as after any earlier bar
+    process = multiprocessing.get_context("fork").Process(target=_die_holding_the_progress_lock, daemon=True)
+    process.start()
+    process.join(30)
+    assert process.exitcode == -signal.SIGKILL
+    lock = tqdm.tqdm.get_lock()
+    assert all(part.acquire(timeout=5) for part in lock.locks), "the killed child left the parent's bar lock held"
+    lock.release()
 
 
 def test_sigint_saves_finished_units_and_writes_no_result(tiny_model, references, tmp_path):
