@@ -49,8 +49,9 @@ def test_criss_cross_pairs_shapes_and_objects(tmp_path):
     path = write(tmp_path, "shapes.json", {"qwen2-vl-7b": {"right": [[["Circle", "Green"], ["Square", "Red"], ["Star", "Black"]]]}})
     (pair,) = load_pairs(path, get_task("shapes"))
     assert pair.counterfactual.kind == CF_REVERSED
-    assert slots(pair.clean) == ["Star", "Square", "Circle"] and pair.clean.answer == "Circle"
-    assert slots(pair.counterfactual.item) == ["Circle", "Square", "Star"] and pair.counterfactual.item.answer == "Star"
+    assert slots(pair.clean) == ["Black", "Red", "Green"] and pair.clean.answer == "Green"  # the circle's colour
+    assert slots(pair.counterfactual.item) == ["Green", "Red", "Black"] and pair.counterfactual.item.answer == "Black"
+    assert pair.clean.prompt == "The color of the shape to the right of the red square is "
     objects = write(tmp_path, "objects.json", {"qwen2-vl-7b": {"above": [["key", "apple", "rose"]]}})
     (pair,) = load_pairs(objects, get_task("objects"))
     assert pair.clean.axis == "vertical" and pair.clean.answer == "key" and pair.counterfactual.item.answer == "rose"

@@ -51,8 +51,8 @@ def test_pixtral_palette_and_object_set():
     orange = next(i for i in squares.items() if i.answer == "Orange")
     assert orange.objects[orange.target].color == (255, 165, 0)
     shapes = get_task("shapes", geometry=pixtral)
-    cross = next(i for i in shapes.items() if "Cross" in i.meta["attributes"])
-    assert (255, 165, 0) in [o.color for o in cross.objects]
+    cross = next(i for i in shapes.items() if "Orange" in i.meta["attributes"])
+    assert ((255, 165, 0), "cross") in [(o.color, o.shape) for o in cross.objects]
     objects = get_task("objects", geometry=pixtral)
     assert "bomb" not in objects.attributes and len(objects) == 840
     assert len(get_task("objects", geometry=QWEN)) == 1344 and "Brown" in get_task("squares", geometry=QWEN).attributes

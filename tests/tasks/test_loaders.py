@@ -66,7 +66,7 @@ def test_stitched_whatsup_composites():
     assert len(items) == len(task) == 4
     assert task.stats["side_objects"]["table"]["kept"] == []  # bowl / cup / beer-bottle lack a photo side
     item = next(i for i in items if i.id == "whatsup/chair/book-vs-mug/right")
-    assert item.prompt == "The object on the floor to the right of the chair is a(n)"
+    assert item.prompt == "The object on the floor to the right of the chair is a(n) "
     assert item.answer == "book" and item.target == 2 and item.reference == 1
     assert item.meta["sources"] == ["data/controlled_images/mug_left_of_chair.jpeg", "data/controlled_images/book_right_of_chair.jpeg"]
     assert [o.ordinal["horizontal"] for o in item.objects] == [0, 1, 2]

@@ -74,11 +74,11 @@ def test_layout_is_centred_and_spaced_on_the_grid():
 def test_squares_prompt_and_answer_per_spec():
     task = get_task("squares")
     item = task.layout_item(("Blue", "Green", "Red"), "horizontal", "left")
-    assert item.prompt == "The color of the square to the left of the green square is"
+    assert item.prompt == "The color of the square to the left of the green square is "
     assert item.answer == "Blue"
     assert item.answer_variants == [" Blue", "Blue", " blue", "blue"]
     below = task.layout_item(("Blue", "Green", "Red"), "vertical", "below")
-    assert below.prompt == "The color of the square below the green square is"
+    assert below.prompt == "The color of the square below the green square is "
     assert below.answer == "Red" and below.target == 2 and below.reference == 1
 
 

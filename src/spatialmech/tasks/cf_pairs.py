@@ -115,7 +115,7 @@ def _attribute(task: Task, entity: Any, where: str) -> str:
         if name is None or colours[name].lower() != colour.lower():
             raise UserInputError(f"{where}: shape {entity!r} is not one of this task's shapes ({colours})",
                                  "use pairs made with the same shape palette (Pixtral's Orange shapes differ)")
-        return name
+        return colours[name]  # the shapes task's attribute is the colour, its answer
     elif isinstance(entity, str) and task.name in ("squares", "objects"):
         attributes = getattr(task, "attributes", ())
         name = next((a for a in attributes if a.lower() == entity.lower()), None)

@@ -252,18 +252,24 @@ class SquaresTask(GridTask):
 
 
 class ShapesTask(GridTask):
+    """Shapes paired one to one with colours; an object's attribute is its colour, which names the answer."""
+
     name = "shapes"
-    description = "3 shapes with fixed colours (Square/Red ... Heart/Gray); 'The shape to the left of the circle is a'"
-    attributes = tuple(SHAPE_COLORS)
+    description = "3 shapes with fixed colours (Square/Red ... Heart/Gray); 'The color of the shape to the left of the red square is '"
+    attributes = tuple(SHAPE_COLORS.values())
+    pixtral_attributes = tuple(PIXTRAL_SHAPE_COLORS.values())
     template = SHAPES_TEMPLATE
 
+    def shape_of(self, attribute: str) -> str:
+        colours = PIXTRAL_SHAPE_COLORS if self.pixtral else SHAPE_COLORS
+        return next(shape for shape, colour in colours.items() if colour == attribute)
+
     def reference_name(self, attribute: str) -> str:
-        return attribute.lower()
+        return f"{attribute.lower()} {self.shape_of(attribute).lower()}"
 
     def appearance(self, attribute: str) -> tuple[str, tuple[int, int, int]]:
-        if self.pixtral:
-            return attribute.lower(), PIXTRAL_SQUARE_COLORS[PIXTRAL_SHAPE_COLORS[attribute]]
-        return attribute.lower(), SQUARE_COLORS[SHAPE_COLORS[attribute]]
+        palette = PIXTRAL_SQUARE_COLORS if self.pixtral else SQUARE_COLORS
+        return self.shape_of(attribute).lower(), palette[attribute]
 
 
 class ObjectsTask(GridTask):

@@ -5,12 +5,14 @@ without a leading space), because answers are scored by the first next token (SP
 generator that needs a new word must add it here; a test checks that every generated prompt and
 answer uses only these words.
 
-Prompt schemes (SPEC section 3):
-- squares: "The color of the square to the left of the green square is" -> "Blue"
-  (vertical: "The color of the square above the green square is"); answers are capitalised colours.
-- shapes: queried by shape, answered by shape: "The shape to the left of the circle is a" -> "Square".
-  Every shape noun starts with a consonant, so "a" is always right. Answers are capitalised shapes.
-- objects: "The object to the left of the key is a(n)" -> "apple". The paper's neutral "a(n)" is kept
+Prompt schemes (SPEC sections 3 and 7), verbatim as the authors' task files write them, trailing
+space included (behavioral_analysis/src/tasks/{squares,shapes,objects,whatsup}.py):
+- squares: "The color of the square to the left of the green square is " -> "Blue"
+  (vertical: "The color of the square above the green square is "); answers are capitalised colours.
+- shapes: the reference named by colour and shape, the answer a colour:
+  "The color of the shape to the left of the red square is " -> "Green". Shapes and colours are paired
+  one to one (Square/Red ... Heart/Gray), so a shape's colour names it: the task's attributes are colours.
+- objects: "The object to the left of the key is a(n) " -> "apple". The paper's neutral "a(n)" is kept
   so the article never hints at the answer. Answers are lower-case nouns.
 - scenes (and COCO-spatial): the forced-choice prompts of `prompts.py`; answers left/right/above/below.
 """
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import re
 
-# Squares: colour name -> RGB (SPEC: Red, Green, Blue, Black, Brown (150, 75, 0), Gray).
+# Squares and shapes: colour name -> RGB, the authors' shared/palette.py COLOR_RGB_DEFAULT.
 SQUARE_COLORS: dict[str, tuple[int, int, int]] = {
     "Red": (255, 0, 0),
-    "Green": (0, 128, 0),
+    "Green": (0, 255, 0),
     "Blue": (0, 0, 255),
     "Black": (0, 0, 0),
     "Brown": (150, 75, 0),
@@ -65,10 +67,11 @@ SCENE_SHAPE_COLORS: dict[str, tuple[int, int, int]] = {
 RELATION_WORDS: tuple[str, ...] = ("left", "right", "above", "below")
 
 # Templates (the relation phrase is "to the left of" / "to the right of" / "above" / "below").
-SQUARES_TEMPLATE = "The color of the square {relation} the {reference} square is"
-SHAPES_TEMPLATE = "The shape {relation} the {reference} is a"
-OBJECTS_TEMPLATE = "The object {relation} the {reference} is a(n)"
-WHATSUP_TEMPLATE = "The object on the floor {relation} the {reference} is a(n)"
+# Each ends in a space, as the authors' prompts do: the space changes which token comes next.
+SQUARES_TEMPLATE = "The color of the square {relation} the {reference} square is "
+SHAPES_TEMPLATE = "The color of the shape {relation} the {reference} is "
+OBJECTS_TEMPLATE = "The object {relation} the {reference} is a(n) "
+WHATSUP_TEMPLATE = "The object on the floor {relation} the {reference} is a(n) "
 
 RELATION_PHRASES: dict[str, str] = {
     "left": "to the left of",
