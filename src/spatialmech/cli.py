@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0-11' or '0,4,8' (default: all)")
     p.add_argument("--region", choices=["object", "strip"], default="object", help="criss-cross: swap object tokens or whole strips")
     p.add_argument("--pairs", default=None, metavar="FILE",
-                   help="last-token: the authors' counterfactual-pair JSON (last_token_exp/cf_pairs/<task>.json) instead of drawn pairs")
+                   help="last-token / criss-cross: the authors' counterfactual-pair JSON (last_token_exp/ or "
+                        "criss_cross_patching/cf_pairs/<task>.json), run as given under --protocol paper")
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--resume", action="store_true", help="skip finished units of an interrupted run")
     p.add_argument("--seed", type=int, default=0)

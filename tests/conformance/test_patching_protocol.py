@@ -85,3 +85,34 @@ def test_run_per_direction_panels_with_std_and_their_pairs_file(adapter, tmp_pat
     rows = (path.parent / "pairs.csv").read_text().splitlines()
     assert any("Black" in row and "Brown" in row for row in rows[1:])  # their tuple, c4 included
     assert result["figures"] == ["iia_curves.png", "iia_curves.svg"]
+
+
+def test_criss_cross_runs_their_pairs_file_as_given(adapter, tmp_path):
+    """criss_cross_patching/run_experiment.py runs cf_pairs/<task>.json as given (3-tuples per direction,
+    no correctness re-check); last_token_exp/run_experiment.py re-checks only with --filter. So a
+    pairs file is run unfiltered under the paper protocol and filtered under strict; drawn pairs are
+    always filtered."""
+    from spatialmech.errors import UserInputError
+    from spatialmech.experiments import backup, criss_cross
+
+    pairs_file = tmp_path / "squares.json"
+    pairs_file.write_text(json.dumps({"qwen2-vl-7b": {
+        "left": [["Black", "Gray", "Red"], ["Red", "Green", "Blue"]], "below": [["Blue", "Brown", "Black"]]}}))
+    paper = criss_cross.config_from({"pairs": str(pairs_file)}, adapter)
+    assert paper["pairs_file"] == str(pairs_file.resolve()) and paper["filter_correct"] is False
+    assert criss_cross.config_from({"pairs": str(pairs_file), "protocol": "strict"}, adapter)["filter_correct"] is True
+    assert criss_cross.config_from({}, adapter)["filter_correct"] is True
+    assert last_token.config_from({"pairs": str(pairs_file)}, adapter)["filter_correct"] is False
+    with pytest.raises(UserInputError, match="last-token and criss-cross only"):
+        backup.config_from({"pairs": str(pairs_file)}, adapter)
+    with pytest.raises(UserInputError, match="is not a file"):
+        criss_cross.config_from({"pairs": str(tmp_path / "missing.json")}, adapter)
+
+    path = run_experiment("criss-cross", adapter, out_root=tmp_path / "out",
+                          options={"layers": "0", "pairs": str(pairs_file)}, batch_size=2, progress=False)
+    metrics = load_result(path.parent)["metrics"]
+    assert metrics["n_pairs"] == 3 and metrics["pairs"]["filter_correct"] is False
+    assert metrics["pairs"]["by_group"]["left"]["kept"] == 2 and metrics["pairs"]["by_group"]["below"]["kept"] == 1
+    with pytest.raises(UserInputError, match="pairs of another experiment"):
+        run_experiment("last-token", adapter, out_root=tmp_path / "lt", options={"layers": "0", "pairs": str(pairs_file)},
+                       batch_size=2, progress=False)

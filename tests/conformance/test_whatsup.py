@@ -90,11 +90,36 @@ def test_hand_labelled_regions_are_exposed(whatsup_root):
     qwen = get_task("whatsup", geometry=QWEN, data_root=str(whatsup_root)).items()
     item = next(i for i in qwen if i.id.startswith("whatsup/armchair/"))
     assert item.meta["regions"]["object"] == {"left": (9, 1, 11, 4), "right": (9, 8, 11, 11)}
-    assert item.objects[0].box_cells == (9, 1, 11, 4) and item.objects[2].box_cells == (9, 8, 11, 11)
     gemma = get_task("whatsup", geometry=GEMMA, data_root=str(whatsup_root)).items()
     assert gemma[0].meta["regions"]["strip"]["left"] == (0, 0, 16, 6)
     pixtral = get_task("whatsup", geometry=PIXTRAL, data_root=str(whatsup_root)).items()
-    assert pixtral[0].meta["approximate_boxes"] and "regions" not in pixtral[0].meta  # they labelled no Pixtral grid
+    assert "regions" not in pixtral[0].meta  # they labelled no Pixtral grid for criss-cross
+
+
+def test_probe_boxes_and_images_are_the_authors(whatsup_root):
+    """Follows probing/src/whatsup.py: WHATSUP_BBOX_NORM (64ths of the image) mapped by
+    bbox_norm_to_patches (start floored, end rounded, >= 1 cell) for every object, on any grid; the
+    probe's images are every (left, ref, right) with both photos, shuffled with seed 42, first 120."""
+    import random
+    from itertools import permutations
+
+    from spatialmech.tasks.whatsup_data import probe_box
+
+    assert probe_box("chair", "left", 12) == (9, 2, 11, 4)  # rows 48/64*12=9 .. round(11.25)=11; cols 2.25 -> 2 .. 4.5 -> 4
+    assert probe_box("chair", "middle", 12) == (3, 4, 11, 8)
+    assert probe_box("table", "middle", 16) == (5, 4, 15, 12)
+    assert probe_box("armchair", "right", 15) == (12, 10, 14, 13)
+    qwen = get_task("whatsup", geometry=QWEN, data_root=str(whatsup_root))
+    item = next(i for i in qwen.items() if i.id.startswith("whatsup/chair/"))
+    assert [o.box_cells for o in item.objects] == [probe_box("chair", p, 12) for p in ("left", "middle", "right")]
+    assert item.objects[1].box_px == (4 * 28, 3 * 28, 8 * 28, 11 * 28)
+    # any object with both photos (beer-bottle too, whatever the tokenizer), in their shuffled order
+    expected = [(a, "chair", b) for a, b in permutations(sorted(["pot", "hat", "orange", "beer-bottle"]), 2)]
+    expected += [(a, "armchair", b) for a, b in permutations(["apple", "rose"], 2)]
+    random.Random(42).shuffle(expected)
+    probe = qwen.probe_items()
+    assert [(i.meta["side_names"][0], i.id.split("/")[1], i.meta["side_names"][1]) for i in probe] == expected
+    assert all(i.relation == "left" and i.answer == i.objects[0].name for i in probe)
 
 
 def test_real_image_paths_resolve_from_repo_root_or_data_folder(whatsup_root):

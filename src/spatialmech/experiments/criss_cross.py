@@ -27,7 +27,7 @@ import torch
 
 from spatialmech.engine import Engine, Intervention, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import layer_axis, patching
+from spatialmech.experiments import layer_axis, patching, patching_pairs
 from spatialmech.experiments.common import Pair, encode_items
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.models.base import BatchInputs
@@ -45,12 +45,15 @@ LEGEND = {"clean": "clean answer", "flipped": "flipped answer (attribute at the 
 FLIP_THRESHOLD = 0.5  # a layer "flips" when most pairs' patched top-1 is the flipped answer
 
 
+PAIRS_HINT = "the authors' criss_cross_patching/cf_pairs/<task>.json"
+
+
 def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
     region = options.get("region") or "object"
     if region not in REGIONS:
         raise UserInputError(f"--region {region!r} is not a criss-cross region", f"use one of {', '.join(REGIONS)}")
     return {
-        **patching.base_config(options, adapter),
+        **patching.base_config(options, adapter, PAIRS_HINT),
         "region": region,
         "counterfactual": CF_REVERSED,
         "sites": [EMBEDDINGS_SITE, SITE],
@@ -133,21 +136,21 @@ def swap_positions(
     return targets, sources
 
 
+def swappable(ctx: ExperimentContext, item: Item) -> bool:
+    """Whether a What'sUp composite's hand-labelled left and right regions have one size: a reference
+    whose regions differ (Gemma's table strip: 6 and 4 columns) cannot be swapped token for token."""
+    labelled = (item.meta.get("regions") or {}).get(ctx.config["region"]) or {}
+    return len({(b[2] - b[0]) * (b[3] - b[1]) for b in labelled.values()}) == 1
+
+
 def whatsup_candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
-    """What'sUp: every composite as a clean (left, reference, right) row with its reversed
-    counterfactual (their criss_cross_patching/cf_pairs 3-tuples), shuffled from the seed. A reference
-    whose hand-labelled left and right regions differ in size (Gemma's table strip: 6 and 4 columns)
-    cannot be swapped token for token and is left out."""
+    """What'sUp: every swappable composite as a clean (left, reference, right) row with its reversed
+    counterfactual (their criss_cross_patching/cf_pairs 3-tuples), shuffled from the seed."""
     import random
 
     from spatialmech.tasks import cf_pairs
 
-    def equal(item: Item) -> bool:
-        labelled = (item.meta.get("regions") or {}).get(ctx.config["region"]) or {}
-        sizes = {(b[2] - b[0]) * (b[3] - b[1]) for b in labelled.values()}
-        return len(sizes) == 1
-
-    items = [item for item in task.items(None, seed=ctx.seed) if equal(item)]
+    items = [item for item in task.items(None, seed=ctx.seed) if swappable(ctx, item)]
     random.Random(ctx.seed).shuffle(items)
     pairs = []
     for item in items:
@@ -160,9 +163,16 @@ def whatsup_candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair
 
 
 def candidates(ctx: ExperimentContext, task: Any) -> dict[str, list[Pair]]:
+    """The `--pairs` file's pairs per direction (`n` per direction, as their runner's per-direction
+    sets), else every item's reversed counterfactual (What'sUp: its composites)."""
+    if ctx.config.get("pairs_file"):
+        groups = patching_pairs.file_pairs(ctx, task, CF_REVERSED, PAIRS_HINT)
+        if task.name == "whatsup":
+            groups = {d: [p for p in pairs if swappable(ctx, p.clean)] for d, pairs in groups.items()}
+        return groups
     if task.name == "whatsup":
         return whatsup_candidates(ctx, task)
-    return {"all": patching.candidate_pairs(task, CF_REVERSED, ctx.seed)}
+    return {"all": patching_pairs.candidate_pairs(task, CF_REVERSED, ctx.seed)}
 
 
 # ---------------------------------------------------------------------------------------- answers

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from spatialmech.engine import Engine, last_position
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import layer_axis, patching
+from spatialmech.experiments import layer_axis, patching, patching_pairs
 from spatialmech.experiments.common import Pair, encode_items
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.plotting import plot_layer_panels
@@ -41,21 +40,18 @@ TASKS = ("squares", "shapes", "objects", "whatsup")
 DIRECTIONS = ("left", "right", "above", "below")
 MAX_ATTEMPTS = 2000  # candidate tuples drawn per direction at most (theirs: --max-attempts-per-direction)
 ANSWERS = ("c0", "c1", "c2", "c3", "c4")
+PAIRS_HINT = "the authors' last_token_exp/cf_pairs/<task>.json"
 LEGEND = {"c0": "c0 (clean answer)", "c1": "c1 (reference)", "c2": "c2 (clean far side)",
           "c3": "c3 (counterfactual answer)", "c4": "c4 (counterfactual far side)"}
 
 
 def config_from(options: dict[str, Any], adapter: Any) -> dict[str, Any]:
-    pairs = options.get("pairs")
-    if pairs is not None and not Path(pairs).is_file():
-        raise UserInputError(f"--pairs {pairs} is not a file", "pass the authors' last_token_exp/cf_pairs/<task>.json")
     return {
-        **patching.base_config(options, adapter),
+        **patching.base_config(options, adapter, PAIRS_HINT),
         "counterfactual": CF_OPPOSITE_QUERY,
         "sites": [layer_axis.EMBEDDINGS_SITE, layer_axis.LAYER_SITE],
         "positions": "last token",
         "per": "direction",
-        "pairs_file": str(Path(pairs).resolve()) if pairs is not None else None,
     }
 
 
@@ -97,19 +93,10 @@ def draw_tuples(pool: Sequence[str] | Mapping[str, Sequence[str]], direction_cou
 
 def candidates(ctx: ExperimentContext, task: Task) -> dict[str, list[Pair]]:
     """Candidate pairs per direction: the `--pairs` file's, or tuples drawn from the task's attributes."""
-    from spatialmech.tasks import cf_pairs
-
     if ctx.config.get("pairs_file"):
-        groups: dict[str, list[Pair]] = {}
-        for file_pair in cf_pairs.load_pairs(ctx.config["pairs_file"], task, model=ctx.adapter.family):
-            cf = file_pair.counterfactual
-            if cf.kind != CF_OPPOSITE_QUERY:
-                raise UserInputError(f"--pairs {ctx.config['pairs_file']} holds criss-cross (3-entity) pairs",
-                                     "use the authors' last_token_exp/cf_pairs/<task>.json")
-            groups.setdefault(file_pair.direction, []).append(Pair(file_pair.clean, cf.item, cf.kind))
-        return groups
+        return patching_pairs.file_pairs(ctx, task, CF_OPPOSITE_QUERY, PAIRS_HINT)
     if task.name != "whatsup" and not getattr(task, "attributes", ()):  # custom data: its own counterfactuals
-        return {"all": patching.candidate_pairs(task, CF_OPPOSITE_QUERY, ctx.seed)}
+        return {"all": patching_pairs.candidate_pairs(task, CF_OPPOSITE_QUERY, ctx.seed)}
     return drawn_pairs(task, ctx.seed, min(MAX_ATTEMPTS, max(200, 20 * int(ctx.config["n"]))))
 
 

@@ -16,7 +16,6 @@ The layer axis (rows of every record) is the authors': `experiments.layer_axis`.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +30,31 @@ from spatialmech.experiments.common import (
     LogitsFn,
     Pair,
     answer_ids,
-    filter_correct_pairs,
     get_task_for,
-    make_pairs,
 )
+from spatialmech.experiments.patching_pairs import candidate_pairs, no_pairs_error, pair_selection
 from spatialmech.experiments.plan import Stage
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, parse_layers
+from spatialmech.experiments.runner import (
+    ExperimentContext,
+    ExperimentOutput,
+    chunks,
+    parse_layers,
+    protocol_of,
+)
 from spatialmech.plotting import plot_layer_curves
-from spatialmech.tasks.base import Item, Task
+from spatialmech.tasks.base import Task
 
 DEFAULT_PAIRS = 50  # the paper's pairs per setting
 
 
 # ---------------------------------------------------------------------------------------- config
-def base_config(options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
-    """n (kept pairs), swept layers and whether to keep only correctly answered pairs.
+def base_config(options: Mapping[str, Any], adapter: Any, pairs_hint: str | None = None) -> dict[str, Any]:
+    """n (kept pairs), swept layers, the `--pairs` file and whether to keep only correctly answered pairs.
 
+    An experiment that reads the authors' pair files passes `pairs_hint` (which file of theirs fits).
+    Pairs read from a file are run as given under the paper protocol, as their runners do (their
+    `--filter` re-check is opt-in: the files were built from pairs that passed it); drawn pairs, and
+    every pair under `--protocol strict`, are kept only where the model answers both inputs right.
     `filter_correct` is not a CLI option: tests pass `filter_correct=False` in `options` to run on
     untrained tiny models, whose pairs would all be dropped.
     """
@@ -56,73 +64,24 @@ def base_config(options: Mapping[str, Any], adapter: Any) -> dict[str, Any]:
     layers = options.get("layers")
     if not isinstance(layers, list):
         layers = parse_layers(layers, adapter.num_layers)
+    pairs = options.get("pairs")
+    if pairs is not None and pairs_hint is None:
+        raise UserInputError("--pairs applies to last-token and criss-cross only", "drop --pairs")
+    if pairs is not None and not Path(pairs).is_file():
+        raise UserInputError(f"--pairs {pairs} is not a file", f"pass {pairs_hint}")
+    from_file_as_given = pairs is not None and protocol_of(options) == "paper"
     return {
         "n": DEFAULT_PAIRS if n is None else int(n),
         "layers": [int(layer) for layer in layers],
         "include_embeddings": bool(options.get("include_embeddings", True)),
-        "filter_correct": bool(options.get("filter_correct", True)),
+        "pairs_file": str(Path(pairs).resolve()) if pairs is not None else None,
+        "filter_correct": bool(options.get("filter_correct", not from_file_as_given)),
     }
 
 
 def load_task(ctx: ExperimentContext) -> Task:
     """The context's task, drawn on the model's own token grid (with its tokenizer, `get_task_for`)."""
     return get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
-
-
-# ---------------------------------------------------------------------------------------- pairs
-def candidate_pairs(task: Task, kind: str, seed: int) -> list[Pair]:
-    """Every item's counterfactual pair, shuffled from the seed, alternating horizontal and vertical
-    items so that the first n pairs (and so the kept pairs) cover both axes evenly."""
-    rng = random.Random(seed)
-    by_axis: dict[str, list[Item]] = {}
-    for item in task.items(None, seed=seed):
-        by_axis.setdefault(item.axis, []).append(item)
-    queues = []
-    for axis in sorted(by_axis):
-        items = list(by_axis[axis])
-        rng.shuffle(items)
-        queues.append(items)
-    ordered: list[Item] = []
-    for index in range(max((len(q) for q in queues), default=0)):
-        ordered.extend(q[index] for q in queues if index < len(q))
-    return make_pairs(task, ordered, kind)
-
-
-def pair_selection(ctx: ExperimentContext, task: Task, groups: Mapping[str, Sequence[Pair]],
-                   logits_fn: LogitsFn | None = None) -> dict[str, Any]:
-    """The unit `pairs`: the kept pairs' clean ids and the filter report.
-
-    `n` applies per group of candidates (one group "all", or one per direction for last-token). With
-    `filter_correct`, the first `n` candidates the model gets right on both inputs (scored with
-    `logits_fn`, e.g. under `backup`'s vision ablation; default the plain model); otherwise the first `n`.
-    """
-    n, filtering = int(ctx.config["n"]), bool(ctx.config.get("filter_correct", True))
-    kept: list[Pair] = []
-    totals: dict[str, Any] = {}
-    by_group: dict[str, Any] = {}
-    for group, candidates in groups.items():
-        if filtering:
-            chosen, report = filter_correct_pairs(ctx.adapter, task, candidates, n, ctx.batch_size, logits_fn)
-        else:
-            chosen = list(candidates[:n])
-            report = {"candidates": len(chosen), "kept": len(chosen), "dropped_clean_wrong": 0,
-                      "dropped_counterfactual_wrong": 0, "dropped_both_wrong": 0}
-        kept.extend(chosen)
-        by_group[group] = report
-        for key, value in report.items():
-            totals[key] = totals.get(key, 0) + value
-    report = {**totals, "requested": n, "filter_correct": filtering}
-    if len(groups) > 1:
-        report["by_group"] = by_group
-    return {"clean_ids": [pair.clean.id for pair in kept], "report": report}
-
-
-def no_pairs_error(ctx: ExperimentContext, report: Mapping[str, Any]) -> UserInputError:
-    return UserInputError(
-        f"the model answered none of {report['candidates']} {ctx.task_name} pairs correctly on both the clean and "
-        f"the counterfactual input, so there is nothing to patch",
-        "check the model with `spatialmech eval` first (a trained model of the right family is needed)",
-    )
 
 
 # ---------------------------------------------------------------------------------------- the shared plan

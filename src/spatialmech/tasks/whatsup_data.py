@@ -9,6 +9,11 @@ Source: GitHub `Nix07/spatial-variable-binding` (the paper's code):
   `WHATSUP_STRIP_REGIONS`): left/right token boxes hand-labelled per reference object on Qwen2-VL's
   12x12 and Gemma3's 16x16 grids (no Pixtral map). Their lists of flat indices are all rectangles, so
   we keep them as cell boxes (row0, col0, row1, col1), exclusive ends, in this package's convention.
+- `PROBE_BOXES`, `PROBE_SEED`, `PROBE_IMAGES`: `probing/src/whatsup.py` (`WHATSUP_BBOX_NORM`,
+  `build_split`): the left / middle / right object boxes the ordinal probe reads, per reference, as
+  fractions of the image (labelled on a 64x64 grid), mapped to any model's grid by `probe_box`; and
+  the probe's images: every (left, reference, right) with both photos, shuffled with seed 42, the
+  first 120, split 75/25 in that order.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 SOURCE_REPO = "github.com/Nix07/spatial-variable-binding"
 SIDE_OBJECTS_SOURCE = "behavioral_analysis/src/tasks/whatsup.py (MIDDLE_OBJECTS)"
 REGIONS_SOURCE = "criss_cross_patching/src/regions.py (WHATSUP_OBJECT_REGIONS, WHATSUP_STRIP_REGIONS)"
+PROBE_SOURCE = "probing/src/whatsup.py (WHATSUP_BBOX_NORM, build_split)"
 
 REFERENCES: tuple[str, ...] = ("chair", "table", "armchair")
 
@@ -89,3 +95,28 @@ def box_indices(box: Box, tokens_per_side: int) -> list[int]:
     """A cell box as flat raster indices (row * N + col), the authors' form of a region."""
     row0, col0, row1, col1 = box
     return [r * tokens_per_side + c for r in range(row0, row1) for c in range(col0, col1)]
+
+
+# reference -> position -> (row0, row1, col0, col1) in 64ths of the image side (their 64x64 labelling grid).
+PROBE_BOXES: dict[str, dict[str, tuple[int, int, int, int]]] = {
+    "chair": {"left": (48, 60, 12, 24), "middle": (16, 60, 24, 40), "right": (48, 60, 40, 52)},
+    "table": {"left": (40, 60, 8, 16), "middle": (20, 60, 16, 48), "right": (40, 60, 48, 56)},
+    "armchair": {"left": (52, 60, 8, 20), "middle": (24, 60, 20, 44), "right": (52, 60, 44, 56)},
+}
+PROBE_SEED = 42
+PROBE_IMAGES = 120
+PROBE_TRAIN_FRACTION = 0.75
+
+
+def probe_box(reference: str, position: str, tokens_per_side: int) -> Box:
+    """Their box of `position` (left/middle/right) around `reference` as a cell box on an N x N grid:
+    start rows/columns rounded down, ends rounded to nearest, at least one cell, within the grid."""
+    r0, r1, c0, c1 = (v / 64 for v in PROBE_BOXES[reference][position])
+    n = tokens_per_side
+
+    def span(start: float, end: float) -> tuple[int, int]:
+        first = max(0, int(start * n))
+        return first, max(first + 1, min(n, round(end * n)))
+
+    (row0, row1), (col0, col1) = span(r0, r1), span(c0, c1)
+    return row0, col0, row1, col1

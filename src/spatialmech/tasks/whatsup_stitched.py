@@ -14,9 +14,11 @@ Protocol (SPEC section 7; `whatsup_data.py` cites their files):
   beside the right half of the right-of photo, so the reference (centred in each photo) appears once.
   S is the authors' per-model size (Qwen 336, Gemma 896, Pixtral 512), or the geometry's image side
   for other models.
-- Side objects' boxes: the authors' hand-labelled regions where they labelled the grid (12x12, 16x16),
-  in `meta["regions"]` (object and strip boxes) too; otherwise the composite's outer thirds, marked
-  `meta["approximate_boxes"]`.
+- Objects' boxes (left, reference, right): the boxes the authors' probe reads, labelled per reference
+  as fractions of the image (`whatsup_data.probe_box`), so they fit any grid. The criss-cross regions
+  they hand-labelled on the 12x12 and 16x16 grids (object and strip) are in `meta["regions"]`.
+- `probe_items()`: the probe's images as theirs: every (left, reference, right) with both photos (any
+  object, no side list or tokenizer filter: the probe asks nothing), shuffled with seed 42, the first 120.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from spatialmech.tasks.base import CF_BLANK, Counterfactual, DataTask, Item, Sce
 from spatialmech.tasks.synthetic import subset
 from spatialmech.tasks.vocabulary import RELATION_PHRASES, WHATSUP_TEMPLATE, answer_variants
 from spatialmech.tasks.whatsup import CONTROLLED_FILES, find_data_file, load_controlled, noun
-from spatialmech.tasks.whatsup_data import REFERENCES, SIDE_OBJECTS, STITCH_PX, regions
+from spatialmech.tasks.whatsup_data import (
+    PROBE_IMAGES,
+    PROBE_SEED,
+    PROBE_SOURCE,
+    REFERENCES,
+    SIDE_OBJECTS,
+    STITCH_PX,
+    probe_box,
+    regions,
+)
 
 
 def one_token_filter(tokenizer: Any, capitalised: bool = True) -> Callable[[str], bool]:
@@ -165,27 +176,20 @@ class WhatsUpStitchedTask(DataTask):
         tokens = size // p
         left_side, right_side = (target, distractor) if relation == "left" else (distractor, target)
         object_boxes = regions(tokens, reference, "object")
-        thirds = [0, size // 3, 2 * size // 3, size]
-        boxes_px = [(thirds[slot], 0, thirds[slot + 1], size) for slot in range(3)]
-        if object_boxes is not None:
-            for slot, side in ((0, "left"), (2, "right")):
-                row0, col0, row1, col1 = object_boxes[side]
-                boxes_px[slot] = (col0 * p, row0 * p, col1 * p, row1 * p)
         names = [noun(left_side), noun(reference), noun(right_side)]
-        objects = [
-            SceneObject(name=name, attribute=name, box_px=box,
-                        box_cells=(box[1] // p, box[0] // p, -(-box[3] // p), -(-box[2] // p)),
-                        ordinal={"horizontal": slot})
-            for slot, (name, box) in enumerate(zip(names, boxes_px))
-        ]
+        objects = []
+        for slot, (name, position) in enumerate(zip(names, ("left", "middle", "right"))):
+            cells = probe_box(reference, position, tokens)
+            row0, col0, row1, col1 = cells
+            objects.append(SceneObject(name=name, attribute=name, box_px=(col0 * p, row0 * p, col1 * p, row1 * p),
+                                       box_cells=cells, ordinal={"horizontal": slot}))
         target_index = 0 if relation == "left" else 2
         root = self.root.resolve()
         sources = [
             str(photos[f"{left_side}_left_of_{reference}.jpeg"].relative_to(root)),
             str(photos[f"{right_side}_right_of_{reference}.jpeg"].relative_to(root)),
         ]
-        meta: dict[str, Any] = {"sources": sources, "side_names": [left_side, right_side],
-                                "approximate_boxes": object_boxes is None}
+        meta: dict[str, Any] = {"sources": sources, "side_names": [left_side, right_side], "boxes_source": PROBE_SOURCE}
         if object_boxes is not None:
             meta["regions"] = {"object": object_boxes, "strip": regions(tokens, reference, "strip"),
                                "source": "hand-labelled by the authors (criss_cross_patching/src/regions.py)"}
@@ -204,6 +208,26 @@ class WhatsUpStitchedTask(DataTask):
             grid={**self.geometry.to_dict(), "tokens_per_side": tokens, "rows": tokens},
             meta=meta,
         )
+
+    def probe_items(self) -> list[Item]:
+        """The ordinal probe's images in the authors' order (probing/src/whatsup.py `list_tuples`, then
+        `build_split`'s shuffle and cap): per reference, every ordered pair of the objects with both a
+        left-of and a right-of photo (sorted names), shuffled with seed 42, the first 120. Each item
+        asks "left" (its answer is the left object); the probe reads only the picture."""
+        import random
+        from itertools import permutations
+
+        if self._photos is None:
+            self.all_items()
+        assert self._photos is not None
+        tuples = []
+        for reference in REFERENCES:
+            sides = {rel: {name[: -len(f"_{rel}_{reference}.jpeg")] for name in self._photos
+                           if name.endswith(f"_{rel}_{reference}.jpeg")} for rel in ("left_of", "right_of")}
+            valid = sorted(sides["left_of"] & sides["right_of"])
+            tuples.extend((left, reference, right) for left, right in permutations(valid, 2))
+        random.Random(PROBE_SEED).shuffle(tuples)
+        return [self._item(reference, left, right, "left", self._photos) for left, reference, right in tuples[:PROBE_IMAGES]]
 
     def image(self, item: Item) -> Image.Image:
         width, height = item.image_size
