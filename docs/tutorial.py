@@ -35,7 +35,7 @@ model
 # %%
 grid = model.grid
 side, cell = grid.image_size, grid.pixels_per_token
-colours = {"Red": (255, 0, 0), "Green": (0, 128, 0), "Blue": (0, 0, 255)}
+colours = {"Red": (255, 0, 0), "Green": (0, 255, 0), "Blue": (0, 0, 255)}  # the authors' palette
 
 
 def draw(order):
@@ -51,7 +51,7 @@ def draw(order):
 
 
 image, boxes = draw(["Red", "Green", "Blue"])
-prompt = "The color of the square to the left of the green square is"
+prompt = "The color of the square to the left of the green square is "  # trailing space, as theirs
 inputs = model.inputs(image, prompt, system=sm.SYNTHETIC_SYSTEM_PROMPT)
 engine = sm.Engine(model)
 print(engine.predict(inputs), engine.answer_probabilities(inputs, ["Red", "Blue"]))
