@@ -346,7 +346,7 @@ def combine_paper(ctx: ExperimentContext) -> ExperimentOutput:
     items, base = _setup(ctx)["items"], _paper_baseline(ctx)
     clean, golden, failed = base["clean"], base["golden"], base["failed"]
     probes = _directions(ctx)["probe"]
-    curves = sweeps.paper_curves(ctx, DIRECTIONS, len(failed))
+    curves = sweeps.paper_curves(ctx, DIRECTIONS, len(_sweep_groups(ctx)))
     summary = sweeps.paper_summary(len(clean), len(golden), [i.axis for i, _ in failed], [i.axis for i in golden], curves)
     metrics = {**summary, "protocol": "paper", "items": len(items), "dropped_off_axis": len(items) - len(clean),
                "probe_fit": amplify_output.probe_fit(_rows(ctx)[1], probes), "axes_without_probe": sorted(set(AXIS_CLASSES) - set(probes))}

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from spatialmech.engine.scoring import top1_correct
-from spatialmech.experiments.amplify_fit import UNIT_ITEMS, group_key, groups
+from spatialmech.experiments.amplify_fit import group_key, groups
 from spatialmech.experiments.common import LogitsFn, ReusedEncodings, answer_ids, score_items
 from spatialmech.experiments.probing import LinearProbe
-from spatialmech.experiments.runner import ExperimentContext, chunks
+from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.tasks.base import Item
 from spatialmech.tasks.prompts import OPTIONS
 
@@ -99,10 +99,9 @@ def fixed_unit(ctx: ExperimentContext, task: Any, group: Sequence[tuple[Item, li
     return {"fixed": flags}
 
 
-def paper_curves(ctx: ExperimentContext, names: Sequence[str], failed_count: int) -> dict[str, dict[float, list[bool]]]:
-    """paper: {direction set: {alpha > 0: [fixed per failed item]}} from the saved sweep units."""
+def paper_curves(ctx: ExperimentContext, names: Sequence[str], count: int) -> dict[str, dict[float, list[bool]]]:
+    """paper: {direction set: {alpha > 0: [fixed per failed item]}} from the saved sweep units of `count` groups."""
     alphas = [a for a in ctx.config["alphas"] if a > 0]
-    count = len(chunks(range(failed_count), UNIT_ITEMS))
     return {name: {a: [ok for index in range(count) for ok in ctx.load_unit(sweep_key(name, a, index))["fixed"]] for a in alphas}
             for name in names}
 
