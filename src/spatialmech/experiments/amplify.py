@@ -200,7 +200,7 @@ def random_directions(hidden: int, seed: int, axis: str, classes: Sequence[str])
     return LinearProbe(weight / weight.norm(dim=0, keepdim=True), torch.zeros(len(classes)), list(classes), {"axis": axis, "random": True})
 
 
-# ------------------------------------------------------------------------------------------ steering and saving
+# ------------------------------------------------------------------------------------------ steering
 
 
 def _steered(ctx: ExperimentContext, engine: Engine) -> sweeps.Steered:
@@ -213,9 +213,9 @@ def _steered(ctx: ExperimentContext, engine: Engine) -> sweeps.Steered:
     return at
 
 
-def _no_probe(fitted: dict[str, Any], candidates: int) -> UserInputError:
+def _no_probe(report: Mapping[str, Any], candidates: int) -> UserInputError:
     return UserInputError(
-        f"no probe could be fitted: too few of the {candidates} probe items qualify ({fitted['report']})",
+        f"no probe could be fitted: too few of the {candidates} probe items qualify ({dict(report)})",
         "use a model that gets some items right, or more items (--n)")
 
 
@@ -309,7 +309,7 @@ def plan(ctx: ExperimentContext) -> Iterator[Stage]:
     rows, report = _rows(ctx)
     axes = fit.fitted_axes(ctx, rows)
     if not axes:
-        raise _no_probe({"report": report}, len(_paper_baseline(ctx)["golden"]) if paper else len(setup["probe_items"]))
+        raise _no_probe(report, len(_paper_baseline(ctx)["golden"]) if paper else len(setup["probe_items"]))
     yield Stage("probe-fit", tuple(f"probe-fit-{axis}" for axis in axes), "amplify probe fits")
     yield Stage("sweep", sweeps.sweep_keys(DIRECTIONS, ctx.config["alphas"], len(_sweep_groups(ctx)), with_baseline=not paper),
                 "amplify sweep")
