@@ -9,8 +9,8 @@ What ratio 2 cores allow: at most 2, and less in practice, because
   torch thread while the one-process run uses 2 (the baseline can beat 1 worker);
 - the driver (planning, the timed forward pass, combine, figures, report) and Ray's own processes
   (GCS, raylet) share the same 2 cores, and every worker loads the model once;
-- stages are barriers and some have fewer units than workers; probe and amplify have no plan yet
-  and run whole on one worker, so they never go faster with more workers.
+- stages are barriers and some have fewer units than workers (probe: one features unit per axis,
+  then four fits; amplify: two probe fits), so those stages use at most that many workers.
 
     python benchmarks/scaling.py                      # 1 and 2 workers
     python benchmarks/scaling.py --baseline --only behavior,last-token,criss-cross

@@ -2,8 +2,8 @@
 
 The model is a tiny random Qwen2-VL saved to a folder (workers load it from there, as from a hub id);
 the plan is restricted with `--only` to steps that cover every kind of work: behavior (one stage),
-last-token (two stages: kept pairs, then batches that depend on them) and probe (no plan: it runs
-whole on a worker). Metrics must equal the one-process run's exactly, also when a worker dies
+last-token (two stages: kept pairs, then batches that depend on them) and probe (a features unit per
+axis whose worker writes a safetensors store into the run folder, then fits that read it). Metrics must equal the one-process run's exactly, also when a worker dies
 mid-run, and `--resume` must dispatch only the units that are not saved.
 """
 

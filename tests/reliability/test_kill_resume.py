@@ -26,7 +26,7 @@ from spatialmech.models.registry import bundled_model_path
 # experiment -> arguments of a small run with several units on a tiny random model
 RUNS: dict[str, list[str]] = {
     "behavior": ["--task", "squares", "--n", "192"],  # 3 units of 64 items
-    "probe": ["--task", "squares", "--n", "48", "--layers", "0-1"],  # features store + 4 probe fits
+    "probe": ["--task", "squares", "--n", "48", "--layers", "0-1"],  # 2 feature units (stores) + 4 probe fits
     "ablate-vision": ["--n", "8"],  # 3 tasks, one unit each
     # strict: this untrained model gets none of 4 items right in both orders, so the paper protocol (probes on the
     # evaluation set's correct items) has nothing to fit; probe features and fits, then baseline and sweep units (34 in all)

@@ -24,19 +24,21 @@ authors' `.npy` arrays) into engine interventions; `spatialmech eval --amplify P
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spatialmech import reference as paper
 from spatialmech.engine import Engine, Steer, add_direction, amplify_projection, image_positions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments import amplify_fit as fit
+from spatialmech.experiments import amplify_output
 from spatialmech.experiments import amplify_sweep as sweeps
 from spatialmech.experiments.amplify_fit import AXIS_CLASSES, SITE
+from spatialmech.experiments.common import ReusedEncodings, score_items
+from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.probing import (
     LinearProbe,
     ProbeFile,
@@ -45,12 +47,10 @@ from spatialmech.experiments.probing import (
     is_author_probe_path,
     load_author_probes,
     load_probes,
-    save_probes,
     split_indices,
 )
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, model_fingerprint
+from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput
 from spatialmech.models.base import BatchInputs
-from spatialmech.plotting import plot_accuracy_bars, plot_alpha_curves
 from spatialmech.tasks import get_task
 from spatialmech.tasks.base import Item
 
@@ -60,7 +60,7 @@ TASKS = ("scenes", "coco-spatial", "whatsup")
 FEATURE_PROMPT = "Describe the image."
 VARIANTS = ("projection", "add")
 PAPER_ALPHAS = tuple(range(16))
-PROBE_FILE = "amplify_probes.safetensors"
+DIRECTIONS = ("probe", "random")  # the direction sets swept: the fitted probes and their random control
 
 
 def config_from(options: dict[str, Any], adapter: Any = None) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def random_directions(hidden: int, seed: int, axis: str, classes: Sequence[str])
     return LinearProbe(weight / weight.norm(dim=0, keepdim=True), torch.zeros(len(classes)), list(classes), {"axis": axis, "random": True})
 
 
-# ------------------------------------------------------------------------------------------ run
+# ------------------------------------------------------------------------------------------ steering
 
 
 def _steered(ctx: ExperimentContext, engine: Engine) -> sweeps.Steered:
@@ -213,141 +213,167 @@ def _steered(ctx: ExperimentContext, engine: Engine) -> sweeps.Steered:
     return at
 
 
-def _no_probe(fitted: dict[str, Any], candidates: int) -> UserInputError:
+def _no_probe(report: Mapping[str, Any], candidates: int) -> UserInputError:
     return UserInputError(
-        f"no probe could be fitted: too few of the {candidates} probe items qualify ({fitted['report']})",
+        f"no probe could be fitted: too few of the {candidates} probe items qualify ({dict(report)})",
         "use a model that gets some items right, or more items (--n)")
 
 
-def _save(ctx: ExperimentContext, probes: dict[str, LinearProbe], summary: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
-    meta = {"experiment": NAME, "site": SITE, "variant": ctx.config["variant"], "task": ctx.task_name, "protocol": ctx.config["protocol"],
-            "model": model_fingerprint(ctx.adapter), "seed": ctx.seed, "best_alpha": summary["best_alpha"],
-            "feature_prompt": ctx.config["feature_prompt"], "training": ProbeTraining.from_config(ctx.config).to_dict(), **extra}
-    save_probes(ctx.out_dir / PROBE_FILE, probes, meta)
-    if ctx.config.get("save_probe"):
-        save_probes(Path(ctx.config["save_probe"]), probes, meta)
+# ------------------------------------------------------------------------------------------ plan
+# paper:  baseline-NNNN (every item, both orders) -> probe-features-NNNN (its correct items)
+#         -> probe-fit-<axis> -> sweep-<probe|random>-a<alpha>-NNNN (the failed orders of failed items)
+# strict: probe-baseline-NNNN (the disjoint probe items' filter) -> probe-features-NNNN -> probe-fit-<axis>
+#         -> baseline-NNNN and sweep-<probe|random>-a<alpha>-NNNN (every evaluation item at every alpha)
+# Each step's keys and inputs come from the saved units of the steps before it.
 
 
-def _fit_rows(probes: Mapping[str, LinearProbe]) -> list[dict[str, Any]]:
-    return [{"axis": axis, "classes": "/".join(p.classes), **{k: p.info.get(k) for k in ("train_accuracy", "test_accuracy", "train_items", "test_items")}}
-            for axis, p in probes.items()]
+def _setup(ctx: ExperimentContext) -> dict[str, Any]:
+    """Per process: the task, an engine and the items (paper: the evaluation set; strict: it and the probe items)."""
+    def build() -> dict[str, Any]:
+        task = get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
+        n = ctx.config.get("n")
+        if ctx.config["protocol"] == "paper":
+            return {"task": task, "engine": Engine(ctx.adapter),
+                    "items": task.items(n if ctx.task_name != "scenes" else n or fit.DEFAULT_SCENES_N, seed=ctx.seed)}
+        evaluation, probe_items, split = fit.split_items(task, ctx.task_name, n, ctx.seed)
+        return {"task": task, "engine": Engine(ctx.adapter), "evaluation": evaluation, "probe_items": probe_items, "split": split}
+
+    return ctx.shared("amplify", build)
 
 
-def _figures(ctx: ExperimentContext, alphas: Sequence[float], curve_rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
-    protocol = ctx.config["protocol"]
-    figures = plot_alpha_curves(
-        alphas, {"probe": [r["probe_accuracy"] for r in curve_rows], "random": [r["random_accuracy"] for r in curve_rows]},
-        summary["baseline_accuracy"], ctx.figure_path("amplify_alpha"),
-        f"ordering amplification ({ctx.config['variant']}, {protocol} protocol) on {ctx.task_name}")
-    reference = paper.AMPLIFY["Qwen2-VL-2B"]
-    best = summary["best_alpha"]
-    return figures + plot_accuracy_bars(
-        ["baseline", "random", "probe", "probe* (oracle)"],
-        [float("nan") if summary[k] is None else summary[k] for k in ("baseline_accuracy", "random_accuracy", "accuracy", "oracle_accuracy")],
-        ctx.figure_path("amplify_bars"),
-        f"amplification on {ctx.task_name} (alpha {'-' if best is None else f'{best:g}'}, {protocol}); paper: Qwen2-VL-2B COCO",
-        reference=[reference["none"], reference["random"], reference["amplified"], None])
+def _paper_baseline(ctx: ExperimentContext) -> dict[str, Any]:
+    """paper: the saved baseline, partitioned (off-axis items dropped; correct and failed items). Built
+    once per process, first asked for after the baseline step, so always from its complete units."""
+    def build() -> dict[str, Any]:
+        items = _setup(ctx)["items"]
+        scored = sweeps.baseline(ctx, items)
+        clean = [(item, row) for item, row in zip(items, scored) if not row["off_axis"]]
+        golden = [item for item, row in clean if not row["failed_orders"]]
+        # filter_correct=False (tests on untrained models): every item fits the probes, not only the correct ones
+        return {"scored": scored, "clean": clean, "golden": golden, "fit_items": golden if ctx.config["filter_correct"] else items,
+                "failed": [(item, row["failed_orders"]) for item, row in clean if row["failed_orders"]]}
+
+    return ctx.shared("amplify-baseline", build)
 
 
-def _probes_and_controls(ctx: ExperimentContext, fitted: dict[str, Any], items: int
-                         ) -> tuple[dict[str, LinearProbe], dict[str, LinearProbe]]:
-    """The fitted probes (refusing a run where none could be fitted) and the random-direction control of
-    each, both protocols' shared start of the sweep."""
-    probes: dict[str, LinearProbe] = fitted["probes"]
-    if not probes:
-        raise _no_probe(fitted, items)
-    hidden = next(iter(probes.values())).hidden_size
-    return probes, {axis: random_directions(hidden, ctx.seed, axis, AXIS_CLASSES[axis]) for axis in probes}
+def _feature_groups(ctx: ExperimentContext) -> tuple[list[list[Item]], list[Item]]:
+    """The items of each probe-features unit, and the probe items before any filter."""
+    if ctx.config["protocol"] == "paper":
+        items = _paper_baseline(ctx)["fit_items"]
+        return fit.groups(items), items
+    probe_items = _setup(ctx)["probe_items"]
+    return fit.strict_feature_groups(ctx, probe_items), probe_items
 
 
-def run_paper(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentOutput:
-    """The authors' protocol: baseline once, probes on its correct items, re-run only failed orders."""
-    items = task.items(ctx.config.get("n") if ctx.task_name != "scenes" else ctx.config.get("n") or fit.DEFAULT_SCENES_N, seed=ctx.seed)
-    scored = sweeps.baseline(ctx, task, items)
-    clean = [(item, row) for item, row in zip(items, scored) if not row["off_axis"]]
-    golden = [item for item, row in clean if not row["failed_orders"]]
-    failed = [(item, row["failed_orders"]) for item, row in clean if row["failed_orders"]]
-    # filter_correct=False (tests on untrained models): every item fits the probes, not only the correct ones
-    fitted = fit.fit_paper_probes(ctx, engine, task, golden if ctx.config["filter_correct"] else items)
-    probes, random_probes = _probes_and_controls(ctx, fitted, len(golden))
-    curves = sweeps.failed_order_sweep(ctx, engine, task, failed, {"probe": probes, "random": random_probes}, _steered(ctx, engine))
+def _rows(ctx: ExperimentContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The probes' feature rows and filter report, read once per process after the features step."""
+    return ctx.shared("amplify-rows", lambda: fit.feature_rows(ctx, *_feature_groups(ctx)))
+
+
+def _directions(ctx: ExperimentContext) -> dict[str, dict[str, LinearProbe]]:
+    """The fitted probes and, per axis, their random-direction control (after the fit step)."""
+    def build() -> dict[str, dict[str, LinearProbe]]:
+        probes = fit.load_fitted(ctx, fit.fitted_axes(ctx, _rows(ctx)[0]))
+        hidden = next(iter(probes.values())).hidden_size
+        return {"probe": probes, "random": {axis: random_directions(hidden, ctx.seed, axis, AXIS_CLASSES[axis]) for axis in probes}}
+
+    return ctx.shared("amplify-directions", build)
+
+
+def _encoder(ctx: ExperimentContext, index: int) -> ReusedEncodings:
+    """The sweep group's encoded pictures, kept while this process runs that group's units (one group at a time)."""
+    held = ctx.shared("amplify-encodings", dict)
+    if index not in held:
+        held.clear()
+        held[index] = ReusedEncodings(_setup(ctx)["engine"])
+    return held[index]
+
+
+def _sweep_groups(ctx: ExperimentContext) -> list[list[Any]]:
+    """The groups the sweep runs over: paper the failed items (with their failed orders), strict every item."""
+    if ctx.config["protocol"] == "paper":
+        return fit.groups(_paper_baseline(ctx)["failed"])
+    return fit.groups(_setup(ctx)["evaluation"])
+
+
+def plan(ctx: ExperimentContext) -> Iterator[Stage]:
+    setup, paper = _setup(ctx), ctx.config["protocol"] == "paper"
+    if paper:
+        yield Stage("baseline", tuple(fit.group_key("baseline", i) for i in range(len(fit.groups(setup["items"])))), "amplify baseline")
+    elif ctx.config["filter_correct"]:
+        yield Stage("probe-baseline", tuple(fit.group_key("probe-baseline", i) for i in range(len(fit.groups(setup["probe_items"])))),
+                    "amplify probe baseline")
+    groups, _ = _feature_groups(ctx)
+    yield Stage("probe-features", tuple(fit.group_key("probe-features", i) for i, group in enumerate(groups) if group),
+                "amplify probe features")
+    rows, report = _rows(ctx)
+    axes = fit.fitted_axes(ctx, rows)
+    if not axes:
+        raise _no_probe(report, len(_paper_baseline(ctx)["golden"]) if paper else len(setup["probe_items"]))
+    yield Stage("probe-fit", tuple(f"probe-fit-{axis}" for axis in axes), "amplify probe fits")
+    yield Stage("sweep", sweeps.sweep_keys(DIRECTIONS, ctx.config["alphas"], len(_sweep_groups(ctx)), with_baseline=not paper),
+                "amplify sweep")
+
+
+def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
+    setup, paper = _setup(ctx), ctx.config["protocol"] == "paper"
+    task = setup["task"]
+    if key.startswith("probe-fit-"):
+        return fit.fit_unit(ctx, _rows(ctx)[0], key.removeprefix("probe-fit-"))
+    if key.startswith(f"{sweeps.SWEEP}-"):
+        name, alpha, index = sweeps.parse_sweep_key(key, ctx.config["alphas"])
+        logits_fn = _steered(ctx, setup["engine"])(_directions(ctx)[name], alpha)
+        sweep_unit = sweeps.fixed_unit if paper else sweeps.scores_unit
+        return sweep_unit(ctx, task, _sweep_groups(ctx)[index], logits_fn, _encoder(ctx, index))
+    prefix, index = key.rsplit("-", 1)
+    if prefix == "probe-features":
+        return fit.features_unit(ctx, setup["engine"], task, _feature_groups(ctx)[0][int(index)])
+    if prefix == "probe-baseline":
+        group = fit.groups(setup["probe_items"])[int(index)]
+        return {"correct": [s.correct for s in score_items(ctx.adapter, task, group, ctx.batch_size)]}
+    if prefix == "baseline" and paper:
+        return sweeps.baseline_unit(ctx, task, fit.groups(setup["items"])[int(index)])
+    if prefix == "baseline":  # strict: the sweep's alpha 0, from the same encoded pictures as its other units
+        return sweeps.scores_unit(ctx, task, _sweep_groups(ctx)[int(index)], None, _encoder(ctx, int(index)))
+    raise ValueError(f"amplify has no unit {key!r}")
+
+
+# ------------------------------------------------------------------------------------------ combine
+
+
+def combine_paper(ctx: ExperimentContext) -> ExperimentOutput:
+    """The authors' protocol: Table 2 from the baseline, fixed failed orders per alpha, best alpha > 0."""
+    items, base = _setup(ctx)["items"], _paper_baseline(ctx)
+    clean, golden, failed = base["clean"], base["golden"], base["failed"]
+    probes = _directions(ctx)["probe"]
+    curves = sweeps.paper_curves(ctx, DIRECTIONS, len(_sweep_groups(ctx)))
     summary = sweeps.paper_summary(len(clean), len(golden), [i.axis for i, _ in failed], [i.axis for i in golden], curves)
     metrics = {**summary, "protocol": "paper", "items": len(items), "dropped_off_axis": len(items) - len(clean),
-               "probe_fit": {"filter": fitted["report"], **{axis: {k: p.info.get(k) for k in ("train_accuracy", "test_accuracy", "train_items", "test_items")}
-                                                           for axis, p in probes.items()}},
-               "axes_without_probe": sorted(set(AXIS_CLASSES) - set(probes))}
-    _save(ctx, probes, summary, {"probe_items": "baseline-correct evaluation items"})
-
-    n, gold, n_fail = summary["n"], summary["baseline_correct"], summary["baseline_failed"]
-    alphas = list(ctx.config["alphas"])
-    curve_rows = []
-    for a in alphas:
-        fixed = {name: (sum(curve[a]) if a in curve else 0) for name, curve in curves.items()}
-        curve_rows.append({"alpha": a, **{f"{name}_accuracy": (gold + fixed[name]) / n if n else None for name in curves},
-                           **{f"{name}_fails_fixed": fixed[name] / n_fail if n_fail else None for name in curves}})
-    failed_at = {item.id: orders for item, orders in failed}
-    position = {item.id: i for i, (item, _) in enumerate(failed)}
-    best = summary["best_alpha"]
-    item_rows = []
-    for item, row in zip(items, scored):
-        k = position.get(item.id)
-        fixing = [a for a in alphas if a > 0 and k is not None and curves["probe"][a][k]]
-        item_rows.append({
-            "id": item.id, "axis": item.axis, "relation": item.relation, "off_axis": row["off_axis"],
-            "answer_natural": row["words"][0], "answer_swapped": row["words"][1], "baseline_correct": not row["failed_orders"] and not row["off_axis"],
-            "failed_orders": "/".join(("natural", "swapped")[o] for o in failed_at.get(item.id, [])),
-            "probe_fixed_at_best": bool(k is not None and best is not None and curves["probe"][best][k]),
-            "first_fixing_alpha": fixing[0] if fixing else None})
-    return ExperimentOutput(metrics=metrics, tables={"alpha_curve": curve_rows, "items": item_rows, "probe_fit": _fit_rows(probes)},
-                            figures=_figures(ctx, alphas, curve_rows, summary), data={"probe_file": PROBE_FILE, "alphas": alphas})
+               "probe_fit": amplify_output.probe_fit(_rows(ctx)[1], probes), "axes_without_probe": sorted(set(AXIS_CLASSES) - set(probes))}
+    amplify_output.save(ctx, probes, summary, {"probe_items": "baseline-correct evaluation items"})
+    tables = sweeps.paper_tables(list(ctx.config["alphas"]), items, base["scored"], failed, curves, summary)
+    return amplify_output.output(ctx, metrics, tables, probes, summary)
 
 
-def run_strict(ctx: ExperimentContext, task: Any, engine: Engine) -> ExperimentOutput:
-    """Ours, stricter: disjoint probe items, every item at every alpha, alpha also chosen on validation items."""
-    config = ctx.config
-    evaluation, probe_items, split = fit.split_items(task, ctx.task_name, config.get("n"), ctx.seed)
-    fitted = fit.fit_strict_probes(ctx, engine, task, probe_items)
-    probes, random_probes = _probes_and_controls(ctx, fitted, len(probe_items))
-
-    swept = sweeps.sweep(ctx, engine, task, evaluation, {"probe": probes, "random": random_probes}, _steered(ctx, engine))
+def combine_strict(ctx: ExperimentContext) -> ExperimentOutput:
+    """Ours, stricter: every item at every alpha; alpha also chosen on a validation half, scored on the rest."""
+    evaluation, split = _setup(ctx)["evaluation"], _setup(ctx)["split"]
+    probes = _directions(ctx)["probe"]
+    swept = sweeps.strict_curves(ctx, DIRECTIONS, len(_sweep_groups(ctx)))
     curves = {name: values["correct"] for name, values in swept.items()}
     mean_p = {name: sweeps.mean_by_alpha(values["p_answer"]) for name, values in swept.items()}
-    n_val = held_out_count(len(evaluation), float(config["validation_fraction"]))
+    n_val = held_out_count(len(evaluation), float(ctx.config["validation_fraction"]))
     test_idx, val_idx = split_indices(len(evaluation), n_val, seed=ctx.seed + 1)
     summary = sweeps.summarise(curves, val_idx, test_idx)
     metrics = {
-        **summary, "protocol": "strict", "probe_split": split,
-        "probe_fit": {"filter": fitted["report"], **{axis: {k: p.info.get(k) for k in ("train_accuracy", "test_accuracy", "train_items", "test_items")}
-                                                     for axis, p in probes.items()}},
+        **summary, "protocol": "strict", "probe_split": split, "probe_fit": amplify_output.probe_fit(_rows(ctx)[1], probes),
         "axes_without_probe": sorted(set(AXIS_CLASSES) - set(probes)),
         "alpha_selection": "best_alpha picked on the evaluation items (as the paper); held_out: picked on validation, scored on test",
     }
-    _save(ctx, probes, summary, {"held_out_alpha": summary["held_out"]["alpha"], "probe_split": split})
-
-    alphas = list(config["alphas"])
-    baseline = curves["probe"][0]
-    curve_rows = [{
-        "alpha": a,
-        "probe_accuracy": sweeps.accuracy(curves["probe"][a]), "random_accuracy": sweeps.accuracy(curves["random"][a]),
-        "probe_fails_fixed": sweeps.fails_fixed(baseline, curves["probe"][a]), "random_fails_fixed": sweeps.fails_fixed(baseline, curves["random"][a]),
-        "probe_broken": sweeps.broken(baseline, curves["probe"][a]),
-        "probe_mean_p_answer": mean_p["probe"][a], "random_mean_p_answer": mean_p["random"][a],
-    } for a in alphas]
-    best = summary["best_alpha"]
-    validation = set(val_idx)
-    item_rows = []
-    for i, item in enumerate(evaluation):
-        fixing = [a for a in alphas if curves["probe"][a][i]]
-        item_rows.append({
-            "id": item.id, "axis": item.axis, "relation": item.relation, "baseline_correct": baseline[i],
-            "probe_correct_at_best": curves["probe"][best][i], "random_correct_at_best": curves["random"][best][i],
-            "first_correct_alpha": fixing[0] if fixing else None, "split": "validation" if i in validation else "test",
-        })
-    return ExperimentOutput(metrics=metrics, tables={"alpha_curve": curve_rows, "items": item_rows, "probe_fit": _fit_rows(probes)},
-                            figures=_figures(ctx, alphas, curve_rows, summary), data={"probe_file": PROBE_FILE, "alphas": alphas})
+    amplify_output.save(ctx, probes, summary, {"held_out_alpha": summary["held_out"]["alpha"], "probe_split": split})
+    tables = sweeps.strict_tables(list(ctx.config["alphas"]), evaluation, curves, mean_p, summary, val_idx)
+    return amplify_output.output(ctx, metrics, tables, probes, summary)
 
 
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = get_task(ctx.task_name, geometry=ctx.adapter.grid_spec(), data_root=ctx.data_root)
-    engine = Engine(ctx.adapter)
-    return run_paper(ctx, task, engine) if ctx.config["protocol"] == "paper" else run_strict(ctx, task, engine)
+def combine(ctx: ExperimentContext) -> ExperimentOutput:
+    return combine_paper(ctx) if ctx.config["protocol"] == "paper" else combine_strict(ctx)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from spatialmech.engine import Engine, regions
-from spatialmech.experiments.common import encode_items, score_items
+from spatialmech.experiments.common import encode_items
 from spatialmech.experiments.probing import (
     LinearProbe,
     ProbeTraining,
@@ -133,7 +133,64 @@ def paper_features(engine: Engine, task: Any, items: Sequence[Item], prompt: str
     return rows
 
 
-# ------------------------------------------------------------------------------------------ fitting
+# ------------------------------------------------------------------------------------------ units
+# Probe items go in groups of UNIT_ITEMS (strict: `probe-baseline-NNNN`, their baseline filter); a group
+# with items left gives a `probe-features-NNNN` unit, and an axis with enough feature rows a
+# `probe-fit-<axis>` unit. Each reads the saved units of the step before, never this process's state.
+
+
+def groups(items: Sequence[Item]) -> list[list[Item]]:
+    """The items of each resumable unit (the same chunking in every step and every process)."""
+    return [list(group) for group in chunks(list(items), UNIT_ITEMS)]
+
+
+def group_key(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:04d}"
+
+
+def strict_feature_groups(ctx: ExperimentContext, probe_items: Sequence[Item]) -> list[list[Item]]:
+    """strict: per group, the probe items left after the baseline filter (from the saved `probe-baseline` units)."""
+    if not ctx.config["filter_correct"]:
+        return groups(probe_items)
+    return [[item for item, ok in zip(group, ctx.load_unit(group_key("probe-baseline", index))["correct"]) if ok]
+            for index, group in enumerate(groups(probe_items))]
+
+
+def features_unit(ctx: ExperimentContext, engine: Engine, task: Any, group: Sequence[Item]) -> dict[str, Any]:
+    """One `probe-features` unit: the protocol's pooled feature rows of a group's items."""
+    features = paper_features if ctx.config["protocol"] == "paper" else strict_features
+    return {"rows": [row for batch in chunks(list(group), ctx.batch_size)
+                     for row in features(engine, task, batch, ctx.config["feature_prompt"])]}
+
+
+def feature_rows(ctx: ExperimentContext, feature_groups: Sequence[Sequence[Item]], candidates: Sequence[Item]
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows the probes are fitted on (read from the saved features units) and what was dropped.
+    `candidates`: the probe items before any filter (strict: before the baseline filter)."""
+    if ctx.config["protocol"] == "paper":
+        report = {"candidates": len(candidates), "kept": 0, "dropped_box_contradicts_caption": 0, "dropped_box_touches_no_token": 0}
+    else:
+        report = {"candidates": len(candidates), "kept": 0, "dropped_baseline_wrong": len(candidates) - sum(map(len, feature_groups)),
+                  "dropped_no_order": 0}
+    features: list[dict[str, Any]] = []
+    for index, group in enumerate(feature_groups):
+        for row in ctx.load_unit(group_key("probe-features", index))["rows"] if group else ():
+            reason = _dropped(row, ctx.config["protocol"] == "paper")
+            if reason is None:
+                features.append(row)
+            else:
+                report[reason] += 1
+    report["kept"] = len(features)
+    return features, report
+
+
+def _dropped(row: dict[str, Any], paper: bool) -> str | None:
+    """Why a feature row is not fitted on (the report's key), or None when it is."""
+    if not paper:
+        return "dropped_no_order" if row["subject_label"] is None else None
+    if row["agrees"] is None:
+        return "dropped_box_touches_no_token"
+    return None if row["agrees"] else "dropped_box_contradicts_caption"
 
 
 def paper_test_count(n: int) -> int:
@@ -143,78 +200,37 @@ def paper_test_count(n: int) -> int:
     return n - min(max(1, int(0.95 * n)), n - 1)
 
 
-def fit_probes(ctx: ExperimentContext, rows: Sequence[dict[str, Any]], test_count: Callable[[int], int],
-               min_items: int = 1) -> dict[str, LinearProbe]:
-    """One 2-class probe per axis from feature rows (two examples per row), each fit a saved unit; an
-    axis with fewer than `min_items` rows gets none (the authors need two items to split)."""
-    training = ProbeTraining.from_config(ctx.config)
-    probes: dict[str, LinearProbe] = {}
-    for axis, classes in AXIS_CLASSES.items():
-        axis_rows = [row for row in rows if row["axis"] == axis]
-        if not axis_rows or len(axis_rows) < min_items:
-            continue
-
-        def fit(axis_rows: list[dict[str, Any]] = axis_rows, classes: list[str] = classes, axis: str = axis) -> dict[str, Any]:
-            train_idx, test_idx = split_indices(len(axis_rows), test_count(len(axis_rows)), seed=ctx.seed)
-
-            def examples(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-                x = [torch.tensor(axis_rows[i][part]) for i in indices for part in ("subject", "reference")]
-                y = [label for i in indices for label in (axis_rows[i]["subject_label"], 1 - axis_rows[i]["subject_label"])]
-                hidden = len(axis_rows[0]["subject"])
-                return (torch.stack(x) if x else torch.zeros(0, hidden)), torch.tensor(y, dtype=torch.long)
-
-            train_x, train_y = examples(train_idx)
-            test_x, test_y = examples(test_idx)
-            probe = train_probe(train_x, train_y, classes, training, seed=ctx.seed)
-            probe.info.update({"axis": axis, "train_accuracy": probe.accuracy(train_x, train_y),
-                               "test_accuracy": probe.accuracy(test_x, test_y) if test_idx else None,
-                               "train_items": len(train_idx), "test_items": len(test_idx)})
-            return {"probe": probe.to_json()}
-
-        probes[axis] = LinearProbe.from_json(ctx.unit(f"probe-fit-{axis}", fit)["probe"])
-    return probes
+def _test_count(ctx: ExperimentContext, n: int) -> int:
+    if ctx.config["protocol"] == "paper":
+        return paper_test_count(n)
+    return held_out_count(n, float(ctx.config["probe_test_fraction"]))
 
 
-def fit_strict_probes(ctx: ExperimentContext, engine: Engine, task: Any, probe_items: Sequence[Item]) -> dict[str, Any]:
-    """strict: baseline-filter the (disjoint) probe items, pool their features, fit one probe per axis."""
-    config = ctx.config
-    report = {"candidates": len(probe_items), "kept": 0, "dropped_baseline_wrong": 0, "dropped_no_order": 0}
-    features: list[dict[str, Any]] = []
-    for index, group in enumerate(chunks(list(probe_items), UNIT_ITEMS)):
-        group = list(group)
-        if config["filter_correct"]:
-            scored = ctx.unit(f"probe-baseline-{index:04d}", lambda group=group: {
-                "correct": [s.correct for s in score_items(ctx.adapter, task, group, ctx.batch_size)]})
-            right = [item for item, ok in zip(group, scored["correct"]) if ok]
-            report["dropped_baseline_wrong"] += len(group) - len(right)
-        else:
-            right = group
-        if right:
-            unit = ctx.unit(f"probe-features-{index:04d}", lambda right=right: {"rows": [
-                row for batch in chunks(right, ctx.batch_size) for row in strict_features(engine, task, batch, config["feature_prompt"])]})
-            for row in unit["rows"]:
-                if row["subject_label"] is None:
-                    report["dropped_no_order"] += 1
-                else:
-                    features.append(row)
-    report["kept"] = len(features)
-    fraction = float(config["probe_test_fraction"])
-    return {"probes": fit_probes(ctx, features, lambda n: held_out_count(n, fraction)), "report": report}
+def fitted_axes(ctx: ExperimentContext, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The axes that get a probe: those with rows (paper: at least two, the authors need two items to split)."""
+    least = 2 if ctx.config["protocol"] == "paper" else 1
+    return [axis for axis in AXIS_CLASSES if sum(row["axis"] == axis for row in rows) >= least]
 
 
-def fit_paper_probes(ctx: ExperimentContext, engine: Engine, task: Any, golden: Sequence[Item]) -> dict[str, Any]:
-    """paper: features of the baseline-correct evaluation items, caption-contradicting ones dropped."""
-    report = {"candidates": len(golden), "kept": 0, "dropped_box_contradicts_caption": 0, "dropped_box_touches_no_token": 0}
-    features: list[dict[str, Any]] = []
-    for index, group in enumerate(chunks(list(golden), UNIT_ITEMS)):
-        unit = ctx.unit(f"probe-features-{index:04d}", lambda group=group: {"rows": [
-            row for batch in chunks(list(group), ctx.batch_size) for row in paper_features(engine, task, batch, ctx.config["feature_prompt"])]})
-        for row in unit["rows"]:
-            if row["agrees"] is None:
-                report["dropped_box_touches_no_token"] += 1
-            elif not row["agrees"]:
-                report["dropped_box_contradicts_caption"] += 1
-            else:
-                features.append(row)
-    report["kept"] = len(features)
-    return {"probes": fit_probes(ctx, features, paper_test_count, min_items=2), "report": report}
+def fit_unit(ctx: ExperimentContext, rows: Sequence[dict[str, Any]], axis: str) -> dict[str, Any]:
+    """One `probe-fit-<axis>` unit: a 2-class probe from the axis's rows (two examples per row), split by item."""
+    axis_rows = [row for row in rows if row["axis"] == axis]
+    train_idx, test_idx = split_indices(len(axis_rows), _test_count(ctx, len(axis_rows)), seed=ctx.seed)
+
+    def examples(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = [torch.tensor(axis_rows[i][part]) for i in indices for part in ("subject", "reference")]
+        y = [label for i in indices for label in (axis_rows[i]["subject_label"], 1 - axis_rows[i]["subject_label"])]
+        hidden = len(axis_rows[0]["subject"])
+        return (torch.stack(x) if x else torch.zeros(0, hidden)), torch.tensor(y, dtype=torch.long)
+
+    train_x, train_y = examples(train_idx)
+    test_x, test_y = examples(test_idx)
+    probe = train_probe(train_x, train_y, AXIS_CLASSES[axis], ProbeTraining.from_config(ctx.config), seed=ctx.seed)
+    probe.info.update({"axis": axis, "train_accuracy": probe.accuracy(train_x, train_y),
+                       "test_accuracy": probe.accuracy(test_x, test_y) if test_idx else None,
+                       "train_items": len(train_idx), "test_items": len(test_idx)})
+    return {"probe": probe.to_json()}
+
+
+def load_fitted(ctx: ExperimentContext, axes: Sequence[str]) -> dict[str, LinearProbe]:
+    return {axis: LinearProbe.from_json(ctx.load_unit(f"probe-fit-{axis}")["probe"]) for axis in axes}

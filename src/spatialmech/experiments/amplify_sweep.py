@@ -17,24 +17,38 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from spatialmech.engine import Engine
 from spatialmech.engine.scoring import top1_correct
-from spatialmech.experiments.common import LogitsFn, ReusedEncodings, answer_ids, encode_items, score_items
+from spatialmech.experiments.amplify_fit import group_key, groups
+from spatialmech.experiments.common import LogitsFn, ReusedEncodings, answer_ids, score_items
 from spatialmech.experiments.probing import LinearProbe
-from spatialmech.experiments.runner import ExperimentContext, chunks
+from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.tasks.base import Item
 from spatialmech.tasks.prompts import OPTIONS
 
 Steered = Callable[[Mapping[str, LinearProbe], float], LogitsFn]
-UNIT_ITEMS = 32  # items per resumable unit
+SWEEP = "sweep"  # unit keys: sweep-<direction set>-a<alpha>-NNNN (a group of items at one alpha)
 
 
-def _progress(ctx: ExperimentContext, total: int, desc: str) -> Any:
-    if not ctx.progress:
-        return None
-    from tqdm import tqdm
+def sweep_key(name: str, alpha: float, index: int) -> str:
+    return group_key(f"{SWEEP}-{name}-a{alpha:g}", index)
 
-    return tqdm(total=total, desc=desc, unit="unit", leave=False)
+
+def parse_sweep_key(key: str, alphas: Sequence[float]) -> tuple[str, float, int]:
+    """(direction set, alpha, group index) of a sweep unit's key; alpha as the config spells it."""
+    head, index = key.rsplit("-", 1)
+    name, alpha_text = head.removeprefix(f"{SWEEP}-").split("-a", 1)
+    alpha = next(a for a in alphas if f"{a:g}" == alpha_text)
+    return name, alpha, int(index)
+
+
+def sweep_keys(names: Sequence[str], alphas: Sequence[float], count: int, with_baseline: bool) -> tuple[str, ...]:
+    """Group by group (units of a group share its encoded pictures in one process): [its baseline,]
+    then every direction set at every alpha > 0."""
+    keys: list[str] = []
+    for index in range(count):
+        keys += [group_key("baseline", index)] if with_baseline else []
+        keys += [sweep_key(name, alpha, index) for name in names for alpha in alphas if alpha > 0]
+    return tuple(keys)
 
 
 # ------------------------------------------------------------------------------------------ paper
@@ -45,19 +59,19 @@ def answer_word(token: str) -> str:
     return token.strip().lower()
 
 
-def baseline(ctx: ExperimentContext, task: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
-    """paper: each item in both option orders: which orders it gets right, and whether any answer is off-axis."""
-    rows: list[dict[str, Any]] = []
-    for index, group in enumerate(chunks(list(items), UNIT_ITEMS)):
-        def compute(group: Sequence[Item] = group) -> dict[str, Any]:
-            scores = score_items(ctx.adapter, task, list(group), ctx.batch_size)
-            return {"rows": [{
-                "id": item.id, "axis": item.axis,
-                "ok": [bool(s.correct_natural_order), bool(s.correct_swapped_order)],
-                "words": [answer_word(s.predicted_token), answer_word(s.predicted_token_swapped or "")],
-            } for item, s in zip(group, scores)]}
+def baseline_unit(ctx: ExperimentContext, task: Any, group: Sequence[Item]) -> dict[str, Any]:
+    """paper: one `baseline` unit: each item in both option orders, which it gets right and the words it answers."""
+    scores = score_items(ctx.adapter, task, list(group), ctx.batch_size)
+    return {"rows": [{
+        "id": item.id, "axis": item.axis,
+        "ok": [bool(s.correct_natural_order), bool(s.correct_swapped_order)],
+        "words": [answer_word(s.predicted_token), answer_word(s.predicted_token_swapped or "")],
+    } for item, s in zip(group, scores)]}
 
-        rows += ctx.unit(f"baseline-{index:04d}", compute)["rows"]
+
+def baseline(ctx: ExperimentContext, items: Sequence[Item]) -> list[dict[str, Any]]:
+    """paper: the saved baseline rows of every item, with whether any answer is off-axis and which orders failed."""
+    rows = [row for index in range(len(groups(items))) for row in ctx.load_unit(group_key("baseline", index))["rows"]]
     for row in rows:
         row["off_axis"] = any(word not in OPTIONS[row["axis"]] for word in row["words"])
         row["failed_orders"] = [order for order, ok in enumerate(row["ok"]) if not ok]
@@ -68,40 +82,28 @@ def _order_prompt(item: Item, order: int) -> str:
     return item.prompt if order == 0 else item.meta["prompt_swapped"]
 
 
-def failed_order_sweep(ctx: ExperimentContext, engine: Engine, task: Any, failed: Sequence[tuple[Item, list[int]]],
-                       directions: Mapping[str, Mapping[str, LinearProbe]], steered: Steered) -> dict[str, dict[float, list[bool]]]:
-    """paper: {direction: {alpha: [fixed per failed item]}} re-running only each item's failed orders."""
+def fixed_unit(ctx: ExperimentContext, task: Any, group: Sequence[tuple[Item, list[int]]], logits_fn: LogitsFn,
+               encode: ReusedEncodings) -> dict[str, Any]:
+    """paper: one sweep unit: re-run only each failed item's failed orders; fixed when all are now right."""
+    rows = [(item, order) for item, orders in group for order in orders]
+    owner = [g for g, (_, orders) in enumerate(group) for _ in orders]
+    right: list[bool] = []
+    for start in range(0, len(rows), ctx.batch_size):
+        batch = rows[start : start + ctx.batch_size]
+        items = [item for item, _ in batch]
+        logits = logits_fn(encode(ctx.adapter, task, items, [_order_prompt(i, o) for i, o in batch]), items)
+        right += top1_correct(logits, [answer_ids(ctx.adapter, item) for item in items]).tolist()
+    flags = [True] * len(group)
+    for g, ok in zip(owner, right):
+        flags[g] = flags[g] and bool(ok)
+    return {"fixed": flags}
+
+
+def paper_curves(ctx: ExperimentContext, names: Sequence[str], count: int) -> dict[str, dict[float, list[bool]]]:
+    """paper: {direction set: {alpha > 0: [fixed per failed item]}} from the saved sweep units of `count` groups."""
     alphas = [a for a in ctx.config["alphas"] if a > 0]
-    groups = chunks(list(failed), UNIT_ITEMS)
-    out: dict[str, dict[float, list[bool]]] = {name: {a: [] for a in alphas} for name in directions}
-    progress = _progress(ctx, len(groups) * len(directions) * len(alphas), "amplify sweep (failed orders)")
-    for index, group in enumerate(groups):
-        rows = [(item, order) for item, orders in group for order in orders]
-        owner = [g for g, (_, orders) in enumerate(group) for _ in orders]
-        encode = ReusedEncodings(engine)  # every alpha and direction re-runs the same (picture, prompt) rows
-
-        def fixed(logits_fn: LogitsFn, rows: list[tuple[Item, int]] = rows, owner: list[int] = owner,
-                  encode: ReusedEncodings = encode, size: int = len(group)) -> dict[str, Any]:
-            right: list[bool] = []
-            for start in range(0, len(rows), ctx.batch_size):
-                batch = rows[start : start + ctx.batch_size]
-                items = [item for item, _ in batch]
-                logits = logits_fn(encode(ctx.adapter, task, items, [_order_prompt(i, o) for i, o in batch]), items)
-                right += top1_correct(logits, [answer_ids(ctx.adapter, item) for item in items]).tolist()
-            flags = [True] * size
-            for g, ok in zip(owner, right):
-                flags[g] = flags[g] and bool(ok)
-            return {"fixed": flags}
-
-        for name, probes in directions.items():
-            for alpha in alphas:
-                unit = ctx.unit(f"sweep-{name}-a{alpha:g}-{index:04d}", lambda probes=probes, alpha=alpha, fixed=fixed: fixed(steered(probes, alpha)))
-                out[name][alpha].extend(unit["fixed"])
-                if progress is not None:
-                    progress.update(1)
-    if progress is not None:
-        progress.close()
-    return out
+    return {name: {a: [ok for index in range(count) for ok in ctx.load_unit(sweep_key(name, a, index))["fixed"]] for a in alphas}
+            for name in names}
 
 
 def paper_summary(n: int, golden: int, axes_of_failed: Sequence[str], axes_of_golden: Sequence[str],
@@ -153,40 +155,22 @@ def paper_summary(n: int, golden: int, axes_of_failed: Sequence[str], axes_of_go
 # ------------------------------------------------------------------------------------------ strict
 
 
-def _scores(ctx: ExperimentContext, task: Any, group: Sequence[Item], logits_fn: Any = None,
-            encode: Any = encode_items) -> dict[str, list]:
+def scores_unit(ctx: ExperimentContext, task: Any, group: Sequence[Item], logits_fn: LogitsFn | None,
+                encode: ReusedEncodings) -> dict[str, list]:
+    """strict: one unit: correctness and P(answer) (the lower of the two option orders) of a group at one alpha
+    (`logits_fn` None: the unmodified model, the group's `baseline` unit)."""
     scores = score_items(ctx.adapter, task, group, ctx.batch_size, logits_fn, encode=encode)
     return {"correct": [s.correct for s in scores], "p_answer": [s.p_answer for s in scores]}
 
 
-def sweep(ctx: ExperimentContext, engine: Engine, task: Any, items: Sequence[Item],
-          directions: Mapping[str, Mapping[str, LinearProbe]], steered: Steered) -> dict[str, dict[str, dict[float, list]]]:
-    """strict: correctness (and P(answer), the lower of the two option orders) of every item at every
-    alpha, for each set of directions. Alpha 0 is the unmodified model (shared by all direction sets).
-    Returns {name: {"correct" | "p_answer": {alpha: [value per item]}}}."""
-    alphas = list(ctx.config["alphas"])
-    groups = chunks(list(items), UNIT_ITEMS)
-    progress = _progress(ctx, len(groups) * (1 + len(directions) * sum(1 for a in alphas if a != 0)), "amplify sweep")
-    out = {name: {key: {a: [] for a in alphas} for key in ("correct", "p_answer")} for name in directions}
-    for index, group in enumerate(groups):
-        group = list(group)
-        # every alpha and direction set scores the same pictures: render, tokenise and encode them once
-        encode = ReusedEncodings(engine)
-        units = {0: ctx.unit(f"baseline-{index:04d}", lambda group=group, encode=encode: _scores(ctx, task, group, encode=encode))}
-        if progress is not None:
-            progress.update(1)
-        for name, probes in directions.items():
-            for alpha in alphas:
-                if alpha != 0:
-                    units[alpha] = ctx.unit(f"sweep-{name}-a{alpha:g}-{index:04d}", lambda group=group, probes=probes, alpha=alpha, encode=encode:
-                                            _scores(ctx, task, group, steered(probes, alpha), encode))
-                    if progress is not None:
-                        progress.update(1)
-                for key in ("correct", "p_answer"):
-                    out[name][key][alpha].extend(units[alpha][key])
-    if progress is not None:
-        progress.close()
-    return out
+def strict_curves(ctx: ExperimentContext, names: Sequence[str], count: int) -> dict[str, dict[str, dict[float, list]]]:
+    """strict: {name: {"correct" | "p_answer": {alpha: [value per item]}}} from the saved units; alpha 0 is
+    the baseline units (shared by all direction sets)."""
+    def unit(name: str, alpha: float, index: int) -> dict[str, Any]:
+        return ctx.load_unit(group_key("baseline", index) if alpha == 0 else sweep_key(name, alpha, index))
+
+    return {name: {key: {a: [v for index in range(count) for v in unit(name, a, index)[key]] for a in ctx.config["alphas"]}
+                   for key in ("correct", "p_answer")} for name in names}
 
 
 def accuracy(flags: Sequence[bool], indices: Sequence[int] | None = None) -> float | None:
@@ -252,3 +236,57 @@ def summarise(curves: Mapping[str, Mapping[float, list[bool]]], validation: Sequ
 def mean_by_alpha(values: Mapping[float, Sequence[float]]) -> dict[float, float]:
     return {a: sum(v) / len(v) for a, v in values.items() if v}
 
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def paper_tables(alphas: Sequence[float], items: Sequence[Item], scored: Sequence[Mapping[str, Any]],
+                 failed: Sequence[tuple[Item, list[int]]], curves: Mapping[str, Mapping[float, Sequence[bool]]],
+                 summary: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """paper: the alpha curve (accuracy and fails fixed per direction set) and one row per item."""
+    n, gold, n_fail = summary["n"], summary["baseline_correct"], summary["baseline_failed"]
+    curve_rows = []
+    for a in alphas:
+        fixed = {name: (sum(curve[a]) if a in curve else 0) for name, curve in curves.items()}
+        curve_rows.append({"alpha": a, **{f"{name}_accuracy": (gold + fixed[name]) / n if n else None for name in curves},
+                           **{f"{name}_fails_fixed": fixed[name] / n_fail if n_fail else None for name in curves}})
+    failed_at = {item.id: orders for item, orders in failed}
+    position = {item.id: i for i, (item, _) in enumerate(failed)}
+    best = summary["best_alpha"]
+    item_rows = []
+    for item, row in zip(items, scored):
+        k = position.get(item.id)
+        fixing = [a for a in alphas if a > 0 and k is not None and curves["probe"][a][k]]
+        item_rows.append({
+            "id": item.id, "axis": item.axis, "relation": item.relation, "off_axis": row["off_axis"],
+            "answer_natural": row["words"][0], "answer_swapped": row["words"][1], "baseline_correct": not row["failed_orders"] and not row["off_axis"],
+            "failed_orders": "/".join(("natural", "swapped")[o] for o in failed_at.get(item.id, [])),
+            "probe_fixed_at_best": bool(k is not None and best is not None and curves["probe"][best][k]),
+            "first_fixing_alpha": fixing[0] if fixing else None})
+    return curve_rows, item_rows
+
+
+def strict_tables(alphas: Sequence[float], evaluation: Sequence[Item], curves: Mapping[str, Mapping[float, list[bool]]],
+                  mean_p: Mapping[str, Mapping[float, float]], summary: Mapping[str, Any], validation: Sequence[int]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """strict: the alpha curve (accuracy, fails fixed, breakage, mean P(answer)) and one row per item."""
+    base = curves["probe"][0]
+    curve_rows = [{
+        "alpha": a,
+        "probe_accuracy": accuracy(curves["probe"][a]), "random_accuracy": accuracy(curves["random"][a]),
+        "probe_fails_fixed": fails_fixed(base, curves["probe"][a]), "random_fails_fixed": fails_fixed(base, curves["random"][a]),
+        "probe_broken": broken(base, curves["probe"][a]),
+        "probe_mean_p_answer": mean_p["probe"][a], "random_mean_p_answer": mean_p["random"][a],
+    } for a in alphas]
+    best = summary["best_alpha"]
+    in_validation = set(validation)
+    item_rows = []
+    for i, item in enumerate(evaluation):
+        fixing = [a for a in alphas if curves["probe"][a][i]]
+        item_rows.append({
+            "id": item.id, "axis": item.axis, "relation": item.relation, "baseline_correct": base[i],
+            "probe_correct_at_best": curves["probe"][best][i], "random_correct_at_best": curves["random"][best][i],
+            "first_correct_alpha": fixing[0] if fixing else None, "split": "validation" if i in in_validation else "test",
+        })
+    return curve_rows, item_rows

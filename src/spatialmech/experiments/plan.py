@@ -1,6 +1,6 @@
 """Experiments as plans of independent units, and the seam where an executor plugs in.
 
-An experiment module that declares a plan defines three functions besides `config_from`:
+Every experiment module is a plan: besides `config_from` it defines three functions,
 
     plan(ctx) -> Iterator[Stage]         the work, stage by stage. A stage's unit keys may depend on
                                          the *results* of earlier stages (read with `ctx.load_unit`),
@@ -25,15 +25,15 @@ worker that holds a loaded adapter and computes it there,
 which needs only the run folder (on a shared filesystem) and the adapter, never this process's state;
 the value comes back and this process saves it with `run_unit(key, computed=value)`, so every unit
 file is written by the same code (`ctx.unit`) whatever ran it (`spatialmech.pipeline.distributed`).
-An experiment without a plan (`run(ctx)`) runs whole: here, or through the executor's optional
-`run_whole(ctx) -> ExperimentOutput`. An executor may also define `bind(ctx) -> Executor`, called once
-per run before anything else, to learn the run it serves (its folder).
+There is no other way to run an experiment: one code path, whoever executes it. An executor may also
+define `bind(ctx) -> Executor`, called once per run before anything else, to learn the run it serves
+(its folder).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,14 +112,12 @@ def open_context(out_dir: str | Path, adapter: Any, progress: bool = False) -> E
 
 
 def execute(ctx: ExperimentContext, module: Any, executor: Executor | None = None) -> ExperimentOutput:
-    """Run an experiment: a planned one stage by stage through the executor, then combine the saved
-    units; one without a plan whole (through the executor's `run_whole` when it has one, else here)."""
+    """Run an experiment: its plan stage by stage through the executor, then combine the saved units."""
+    if not has_plan(module):
+        raise TypeError(f"experiment module {module.__name__} declares no plan (plan, compute_unit, combine)")
     bind = getattr(executor, "bind", None)  # an executor that needs the run (its folder) binds to it first
     if bind is not None:
         executor = bind(ctx)
-    if not has_plan(module):
-        run_whole: Callable[[ExperimentContext], ExperimentOutput] | None = getattr(executor, "run_whole", None)
-        return run_whole(ctx) if run_whole is not None else module.run(ctx)
     executor = executor or InProcessExecutor(progress=ctx.progress)
     stages: Iterator[Stage] = module.plan(ctx)
     for stage in stages:

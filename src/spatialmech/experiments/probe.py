@@ -15,14 +15,15 @@ shuffled labels (its accuracy and agreement should sit at chance); the result re
 Features do not depend on the prompt (`projector.out` is computed from the image alone), so each
 distinct image is encoded once, whatever question its items ask. They are streamed to a safetensors
 `ActivationStore` (with each token's grid cell and labels stored beside it), so a resumed run skips
-the images already encoded. W, b per axis are saved to `probes.safetensors`.
+the images already encoded. The plan (see `plan`): per axis a features unit, then a probe-fit and a
+control-fit unit reading its store; combine scores them. W, b per axis go to `probes.safetensors`.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from spatialmech.engine import Activations, ActivationStore, ActivationWriter, Engine, regions
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import encode_items, get_task_for
+from spatialmech.experiments.plan import Stage
 from spatialmech.experiments.probing import (
     LinearProbe,
     ProbeTraining,
@@ -236,26 +238,73 @@ def _heatmap_panels(items: Sequence[Item], test: Sequence[tuple[torch.Tensor, to
     return panels
 
 
-def run_axis(ctx: ExperimentContext, engine: Engine, task: Any, items: list[Item], axis: str) -> dict[str, Any]:
-    config = ctx.config
-    store = collect_features(ctx, engine, task, items, axis)
-    n_test = held_out_count(len(items), float(config["test_fraction"]))
-    train_idx, test_idx = split_indices(len(items), n_test, seed=ctx.seed)
-    train, test = _gather(store, set(train_idx))
-    classes = CLASS_NAMES[axis]
-    training = ProbeTraining.from_config(config)
+# ------------------------------------------------------------------------------------------ plan
+# Stage 1, a unit per axis: `features-{axis}` streams the axis's images into units/features-{axis}/
+# (resumable) and is saved only once that store is complete. Stage 2, two units per axis, read that
+# store: `probe-{axis}` fits the probe, `control-{axis}` the same probe on shuffled labels. combine
+# scores both fits on the stored test images.
 
-    def fit(labels: torch.Tensor, seed: int) -> dict[str, Any]:
-        probe = train_probe(train["x"], labels, classes, training, seed=seed)
-        return {"probe": probe.to_json(), "train_accuracy": probe.accuracy(train["x"], labels)}
 
-    fitted = ctx.unit(f"probe-{axis}", lambda: fit(train["y"], ctx.seed))
-    shuffled = train["y"][torch.randperm(train["y"].numel(), generator=torch.Generator().manual_seed(ctx.seed + 1))]
-    control_fit = ctx.unit(f"control-{axis}", lambda: fit(shuffled, ctx.seed))
+def _images(ctx: ExperimentContext) -> dict[str, Any]:
+    """Per process: the task, the usable images per axis and the axes skipped (refused when none is usable)."""
+    def build() -> dict[str, Any]:
+        task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
+        per_axis = ctx.config["images_per_axis"]
+        images = select_images(task.items(None, seed=ctx.seed), None if per_axis is None else int(per_axis), ctx.seed)
+        skipped = {axis: "no images with three objects along this axis" for axis in AXES if axis not in images}
+        for axis in list(images):
+            if len(images[axis]) < 2:
+                skipped[axis] = f"only {len(images[axis])} usable image(s); need 2"
+                del images[axis]
+        if not images:
+            raise UserInputError(f"task {ctx.task_name} has no images with three objects along an axis",
+                                 "use squares, shapes, objects or whatsup")
+        return {"task": task, "images": images, "skipped": skipped}
+
+    return ctx.shared("probe", build)
+
+
+def _split(ctx: ExperimentContext, axis: str) -> tuple[list[int], list[int]]:
+    """(train, test) image indices of an axis: 75/25 by image, seeded."""
+    count = len(_images(ctx)["images"][axis])
+    return split_indices(count, held_out_count(count, float(ctx.config["test_fraction"])), seed=ctx.seed)
+
+
+def _stored(ctx: ExperimentContext, axis: str) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The axis's training examples and test images, read from its saved features unit."""
+    train_idx, _ = _split(ctx, axis)
+    return _gather(ActivationStore(ctx.units_dir / f"features-{axis}"), set(train_idx))
+
+
+def plan(ctx: ExperimentContext) -> Iterator[Stage]:
+    axes = list(_images(ctx)["images"])
+    yield Stage("features", tuple(f"features-{axis}" for axis in axes), "probe features")
+    yield Stage("fits", tuple(f"{kind}-{axis}" for axis in axes for kind in ("probe", "control")), "probe fits")
+
+
+def compute_unit(ctx: ExperimentContext, key: str) -> Mapping[str, Any]:
+    kind, axis = key.split("-", 1)
+    setup = _images(ctx)
+    if kind == "features":
+        engine = ctx.shared("probe-engine", lambda: Engine(ctx.adapter))
+        return {"axis": axis, "images": collect_features(ctx, engine, setup["task"], setup["images"][axis], axis).num_items}
+    train, _ = _stored(ctx, axis)
+    labels = train["y"]
+    if kind == "control":  # the same tokens, labels shuffled (seeded): the probe should sit at chance
+        labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(ctx.seed + 1))]
+    probe = train_probe(train["x"], labels, CLASS_NAMES[axis], ProbeTraining.from_config(ctx.config), seed=ctx.seed)
+    return {"probe": probe.to_json(), "train_accuracy": probe.accuracy(train["x"], labels)}
+
+
+def score_axis(ctx: ExperimentContext, axis: str) -> dict[str, Any]:
+    """One axis's numbers from its saved units: both fits scored on the stored test images."""
+    items = _images(ctx)["images"][axis]
+    train_idx, test_idx = _split(ctx, axis)
+    train, test = _stored(ctx, axis)
+    fitted, control_fit = ctx.load_unit(f"probe-{axis}"), ctx.load_unit(f"control-{axis}")
     probe = LinearProbe.from_json(fitted["probe"])
-    control = LinearProbe.from_json(control_fit["probe"])
     scores = _evaluate(probe, test)
-    control_scores = _evaluate(control, test)
+    control_scores = _evaluate(LinearProbe.from_json(control_fit["probe"]), test)
     test_items = [items[i] for i in test_idx]
     probe.info.update({"axis": axis, "test_accuracy": scores["accuracy"], "background_agreement": scores["background_agreement"]})
     return {
@@ -267,26 +316,14 @@ def run_axis(ctx: ExperimentContext, engine: Engine, task: Any, items: list[Item
         "scores": scores,
         "control": control_scores,
         "control_train_accuracy": control_fit["train_accuracy"],
-        "panels": _heatmap_panels(test_items, test, scores["predictions"], axis, int(config["heatmap_examples"])),
+        "panels": _heatmap_panels(test_items, test, scores["predictions"], axis, int(ctx.config["heatmap_examples"])),
     }
 
 
-# ------------------------------------------------------------------------------------------ run
-
-
-def run(ctx: ExperimentContext) -> ExperimentOutput:
-    task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
-    per_axis = ctx.config["images_per_axis"]
-    images = select_images(task.items(None, seed=ctx.seed), None if per_axis is None else int(per_axis), ctx.seed)
-    skipped = {axis: "no images with three objects along this axis" for axis in AXES if axis not in images}
-    for axis in list(images):
-        if len(images[axis]) < 2:
-            skipped[axis] = f"only {len(images[axis])} usable image(s); need 2"
-            del images[axis]
-    if not images:
-        raise UserInputError(f"task {ctx.task_name} has no images with three objects along an axis", "use squares, shapes, objects or whatsup")
-    engine = Engine(ctx.adapter)
-    results = {axis: run_axis(ctx, engine, task, items, axis) for axis, items in images.items()}
+def combine(ctx: ExperimentContext) -> ExperimentOutput:
+    setup = _images(ctx)
+    results = {axis: score_axis(ctx, axis) for axis in setup["images"]}
+    skipped = setup["skipped"]
 
     def per_axis(fn: Any) -> dict[str, Any]:
         return {axis: fn(r) for axis, r in results.items()}

@@ -1,9 +1,10 @@
 """What every experiment shares: its output folder, resumable units, and the result contract.
 
-An experiment is a function `run(ctx: ExperimentContext) -> ExperimentOutput`. It does its work in
-*units* (a batch of pairs, one layer sweep, one probe fit...) saved with `ctx.unit(key, compute)`:
-each finished unit is written atomically under `OUT/<experiment>/units/`, so a killed run resumed
-with `--resume` skips finished units and ends with the same result as an uninterrupted run.
+An experiment is a plan of *units* (`experiments.plan`: `plan`, `compute_unit`, `combine`) run on an
+`ExperimentContext` into an `ExperimentOutput`. Each unit (a batch of pairs, one layer sweep, one
+probe fit...) is saved with `ctx.unit(key, compute)`: written atomically under `OUT/<experiment>/units/`,
+so a killed run resumed with `--resume` skips finished units and ends with the same result as an
+uninterrupted run.
 `result.json` is written last (atomically) and removed at the start of a run, so a folder with a
 `result.json` always holds a complete result (SPEC section 6).
 """
@@ -252,8 +253,8 @@ def run_experiment(
 
     `folder` names the output folder under `out_root` (default: the module's `default_folder(config)`
     where it has one, else the experiment's name), so one run can hold the same experiment twice
-    (e.g. `criss-cross` and `criss-cross-strip`). `executor` runs a planned experiment's units, or a
-    plan-less one whole (`experiments.plan`; default: in this process, in order).
+    (e.g. `criss-cross` and `criss-cross-strip`). `executor` runs the experiment's units
+    (`experiments.plan`; default: in this process, in order).
     """
     module = experiment_module(name)
     task_name = task or module.DEFAULT_TASK

@@ -13,10 +13,9 @@ Scheduling is the pool's (`pipeline.workers.WorkerPool`): dynamic (a free worker
 unit), a dead worker's unit rerun on a replacement, one progress bar per stage, Ctrl-C cancels the
 work in flight. Units already saved (`--resume`) are read back in the driver, never dispatched.
 
-Experiments without a plan (`probe`, `amplify`: one `run(ctx)` with resumable `ctx.unit` calls)
-run whole as one payload on a worker: it writes its units and figures into the run folder on the
-shared filesystem and returns its `ExperimentOutput`; the driver writes result.json. A worker that
-dies there is replaced and the payload resumes from the units already saved.
+A unit may also write files of its own beside its JSON (`probe`'s feature store under
+units/features-<axis>/, written before the unit's value comes back): those go straight into the run
+folder on the shared filesystem, so the driver and later units read them there.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from spatialmech.experiments.runner import (
     MANIFEST_FILE,
     UNITS_DIR,
     ExperimentContext,
-    ExperimentOutput,
     experiment_module,
 )
 from spatialmech.io import to_jsonable
@@ -43,11 +41,11 @@ from spatialmech.pipeline.workers import WorkerPool, load_adapter, model_spec_fr
 @dataclass(frozen=True)
 class UnitPayload:
     """What a worker gets: the run folder, the manifest's hash (a new run in the same folder gets a new
-    context, not a stale cached one) and the unit key (None: run the whole experiment)."""
+    context, not a stale cached one) and the unit key."""
 
     out_dir: str
     token: str
-    key: str | None
+    key: str
 
 
 _OPEN: dict[tuple[str, str], ExperimentContext] = {}  # per worker process: the run whose units it computes
@@ -64,11 +62,9 @@ def _context(adapter: Any, payload: UnitPayload) -> ExperimentContext:
 
 
 def work_on_worker(adapter: Any, payload: UnitPayload) -> Any:
-    """The task a worker runs: one unit's value (JSON-able), or a plan-less experiment's whole output."""
+    """The task a worker runs: one unit's value (JSON-able)."""
     ctx = _context(adapter, payload)
     module = experiment_module(ctx.experiment)
-    if payload.key is None:
-        return module.run(ctx)
     return to_jsonable(dict(module.compute_unit(ctx, payload.key)))
 
 
@@ -98,11 +94,6 @@ class RayExecutor:
         for index, value in self.pool.map(self.work, payloads, progress=self.progress and len(todo) > 1,
                                           description=stage.desc or stage.name):
             run_unit(todo[index], computed=value)
-
-    def run_whole(self, ctx: ExperimentContext) -> ExperimentOutput:
-        payload = UnitPayload(str(ctx.out_dir), manifest_token(ctx.out_dir), None)
-        ((_, output),) = list(self.pool.map(self.work, [payload], progress=False, description=ctx.experiment))
-        return output
 
 
 @dataclass
