@@ -73,3 +73,24 @@ def _ctx(region):
         seed = 0
 
     return Ctx()
+
+
+def test_probe_on_whatsup_uses_their_images_boxes_and_split(adapter, root, tmp_path):
+    """probing/src/whatsup.py: their (left, ref, right) tuples in their seed-42 order, split in order
+    (first int(0.75 n) train), object tokens from their boxes; `--protocol strict` keeps our seeded split."""
+    from spatialmech.engine import ActivationStore
+    from spatialmech.experiments.common import get_task_for
+
+    path = run_experiment("probe", adapter, out_root=tmp_path / "out", task="whatsup", data_root=str(root),
+                          batch_size=4, progress=False, options={})
+    metrics = load_result(path.parent)["metrics"]
+    assert (metrics["n_train"], metrics["n_test"]) == ({"horizontal": 15}, {"horizontal": 5})  # 5P2 = 20 images
+    assert "vertical" in metrics["axes_skipped"]
+    store = ActivationStore(path.parent / "units" / "features-horizontal")
+    expected = get_task_for(adapter, "whatsup", str(root)).probe_items()
+    assert store.num_items == len(expected) == 20
+    panels = load_result(path.parent)["data"]["heatmaps"]["horizontal"]  # the first test images: theirs 16-18
+    assert [p["title"] for p in panels] == [" | ".join(o.name for o in item.objects) for item in expected[15:18]]
+    strict = run_experiment("probe", adapter, out_root=tmp_path / "strict", task="whatsup", data_root=str(root),
+                            batch_size=4, progress=False, options={"protocol": "strict"})
+    assert load_result(strict.parent)["metrics"]["n_test"] == {"horizontal": 5}

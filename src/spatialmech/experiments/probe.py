@@ -2,21 +2,20 @@
 post-projector visual tokens, and does the same probe read it off the *background* of the object's strip?
 
 Per axis, a 3-class linear probe (position 0/1/2 along the axis) is trained on `projector.out`
-features of object tokens (tokens whose box centre lies inside an object's box; label = that object's
-ordinal), on every distinct image of the axis (all orderings, as the authors' probing/src/data.py:
-squares/shapes 6P3 = 120, objects 8P3 = 336), split 75/25 by image, seeded (objects 252/84; AdamW lr
-1e-3, wd 1e-4, 200 full-batch epochs). `--n` caps the images per axis. The probe is then applied to every image token of the test
-images: `background_agreement` is the fraction of background tokens inside an object's strip (the
-band of `strip_tokens` along the axis spanning the whole image across it, from `item.grid`) that the
-probe assigns to that object's position. The paper's claim is that this is far above chance (1/3):
-the position signal is global. As a control, the same probe is trained on the same tokens with
-shuffled labels (its accuracy and agreement should sit at chance); the result reports both.
+features of object tokens (box centre inside an object's box; label = its ordinal), on every distinct
+image of the axis (all orderings, as the authors' probing/src/data.py: squares/shapes 6P3 = 120,
+objects 8P3 = 336), split 75/25 by image, seeded (objects 252/84; AdamW lr 1e-3, wd 1e-4, 200
+full-batch epochs); What'sUp as their probing/src/whatsup.py: `task.probe_items()` (their 120 images
+in their order, their boxes) split in order 90/30. `--n` caps the images per axis. The probe is then
+applied to every image token of the test images: `background_agreement` is the fraction of background
+tokens inside an object's strip (the band along the axis spanning the whole image across it, from
+`item.grid`) that the probe assigns to that object's position: far above chance (1/3) if the position
+signal is global, the paper's claim. The control: the same probe trained on shuffled labels.
 
-Features do not depend on the prompt (`projector.out` is computed from the image alone), so each
-distinct image is encoded once, whatever question its items ask. They are streamed to a safetensors
-`ActivationStore` (with each token's grid cell and labels stored beside it), so a resumed run skips
-the images already encoded. The plan (see `plan`): per axis a features unit, then a probe-fit and a
-control-fit unit reading its store; combine scores them. W, b per axis go to `probes.safetensors`.
+Features do not depend on the prompt, so each distinct image is encoded once, streamed to a
+safetensors `ActivationStore` (each token's grid cell and labels beside it; a resumed run skips the
+images already encoded). The plan: per axis a features unit, then a probe-fit and a control-fit unit
+reading its store; combine scores them. W, b per axis go to `probes.safetensors`.
 """
 
 from __future__ import annotations
@@ -238,19 +237,18 @@ def _heatmap_panels(items: Sequence[Item], test: Sequence[tuple[torch.Tensor, to
     return panels
 
 
-# ------------------------------------------------------------------------------------------ plan
-# Stage 1, a unit per axis: `features-{axis}` streams the axis's images into units/features-{axis}/
-# (resumable) and is saved only once that store is complete. Stage 2, two units per axis, read that
-# store: `probe-{axis}` fits the probe, `control-{axis}` the same probe on shuffled labels. combine
-# scores both fits on the stored test images.
-
-
 def _images(ctx: ExperimentContext) -> dict[str, Any]:
     """Per process: the task, the usable images per axis and the axes skipped (refused when none is usable)."""
     def build() -> dict[str, Any]:
         task = get_task_for(ctx.adapter, ctx.task_name, ctx.data_root)
         per_axis = ctx.config["images_per_axis"]
-        images = select_images(task.items(None, seed=ctx.seed), None if per_axis is None else int(per_axis), ctx.seed)
+        cap = None if per_axis is None else int(per_axis)
+        # What'sUp under the paper protocol: their images in their order (task.probe_items), split in order
+        in_order = ctx.config.get("protocol", "paper") == "paper" and hasattr(task, "probe_items")
+        if in_order:
+            images = {"horizontal": task.probe_items()[:cap]}
+        else:
+            images = select_images(task.items(None, seed=ctx.seed), cap, ctx.seed)
         skipped = {axis: "no images with three objects along this axis" for axis in AXES if axis not in images}
         for axis in list(images):
             if len(images[axis]) < 2:
@@ -259,14 +257,19 @@ def _images(ctx: ExperimentContext) -> dict[str, Any]:
         if not images:
             raise UserInputError(f"task {ctx.task_name} has no images with three objects along an axis",
                                  "use squares, shapes, objects or whatsup")
-        return {"task": task, "images": images, "skipped": skipped}
+        return {"task": task, "images": images, "skipped": skipped, "in_order": in_order}
 
     return ctx.shared("probe", build)
 
 
 def _split(ctx: ExperimentContext, axis: str) -> tuple[list[int], list[int]]:
-    """(train, test) image indices of an axis: 75/25 by image, seeded."""
-    count = len(_images(ctx)["images"][axis])
+    """(train, test) image indices of an axis: 75/25 by image, seeded; in order where the images come
+    in the authors' order (What'sUp: their build_split trains on the first int(0.75 n))."""
+    setup = _images(ctx)
+    count = len(setup["images"][axis])
+    if setup["in_order"]:
+        n_train = min(count - 1, max(1, int((1 - float(ctx.config["test_fraction"])) * count)))
+        return list(range(n_train)), list(range(n_train, count))
     return split_indices(count, held_out_count(count, float(ctx.config["test_fraction"])), seed=ctx.seed)
 
 
