@@ -16,7 +16,7 @@ import torch
 
 from spatialmech.engine import Engine, image_positions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments import amplify, amplify_fit, amplify_sweep
+from spatialmech.experiments import amplify, amplify_fit, amplify_output, amplify_sweep
 from spatialmech.experiments.common import encode_items, score_items
 from spatialmech.experiments.probing import LinearProbe, image_key, load_probes, save_probes
 from spatialmech.experiments.runner import load_result, run_experiment
@@ -185,7 +185,7 @@ def test_result_contract(family, tmp_path):
     assert config["variant"] == "projection" and config["alphas"] == [0, 2, 8] and "evaluation items" in config["alpha_selection"]
     assert set(result["tables"]) == {"alpha_curve", "items", "probe_fit"}
     assert {"amplify_alpha.png", "amplify_bars.png"} <= set(result["figures"])
-    for path in (tmp_path / "amplify" / amplify.PROBE_FILE, saved):
+    for path in (tmp_path / "amplify" / amplify_output.PROBE_FILE, saved):
         loaded = load_probes(path)
         assert loaded.metadata["site"] == "projector.out" and loaded.metadata["variant"] == "projection"
         assert loaded.metadata["best_alpha"] == metrics["best_alpha"]
