@@ -156,7 +156,8 @@ def test_bad_options_are_user_errors():
         run_experiment("last-token", adapter, out_root="unused", task="scenes", options={})
     with pytest.raises(UserInputError, match="not a file"):
         last_token.config_from({"pairs": "/no/such/pairs.json"}, adapter)
-    assert patching.base_config({}, adapter) == {"n": 50, "layers": [0, 1], "include_embeddings": True, "filter_correct": True}
+    assert patching.base_config({}, adapter) == {"n": 50, "layers": [0, 1], "include_embeddings": True, "pairs_file": None,
+                                             "filter_correct": True}
 
 
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not trained yet")
