@@ -7,6 +7,10 @@ Prefix sharing must not change results: a run with sharing on and one with it of
     SPATIALMECH_PREFIX_SHARING=0 spatialmech reproduce --quick --out /tmp/q_off
     python benchmarks/compare_results.py /tmp/q_on /tmp/q_off [--tolerance 1e-6]
 
+The same check compares two versions of the code (e.g. before and after a redesign, each run from a
+`git archive` of its commit, one after the other on the same quiet machine); where both folders hold
+`reproduce.json`, each step's wall and CPU seconds are printed too, with the ratio b / a.
+
 Exit code 0 when every metric is within the tolerance, 1 otherwise.
 """
 
@@ -62,6 +66,21 @@ def compare_folders(a: Path, b: Path, tolerance: float) -> dict[str, dict[str, A
     return out
 
 
+def step_times(a: Path, b: Path) -> list[str]:
+    """One line per step: wall and CPU seconds in a and b (from their reproduce.json) and b / a."""
+    runs = [json.loads((folder / "reproduce.json").read_text()) for folder in (a, b)]
+    steps = [{step["folder"]: step for step in run["steps"]} for run in runs]
+    lines = [f"{'step':<22} {'a wall':>8} {'b wall':>8} {'b/a':>6} {'a cpu':>8} {'b cpu':>8} {'b/a':>6}"]
+    for name, first in steps[0].items():
+        second = steps[1].get(name)
+        if second is None or first.get("seconds") is None or second.get("seconds") is None:
+            continue
+        lines.append(f"{name:<22} {first['seconds']:8.1f} {second['seconds']:8.1f} {second['seconds'] / first['seconds']:6.2f} "
+                     f"{first['cpu_seconds']:8.1f} {second['cpu_seconds']:8.1f} {second['cpu_seconds'] / first['cpu_seconds']:6.2f}")
+    lines.append(f"{'whole run':<22} {runs[0]['seconds']:8.1f} {runs[1]['seconds']:8.1f} {runs[1]['seconds'] / runs[0]['seconds']:6.2f}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path)
@@ -83,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if not report:
         print(f"no */result.json under {args.a}")
         return 1
+    if (args.a / "reproduce.json").is_file() and (args.b / "reproduce.json").is_file():
+        print("\n".join(step_times(args.a, args.b)))
     return 0 if ok else 1
 
 
