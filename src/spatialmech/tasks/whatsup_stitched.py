@@ -81,6 +81,7 @@ class WhatsUpStitchedTask(DataTask):
         super().__init__(data_root, geometry)
         self.tokenizer = tokenizer
         self._photos: dict[str, Path] | None = None
+        self._controlled: tuple[list[Any], dict[str, int]] = ([], {})  # load_controlled: (records, skipped)
 
     def check_data(self) -> None:
         find_data_file(self.root, CONTROLLED_FILES["A"], "What'sUp file")
@@ -89,10 +90,17 @@ class WhatsUpStitchedTask(DataTask):
     def canvas_px(self) -> int:
         return STITCH_PX.get(self.geometry.name, self.geometry.image_size)
 
+    def _photo_files(self) -> dict[str, Path]:
+        """Subset A's photos, file name (lower case) -> file, read once for every use."""
+        if self._photos is None:
+            self._controlled = load_controlled(self.root, "A")
+            self._photos = {Path(r.image_path).name.lower(): r.file for r in self._controlled[0]}
+        return self._photos
+
     def all_items(self) -> list[Item]:
         if self._items is None:
-            records, skipped = load_controlled(self.root, "A")
-            photos = self._photos = {Path(r.image_path).name.lower(): r.file for r in records}
+            photos = self._photo_files()
+            records, skipped = self._controlled
             rule = "authors" if self.tokenizer is not None else "none"
             side_stats = self._side_objects(photos, rule)
             if rule == "authors" and all(len(s["kept"]) < 2 for s in side_stats.values()):
@@ -157,15 +165,13 @@ class WhatsUpStitchedTask(DataTask):
     def composite(self, reference: str, left_side: str, right_side: str, relation: str, item_id: str | None = None) -> Item:
         """The item of one composite given by names (file stems): `left_side`'s left-of photo beside
         `right_side`'s right-of photo of `reference`, asking `relation` (for pairs read from a file)."""
-        if self._photos is None:
-            records, _ = load_controlled(self.root, "A")
-            self._photos = {Path(r.image_path).name.lower(): r.file for r in records}
+        photos = self._photo_files()
         for side, rel in ((left_side, "left_of"), (right_side, "right_of")):
-            if f"{side}_{rel}_{reference}.jpeg" not in self._photos:
+            if f"{side}_{rel}_{reference}.jpeg" not in photos:
                 raise UserInputError(f"What'sUp photo {side}_{rel}_{reference}.jpeg is not in {self.root}",
                                      "use the full What'sUp controlled_images download")
         target, distractor = (left_side, right_side) if relation == "left" else (right_side, left_side)
-        item = self._item(reference, target, distractor, relation, self._photos)
+        item = self._item(reference, target, distractor, relation, photos)
         if item_id:
             item.id = item_id
         return item
@@ -217,17 +223,15 @@ class WhatsUpStitchedTask(DataTask):
         import random
         from itertools import permutations
 
-        if self._photos is None:
-            self.all_items()
-        assert self._photos is not None
+        photos = self._photo_files()  # every photo: the probe asks nothing, so no side list or tokenizer filter
         tuples = []
         for reference in REFERENCES:
-            sides = {rel: {name[: -len(f"_{rel}_{reference}.jpeg")] for name in self._photos
+            sides = {rel: {name[: -len(f"_{rel}_{reference}.jpeg")] for name in photos
                            if name.endswith(f"_{rel}_{reference}.jpeg")} for rel in ("left_of", "right_of")}
             valid = sorted(sides["left_of"] & sides["right_of"])
             tuples.extend((left, reference, right) for left, right in permutations(valid, 2))
         random.Random(PROBE_SEED).shuffle(tuples)
-        return [self._item(reference, left, right, "left", self._photos) for left, reference, right in tuples[:PROBE_IMAGES]]
+        return [self._item(reference, left, right, "left", photos) for left, reference, right in tuples[:PROBE_IMAGES]]
 
     def image(self, item: Item) -> Image.Image:
         width, height = item.image_size
