@@ -74,7 +74,8 @@ class TrainingConfig:
     # stage 2: frozen-tower features of the LM-stage images
     cache_images: int = 10000
     # stage 3: projector + LM on cached features (every question of `language_images` images per step)
-    language_steps: int = 3500
+    # 3500 steps left the loss still falling and objects on unseen combinations at 0.956 (seed 0).
+    language_steps: int = 4500
     language_images: int = 12
     language_lr: float = 1.5e-3
     language_warmup: int = 20
