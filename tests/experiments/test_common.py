@@ -78,3 +78,30 @@ def test_strict_scoring_needs_both_orders(qwen):
 
 def test_spelling_variants():
     assert spelling_variants("Red") == [" Red", "Red", " red", "red"]
+
+
+def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squares, monkeypatch):
+    """A synthetic picture carries two questions: with sharing on, score_items runs the image encoder on
+    each distinct picture once per batch (rows laid out as copies), and every score equals the plain run's."""
+    from spatialmech.experiments.common import picture_key
+
+    items = squares.items(None, seed=0)[:12]
+    assert len({picture_key(item) for item in items}) == 6  # six pictures, two questions each
+    rows_seen: list[int] = []
+    point = qwen.hook_point("projector.out")
+    handle = point.module.register_forward_hook(lambda _m, _i, out: rows_seen.append((out[0] if isinstance(out, tuple) else out).shape[0]))
+    try:
+        results = {}
+        for share in ("0", "1"):
+            monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", share)
+            rows_seen.clear()
+            results[share] = score_items(qwen, squares, items, batch_size=4)
+            results[f"rows-{share}"] = sum(rows_seen)
+    finally:
+        handle.remove()
+    per_picture = qwen.build_inputs([[squares.image(items[0])]], [items[0].prompt]).images[0][0]
+    assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == 6 * len(per_picture)
+    assert [s.item_id for s in results["1"]] == [i.id for i in items]
+    for plain, shared in zip(results["0"], results["1"]):
+        assert (plain.correct, plain.predicted_token) == (shared.correct, shared.predicted_token)
+        assert abs(plain.p_answer - shared.p_answer) < 1e-5

@@ -1,10 +1,11 @@
 """`reproduce` and `run` with their units on a real local 2-worker Ray cluster (one per module).
 
 The model is a tiny random Qwen2-VL saved to a folder (workers load it from there, as from a hub id);
-the plan is restricted with `--only` to steps that cover every kind of work: behavior (one stage),
-last-token (two stages: kept pairs, then batches that depend on them) and probe (a features unit per
-axis whose worker writes a safetensors store into the run folder, then fits that read it). Metrics must equal the one-process run's exactly, also when a worker dies
-mid-run, and `--resume` must dispatch only the units that are not saved.
+the plan is the whole `reproduce --quick` plan at the report tests' tiny sizes: every step, so every
+kind of work runs on the workers (one-stage behavior, last-token's kept pairs then the batches that
+depend on them, probe's feature stores written by a worker then fitted, the patching sweeps, the vision
+ablation, amplify's four stages). Metrics must equal the one-process run's exactly, also when a worker
+dies mid-run, and `--resume` must dispatch only the units that are not saved.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from spatialmech.io import read_json  # noqa: E402
 from spatialmech.models.placement import make_placement  # noqa: E402
 from spatialmech.pipeline.distributed import Cluster, UnitPayload, work_on_worker  # noqa: E402
 from spatialmech.pipeline.reproduce import reproduce  # noqa: E402
+from spatialmech.pipeline.steps import build_plan  # noqa: E402
 from spatialmech.pipeline.workers import ModelSpec, WorkerPool, load_adapter, ray_cluster  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
@@ -34,12 +36,12 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot im
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
 from report_helpers import TINY_OPTIONS, TINY_SIZES, reproduce_args  # noqa: E402
 
-ONLY = "behavior-squares,last-token,probe"
+STEPS = [step.folder for step in build_plan(quick=True)]
 
 
 def _args(model: Path, out: Path, **extra):
     args = reproduce_args(model, out, resume=extra.pop("resume", False))
-    args.only = ONLY
+    args.only = None
     for key, value in extra.items():
         setattr(args, key, value)
     return args
@@ -73,7 +75,7 @@ def one_process(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         run = _run(_args(tiny_dir, tmp_path_factory.mktemp("one") / "run"))
     finally:
         torch.set_num_threads(threads)
-    assert set(_metrics(run)) == set(ONLY.split(","))
+    assert sorted(_metrics(run)) == sorted(STEPS)
     return run
 
 
@@ -136,7 +138,7 @@ def test_resume_dispatches_only_the_units_not_saved(pool: WorkerPool, one_proces
     assert sorted(p.name for p in run.glob("dispatched-*")) == [f"dispatched-last-token-{units[0].stem}"]
     assert _metrics(run) == _metrics(one_process)
     steps = {step["folder"]: step["status"] for step in read_json(run / "reproduce.json")["steps"]}
-    assert steps == {**dict.fromkeys(ONLY.split(","), "reused"), "last-token": "done"}
+    assert steps == {**dict.fromkeys(STEPS, "reused"), "last-token": "done"}
 
 
 def test_run_command_with_workers_equals_the_one_process_run(cluster, tiny_dir: Path, tmp_path: Path) -> None:
