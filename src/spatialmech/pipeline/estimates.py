@@ -38,8 +38,9 @@ def estimate_forwards(experiment: str, config: Mapping[str, Any], num_layers: in
     filtering = 3 if config.get("filter_correct", True) else 0
     if experiment == "behavior":
         return _config_n(config, task.size) * strict
-    if experiment == "last-token":
-        return _config_n(config, 50) * (filtering + 2 + 0.1 * layers)
+    if experiment == "last-token":  # n pairs per direction under the paper protocol (four directions)
+        directions = 4 if config.get("per") == "direction" else 1
+        return directions * _config_n(config, 50) * (filtering + 2 + 0.1 * layers)
     if experiment == "criss-cross":
         return _config_n(config, 50) * (filtering + 2 + 0.6 * (layers + 1))
     if experiment == "backup":  # plus the ablation's alone/blank images, for both runs
