@@ -240,4 +240,5 @@ def test_sweep_scores_from_reused_encodings_equal_raw_scoring(adapter):
         assert [s.correct for s in reused] == [s.correct for s in raw]
         assert [s.predicted_token for s in reused] == [s.predicted_token for s in raw]
         torch.testing.assert_close(torch.tensor([s.p_answer for s in reused]), torch.tensor([s.p_answer for s in raw]), atol=1e-5, rtol=0)
-    assert len(reuse._inputs) == 4  # 2 batches x 2 option orders, each encoded once
+    # 2 batches, each holding both option orders: each batch's pictures encoded once, its inputs kept once
+    assert len(reuse._pictures) == 2 and len(reuse._inputs) == 2

@@ -98,7 +98,7 @@ def render_model_card(log: dict[str, Any]) -> str:
         *_task_share_line(data),
         f"- scenes ({config['eval_n'].get('scenes')} items of seed {config['eval_seed']}): training scenes come from seeds >= 100000",
         "  (`data.SCENES_TRAIN_SEED_BASE`); forced-choice questions are scored strictly (right under both",
-        "  option orders), chance 0.5.",
+        f"  option orders), chance {held_out.get('scenes', {}).get('chance', 0.25):.2f} (a random answer per order is right in both with 1/2 x 1/2).",
         "",
         "## Architecture",
         "",
