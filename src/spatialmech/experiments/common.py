@@ -239,10 +239,8 @@ def filter_correct_pairs(
         if len(kept) >= n:
             break
         chunk = list(pairs[start : start + batch_size])
-        # clean and counterfactual inputs in one call: a pair that asks another question about the same
-        # picture (last-token's opposite query) then shares its picture's encoding and prefix
-        scores = score_items(adapter, task, [p.clean for p in chunk] + [p.counterfactual for p in chunk], batch_size, logits_fn)
-        clean, counter = scores[: len(chunk)], scores[len(chunk) :]
+        clean = score_items(adapter, task, [p.clean for p in chunk], batch_size, logits_fn)
+        counter = score_items(adapter, task, [p.counterfactual for p in chunk], batch_size, logits_fn)
         for pair, c, k in zip(chunk, clean, counter):
             if len(kept) >= n:
                 break
