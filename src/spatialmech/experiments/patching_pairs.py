@@ -72,7 +72,6 @@ def no_pairs_error(ctx: ExperimentContext, report: Mapping[str, Any]) -> UserInp
     )
 
 
-
 def file_pairs(ctx: ExperimentContext, task: Task, kind: str, hint: str) -> dict[str, list[Pair]]:
     """The `--pairs` file's pairs per direction, refused in one line when they are the other
     experiment's kind (5-entity last-token pairs vs 3-entity criss-cross pairs)."""

@@ -12,10 +12,9 @@ tokens inside an object's strip (the band along the axis spanning the whole imag
 `item.grid`) that the probe assigns to that object's position: far above chance (1/3) if the position
 signal is global, the paper's claim. The control: the same probe trained on shuffled labels.
 
-Features do not depend on the prompt, so each distinct image is encoded once, streamed to a
-safetensors `ActivationStore` (each token's grid cell and labels beside it; a resumed run skips the
-images already encoded). The plan: per axis a features unit, then a probe-fit and a control-fit unit
-reading its store; combine scores them. W, b per axis go to `probes.safetensors`.
+Features do not depend on the prompt: each distinct image is encoded once into a safetensors
+`ActivationStore` (grid cells and labels beside; resumable). The plan: per axis a features unit, then
+probe-fit and control-fit units reading it; combine scores them. W, b go to `probes.safetensors`.
 """
 
 from __future__ import annotations
@@ -41,7 +40,13 @@ from spatialmech.experiments.probing import (
     split_indices,
     train_probe,
 )
-from spatialmech.experiments.runner import ExperimentContext, ExperimentOutput, chunks, model_fingerprint
+from spatialmech.experiments.runner import (
+    ExperimentContext,
+    ExperimentOutput,
+    chunks,
+    model_fingerprint,
+    protocol_of,
+)
 from spatialmech.models.base import ImageTokens
 from spatialmech.plotting import plot_accuracy_bars, plot_token_heatmaps
 from spatialmech.tasks.base import Item
@@ -244,11 +249,8 @@ def _images(ctx: ExperimentContext) -> dict[str, Any]:
         per_axis = ctx.config["images_per_axis"]
         cap = None if per_axis is None else int(per_axis)
         # What'sUp under the paper protocol: their images in their order (task.probe_items), split in order
-        in_order = ctx.config.get("protocol", "paper") == "paper" and hasattr(task, "probe_items")
-        if in_order:
-            images = {"horizontal": task.probe_items()[:cap]}
-        else:
-            images = select_images(task.items(None, seed=ctx.seed), cap, ctx.seed)
+        in_order = protocol_of(ctx.config) == "paper" and hasattr(task, "probe_items")
+        images = {"horizontal": task.probe_items()[:cap]} if in_order else select_images(task.items(None, seed=ctx.seed), cap, ctx.seed)
         skipped = {axis: "no images with three objects along this axis" for axis in AXES if axis not in images}
         for axis in list(images):
             if len(images[axis]) < 2:

@@ -105,7 +105,6 @@ PROBE_BOXES: dict[str, dict[str, tuple[int, int, int, int]]] = {
 }
 PROBE_SEED = 42
 PROBE_IMAGES = 120
-PROBE_TRAIN_FRACTION = 0.75
 
 
 def probe_box(reference: str, position: str, tokens_per_side: int) -> Box:
