@@ -4,13 +4,16 @@ Each step runs twice in the same process, sharing off then on (SPATIALMECH_PREFI
 every Engine the experiments make), into fresh folders. Printed and saved per step: seconds each way,
 the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
 path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
-forward computed each distinct row prefix once) and whether the result.json metrics are equal.
+forward computed each distinct row prefix once) and whether the result.json metrics are equal; for the
+whole plan also the ratio if every step's time fell with its passes down to that floor (`ratio_at_floor`).
 
     # the full plan (paper sizes; ~15-25 min on 2 quiet cores), what the issue's "<= 5 minutes" is about:
     python benchmarks/reproduce_time.py --threads 2
     # the quick plan, or some steps only (noisy machines):
     python benchmarks/reproduce_time.py --quick
     python benchmarks/reproduce_time.py --quick --steps behavior-scenes ablate-vision amplify
+    # the summary of a saved run (adds ratio_at_floor to runs saved before it existed):
+    python benchmarks/reproduce_time.py --summarise benchmarks/results/reproduce_time-bundled-latest.json
 
 Writes benchmarks/results/reproduce_time-<model>[-quick]-<time>.json (and -latest.json).
 """
@@ -55,6 +58,36 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
             "shared_forwards": shared, "fallbacks": fallbacks, "metrics": read_json(path).get("metrics", {})}
 
 
+def at_floor_seconds(row: dict) -> float:
+    """A step's time if it fell in proportion to its token-layer passes, from sharing off down to the
+    no-repeat floor (fixed costs shrinking too); a step with no passes left keeps its measured time."""
+    off, on = row["off"], row["on"]
+    if not on["floor"] or not off["token_layer_passes"]:
+        return on["seconds"]
+    return off["seconds"] * on["floor"] / off["token_layer_passes"]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Whole-plan seconds and passes each way, and the ratio exact per-forward sharing could reach at best
+    (`ratio_at_floor`: every step at its floor, `at_floor_seconds`)."""
+    total = {key: sum(r[key]["seconds"] for r in rows) for key in ("off", "on")}
+    passes = {key: sum(r[key]["token_layer_passes"] for r in rows) for key in ("off", "on")}
+    floor = sum(r["on"]["floor"] for r in rows)
+    at_floor = sum(at_floor_seconds(r) for r in rows)
+    return {"seconds_off": total["off"], "seconds_on": total["on"], "ratio": total["off"] / max(total["on"], 1e-9),
+            "token_layer_passes_off": passes["off"], "token_layer_passes_on": passes["on"], "floor": floor,
+            "seconds_at_floor": at_floor, "ratio_at_floor": total["off"] / max(at_floor, 1e-9),
+            "all_metrics_equal": all(r["metrics_equal"] for r in rows)}
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{'whole plan':<22} off {summary['seconds_off']:7.1f}s  on {summary['seconds_on']:7.1f}s  x{summary['ratio']:.2f}  "
+          f"passes {summary['token_layer_passes_off']:,} -> {summary['token_layer_passes_on']:,} (floor {summary['floor']:,}); "
+          f"metrics {'all equal' if summary['all_metrics_equal'] else 'DIFFER'}")
+    print(f"{'at the floor':<22} every step's time falling with its passes: {summary['seconds_at_floor']:.1f}s, "
+          f"x{summary['ratio_at_floor']:.2f} (the most exact per-forward sharing gives on this plan)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the --quick plan sizes (default: the full plan)")
@@ -63,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest metric difference counted as equal")
+    parser.add_argument("--summarise", metavar="RESULT_JSON", help="print the summary of a saved result (no run)")
     args = parser.parse_args(argv)
+    if args.summarise:
+        print_summary(summarise(read_json(args.summarise)["steps"]))
+        return 0
     torch.set_num_threads(args.threads)
     adapter, model_description = load_benchmark_model(args.model)
     plan = build_plan(args.quick)
@@ -87,15 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"passes {off['token_layer_passes']:>10,} -> {on['token_layer_passes']:>10,} (floor {on['floor']:,})  "
                   f"metrics {'identical' if row['metrics_identical'] else 'equal' if row['metrics_equal'] else 'DIFFERENT'}",
                   flush=True)
-    total = {key: sum(r[key]["seconds"] for r in rows) for key in ("off", "on")}
-    passes = {key: sum(r[key]["token_layer_passes"] for r in rows) for key in ("off", "on")}
-    floor = sum(r["on"]["floor"] for r in rows)
-    summary = {"seconds_off": total["off"], "seconds_on": total["on"], "ratio": total["off"] / max(total["on"], 1e-9),
-               "token_layer_passes_off": passes["off"], "token_layer_passes_on": passes["on"], "floor": floor,
-               "all_metrics_equal": all(r["metrics_equal"] for r in rows)}
-    print(f"{'whole plan':<22} off {total['off']:7.1f}s  on {total['on']:7.1f}s  x{summary['ratio']:.2f}  "
-          f"passes {passes['off']:,} -> {passes['on']:,} (floor {floor:,}); metrics "
-          f"{'all equal' if summary['all_metrics_equal'] else 'DIFFER'}")
+    summary = summarise(rows)
+    print_summary(summary)
     result = {"benchmark": "reproduce_time", "model": args.model, "model_description": model_description,
               "architecture": describe(adapter), "quick": args.quick, "steps": rows, "summary": summary,
               "threads": args.threads, "batch_size": args.batch_size, "machine": machine}
