@@ -57,6 +57,19 @@ def test_plain_scoring_equals_unshared(family_adapter) -> None:
     assert_shared_or_fallback(family_adapter, stats)
 
 
+def test_unpadded_rows_equal_unshared(family_adapter) -> None:
+    """Rows of one length (no padding; the model may call its layers without a mask): the prefix pass then
+    runs on the kernel's own causal path, and the logits still equal the plain forward's."""
+    size = family_adapter.grid_spec().image_size
+    images = [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(2)]
+    inputs = family_adapter.build_inputs([[image] for image in images for _ in range(2)], [PROMPTS[2]] * 4)
+    assert bool(inputs.model_kwargs["attention_mask"].all())
+    steer = [Steer("lm.resid_pre.0", image_positions(inputs), add_direction(torch.ones(family_adapter.hidden_size), 0.5))]
+    shared, plain, stats = both(family_adapter, inputs, steer)
+    torch.testing.assert_close(shared, plain, atol=ATOL, rtol=0)
+    assert_shared_or_fallback(family_adapter, stats)
+
+
 @pytest.mark.parametrize("kind", ["amplify", "add"])
 def test_steering_picture_tokens_equals_unshared(family_adapter, kind: str) -> None:
     inputs = picture_batch(family_adapter)

@@ -152,6 +152,10 @@ class _LayerArgs:
         for name, value in kwargs.items():
             if name in CACHE_KWARGS:
                 out[name] = cache
+            elif name == "attention_mask" and value is None and part == "prefix":
+                # the model called its layers without a mask (no padding, plain causal); the prefix pass is
+                # that call cut short, so the kernel's own causal path runs it (an explicit mask is slower)
+                out[name] = None
             elif name == "attention_mask":
                 key = (id(value), f"{name}:{part}")
                 if key not in self.memo:

@@ -66,10 +66,10 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     for r in range(batch):
         aligned[r, : int(lengths[r])] = sig[r, int(pad[r]) :]
     same = (aligned[:, None, :] == aligned[None, :, :]).long().cumprod(-1).sum(-1)  # (batch, batch) common start
+    floor = _distinct_prefix_positions(same, lengths)
     if same_pad:
         same = same * (pad[:, None] == pad[None, :])
     max_prefix = int(lengths.min()) - 1  # every row keeps its last token in the suffix
-    floor = _distinct_prefix_positions(aligned, lengths)
     best: tuple[int, int, torch.Tensor] | None = None
     for p in sorted({int(v) for v in same.flatten().tolist() if v > 0} | {max_prefix}):
         p = min(p, max_prefix)
@@ -99,14 +99,9 @@ def _components(linked: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _distinct_prefix_positions(aligned: torch.Tensor, lengths: torch.Tensor) -> int:
-    """Nodes of the rows' prefix tree: positions a no-repeat schedule computes."""
-    labels = torch.zeros(aligned.shape[0], dtype=torch.long)
-    total = 0
-    for t in range(int(lengths.max())):
-        alive = lengths > t
-        keys = list(zip(labels.tolist(), aligned[:, t].tolist()))
-        ids = {k: i for i, k in enumerate(dict.fromkeys(k for k, a in zip(keys, alive.tolist()) if a))}
-        total += len(ids)
-        labels = torch.tensor([ids.get(k, -1) for k in keys])
-    return total
+def _distinct_prefix_positions(same: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Nodes of the rows' prefix tree, the positions a no-repeat schedule computes: row r adds its tokens
+    past the longest start it shares with an earlier row (`same`: common-start lengths, row by row)."""
+    earlier = same.tril(-1)
+    shared = earlier.max(1).values if same.shape[0] > 1 else torch.zeros(1, dtype=same.dtype)
+    return int((lengths - shared.clamp(max=lengths)).sum())
