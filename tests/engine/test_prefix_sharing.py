@@ -70,6 +70,27 @@ def test_unpadded_rows_equal_unshared(family_adapter) -> None:
     assert_shared_or_fallback(family_adapter, stats)
 
 
+def test_prefix_pass_of_a_padded_batch_runs_the_kernels_causal_path() -> None:
+    """The prefix pass holds real tokens only, so on sdpa layers it drops the explicit mask (the kernel's
+    causal path is faster); the plain forward of the same padded batch needs its mask at every layer."""
+    adapter = available_families()["qwen2-vl"].tiny()
+    inputs = picture_batch(adapter)
+    assert not bool(inputs.model_kwargs["attention_mask"].all())  # padded
+    masks: list[bool] = []
+    handles = [layer.register_forward_pre_hook(lambda _m, _a, kw: masks.append(kw.get("attention_mask") is None), with_kwargs=True)
+               for layer in adapter.decoder_layers()]
+    try:
+        Engine(adapter, share_prefix=False).logits(inputs)
+        assert masks == [False] * adapter.num_layers
+        masks.clear()
+        Engine(adapter, share_prefix=True).logits(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # the capture pass (layers replaced), then the prefix pass without a mask, then the suffix pass with one
+    assert masks[-2 * adapter.num_layers :] == [True] * adapter.num_layers + [False] * adapter.num_layers
+
+
 @pytest.mark.parametrize("kind", ["amplify", "add"])
 def test_steering_picture_tokens_equals_unshared(family_adapter, kind: str) -> None:
     inputs = picture_batch(family_adapter)

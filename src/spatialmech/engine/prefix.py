@@ -125,8 +125,9 @@ class _LayerArgs:
     """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
     since layers of one kind share their mask and rotary tables)."""
 
-    def __init__(self, captured: Captured, plan: Plan, attention: str):
+    def __init__(self, captured: Captured, plan: Plan, attention: str, none_is_causal: bool = False):
         self.captured, self.plan, self.attention = captured, plan, attention
+        self.none_is_causal = none_is_causal
         self.seq_len = captured.hidden.shape[1]
         self.batch = captured.hidden.shape[0]
         p, pad, seq_len = plan.prefix_len, plan.pad, self.seq_len
@@ -152,14 +153,10 @@ class _LayerArgs:
         for name, value in kwargs.items():
             if name in CACHE_KWARGS:
                 out[name] = cache
-            elif name == "attention_mask" and value is None and part == "prefix":
-                # the model called its layers without a mask (no padding, plain causal); the prefix pass is
-                # that call cut short, so the kernel's own causal path runs it (an explicit mask is slower)
-                out[name] = None
             elif name == "attention_mask":
                 key = (id(value), f"{name}:{part}")
                 if key not in self.memo:
-                    self.memo[key] = self.mask(value, part)
+                    self.memo[key] = self.prefix_mask(value) if part == "prefix" else self.mask(value, part)
                 out[name] = self.memo[key]
             elif name == "use_cache":
                 out[name] = False
@@ -201,6 +198,20 @@ class _LayerArgs:
         if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
             raise Unshareable(f"attention mask of type {type(mask).__name__}")
         return mask
+
+    def prefix_mask(self, mask: Any) -> torch.Tensor | None:
+        """The prefix pass's mask, or None (the kernel's own causal path, faster than an explicit mask) where
+        the model itself called its layers without one, or where the layers take None as causal and the
+        gathered mask is exactly causal (the prefix holds real tokens only, so padding is gone)."""
+        if mask is None:
+            return None
+        gathered = self.mask(mask, "prefix")
+        if self.none_is_causal and gathered.dtype == torch.bool:
+            p = gathered.shape[-1]
+            causal = torch.ones(p, p, dtype=torch.bool, device=gathered.device).tril()
+            if torch.equal(gathered, causal.expand_as(gathered)):
+                return None
+        return gathered
 
     def mask(self, mask: Any, part: str) -> torch.Tensor:
         mask = self.full_mask(mask)
@@ -286,15 +297,21 @@ def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Seque
         return continue_plain(adapter, captured)
 
 
+def _none_is_causal(adapter: VLMAdapter, attention: str) -> bool:
+    """Whether the decoder layers run causal attention when given no mask: sdpa layers do, unless one of
+    their attention modules says it is not causal (transformers' `is_causal`)."""
+    return attention == "sdpa" and all(getattr(m, "is_causal", True) is not False for layer in adapter.decoder_layers() for m in layer.modules())
+
+
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
     attention = adapter.attention_implementation
     try:
         plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
-        args = _LayerArgs(captured, plan, attention)
+        args = _LayerArgs(captured, plan, attention, _none_is_causal(adapter, attention))
         _check(args, captured.kwargs)
     except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
         plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"), same_pad=True)
-        args = _LayerArgs(captured, plan, attention)
+        args = _LayerArgs(captured, plan, attention, _none_is_causal(adapter, attention))
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     keeper = KVKeeper()
