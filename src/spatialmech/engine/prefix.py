@@ -305,13 +305,14 @@ def _none_is_causal(adapter: VLMAdapter, attention: str) -> bool:
 
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
     attention = adapter.attention_implementation
+    none_is_causal = _none_is_causal(adapter, attention)
     try:
         plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
-        args = _LayerArgs(captured, plan, attention, _none_is_causal(adapter, attention))
+        args = _LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
         plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"), same_pad=True)
-        args = _LayerArgs(captured, plan, attention, _none_is_causal(adapter, attention))
+        args = _LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     keeper = KVKeeper()

@@ -102,6 +102,5 @@ def _components(linked: torch.Tensor) -> torch.Tensor:
 def _distinct_prefix_positions(same: torch.Tensor, lengths: torch.Tensor) -> int:
     """Nodes of the rows' prefix tree, the positions a no-repeat schedule computes: row r adds its tokens
     past the longest start it shares with an earlier row (`same`: common-start lengths, row by row)."""
-    earlier = same.tril(-1)
-    shared = earlier.max(1).values if same.shape[0] > 1 else torch.zeros(1, dtype=same.dtype)
+    shared = same.tril(-1).max(1).values  # 0 for the first row
     return int((lengths - shared.clamp(max=lengths)).sum())
