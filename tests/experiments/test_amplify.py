@@ -227,18 +227,19 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, monkeypatch):
 
 
 def test_sweep_scores_from_reused_encodings_equal_raw_scoring(adapter):
-    """The sweep encodes each group's pictures once; steered scores must equal scoring from raw inputs."""
-    from spatialmech.experiments.common import ReusedEncodings
+    """The sweep builds each group's inputs once (pictures from the picture memo); steered scores must
+    equal scoring from raw inputs (pixels through the encoder in every forward)."""
+    from spatialmech.experiments.common import ReusedEncodings, encode_items
 
     task = get_task("scenes", geometry=adapter.grid_spec())
     items = task.items(6, seed=5)
     logits_fn = amplify.amplification_logits(adapter, _probes(adapter.hidden_size), 6.0)
-    raw = score_items(adapter, task, items, 4, logits_fn)
-    reuse = ReusedEncodings(Engine(adapter))
+    raw = score_items(adapter, task, items, 4, logits_fn, encode=lambda *a: encode_items(*a, keep_pixels=True))
+    reuse = ReusedEncodings()
     for _ in range(2):  # the second pass is served entirely from the kept encodings
         reused = score_items(adapter, task, items, 4, logits_fn, encode=reuse)
         assert [s.correct for s in reused] == [s.correct for s in raw]
         assert [s.predicted_token for s in reused] == [s.predicted_token for s in raw]
         torch.testing.assert_close(torch.tensor([s.p_answer for s in reused]), torch.tensor([s.p_answer for s in raw]), atol=1e-5, rtol=0)
-    # 2 batches, each holding both option orders: each batch's pictures encoded once, its inputs kept once
-    assert len(reuse._pictures) == 2 and len(reuse._inputs) == 2
+    # 2 batches, each holding both option orders: each batch's inputs kept once
+    assert len(reuse._inputs) == 2

@@ -76,7 +76,7 @@ def score_group(engine: Engine, task: Task, items: Sequence[Item], batch_size: i
                 ablations: dict[str, VisionAblation | None]) -> list[dict[str, Any]]:
     """One row per item: correctness, P(answer) and prediction under every condition."""
     rows = [{"task": task.name, "id": item.id, "axis": item.axis, "relation": item.relation, "answer": item.answer} for item in items]
-    encode = ReusedEncodings(engine)  # every condition scores the same pictures: encode them once
+    encode = ReusedEncodings()  # every condition scores the same batches: build their inputs once
     for condition, ablation in ablations.items():
         logits_fn = ablation.logits if ablation is not None else None
         for row, score in zip(rows, score_items(engine.adapter, task, items, batch_size, logits_fn, encode=encode)):

@@ -281,11 +281,11 @@ def _directions(ctx: ExperimentContext) -> dict[str, dict[str, LinearProbe]]:
 
 
 def _encoder(ctx: ExperimentContext, index: int) -> ReusedEncodings:
-    """The sweep group's encoded pictures, kept while this process runs that group's units (one group at a time)."""
+    """The sweep group's inputs, kept while this process runs that group's units (one group at a time)."""
     held = ctx.shared("amplify-encodings", dict)
     if index not in held:
         held.clear()
-        held[index] = ReusedEncodings(_setup(ctx)["engine"])
+        held[index] = ReusedEncodings()
     return held[index]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from spatialmech.engine import Engine
+from spatialmech.engine.encodings import picture_encodings
 from spatialmech.engine.prefix import sharing_default
 from spatialmech.engine.scoring import answer_probability, top1_correct
 from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
@@ -30,11 +31,17 @@ def system_prompt(task: Task) -> str | None:
     return SYNTHETIC_SYSTEM_PROMPT if getattr(task, "synthetic", True) else None
 
 
-def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str] | None = None) -> BatchInputs:
-    """Model inputs for items (one image each), with their own prompts unless `prompts` is given."""
+def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str] | None = None,
+                 keep_pixels: bool = False) -> BatchInputs:
+    """Model inputs for items (one image each), with their own prompts unless `prompts` is given. With
+    sharing on, each picture's encoder output comes from the model's picture memo (computed once per
+    picture, `engine.encodings`); `keep_pixels` gives the raw inputs (to hook `vision.out`)."""
     images = [[task.image(item)] for item in items]
     texts = list(prompts) if prompts is not None else [item.prompt for item in items]
-    return adapter.build_inputs(images, texts, system=system_prompt(task))
+    raw = adapter.build_inputs(images, texts, system=system_prompt(task))
+    if keep_pixels or not sharing_default():
+        return raw
+    return picture_encodings(adapter).inputs(images, raw)
 
 
 def answer_ids(adapter: Any, item: Item, answer: str | None = None) -> list[int]:
@@ -56,53 +63,19 @@ def attribute_answer(item: Item, index: int) -> str:
 
 
 class ReusedEncodings:
-    """An `encode` for `score_items` that runs the image encoder once per picture: a batch whose pictures
-    repeat (each shown k times, rows in k copies of one order: a picture's several questions, both option
-    orders) encodes its distinct pictures once, and later batches of the same pictures (an alpha sweep,
-    the conditions of an ablation) reuse that encoding (`Engine.encode_images`, `with_prompts`). Use one
-    per group of items."""
+    """An `encode` for `score_items` that builds each batch's inputs once per group of calls: the
+    conditions of an ablation and the alphas of a sweep score the same batches again (the pictures'
+    encoder outputs come from the picture memo either way, see `encode_items`). Use one per group of items."""
 
-    def __init__(self, engine: Any):
-        self.engine = engine
+    def __init__(self) -> None:
         self._inputs: dict[tuple[tuple[str, ...], tuple[str, ...]], BatchInputs] = {}
-        self._pictures: dict[tuple[str, ...], BatchInputs] = {}  # distinct pictures, in order -> encoded
 
     def __call__(self, adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str] | None = None) -> BatchInputs:
         texts = tuple(prompts) if prompts is not None else tuple(item.prompt for item in items)
         key = (tuple(item.id for item in items), texts)
         if key not in self._inputs:
-            pictures = [picture_key(item) for item in items]
-            period = picture_period(pictures)
-            distinct = tuple(pictures[:period])
-            raw = encode_items(adapter, task, items, list(texts))
-            if distinct not in self._pictures:
-                first = raw if period == len(items) else encode_items(adapter, task, items[:period], list(texts[:period]))
-                self._pictures[distinct] = self.engine.encode_images(first)
-                if period == len(items):
-                    self._inputs[key] = self._pictures[distinct]
-                    return self._inputs[key]
-            self._inputs[key] = adapter.with_prompts(self._pictures[distinct], raw)
+            self._inputs[key] = encode_items(adapter, task, items, list(texts))
         return self._inputs[key]
-
-
-def picture_period(pictures: Sequence[str]) -> int:
-    """The smallest p such that the batch is len/p copies of its first p pictures (len if none)."""
-    n = len(pictures)
-    for p in range(1, n):
-        if n % p == 0 and all(pictures[i] == pictures[i % p] for i in range(p, n)):
-            return p
-    return n
-
-
-def as_picture_copies(batch_index: Sequence[int], keys: Sequence[str]) -> list[int]:
-    """A batch's rows reordered so a picture's k questions sit in k copies of one picture order (first
-    questions of every picture, then second questions, ...): the layout `ReusedEncodings` encodes once."""
-    rank: dict[str, int] = {}
-    place = {}
-    for i in batch_index:
-        place[i] = rank.get(keys[i], 0)
-        rank[keys[i]] = place[i] + 1
-    return sorted(batch_index, key=lambda i: place[i])
 
 
 def default_logits(adapter: Any) -> LogitsFn:
@@ -158,28 +131,20 @@ def score_items(
     so the engine runs what their inputs share once. `encode` builds each batch's inputs (e.g.
     `ReusedEncodings` to reuse them across calls)."""
     logits_fn = logits_fn or default_logits(adapter)
-    pictures = [picture_key(item) for item in items]
     first_seen: dict[str, int] = {}
-    keys = [first_seen.setdefault(key, i) for i, key in enumerate(pictures)]
+    keys = [first_seen.setdefault(picture_key(item), i) for i, item in enumerate(items)]
     order = sorted(range(len(items)), key=lambda i: keys[i])  # a picture's questions batched together
-    once_per_picture = sharing_default() and (encode is encode_items or isinstance(encode, ReusedEncodings))
     scores: list[ItemScore | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):
         batch_index = order[start : start + batch_size]
-        if once_per_picture:
-            batch_index = as_picture_copies(batch_index, pictures)
         batch = [items[i] for i in batch_index]
         answers = [answer_ids(adapter, item) for item in batch]
         forced = [is_forced_choice(item) for item in batch]
         # both option orders in one forward: they share the picture and the text before the options
-        # (every item again, so the pictures are the batch's twice over: encoded once, see ReusedEncodings)
         swapped_rows = list(range(len(batch))) if any(forced) else []
         rows = batch + [batch[i] for i in swapped_rows]
         prompts = [item.prompt for item in batch] + [b.meta["prompt_swapped"] if f else b.prompt for b, f in zip(batch, forced)][: len(swapped_rows)]
-        repeats = picture_period([pictures[i] for i in batch_index]) < len(batch)
-        reuse = encode is encode_items and (swapped_rows or (once_per_picture and repeats))
-        batch_encode = ReusedEncodings(Engine(adapter)) if reuse else encode
-        all_logits = logits_fn(batch_encode(adapter, task, rows, prompts), rows)
+        all_logits = logits_fn(encode(adapter, task, rows, prompts), rows)
         logits = all_logits[: len(batch)]
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)

@@ -12,7 +12,6 @@ Used by `ablate-vision` (accuracy under the ablation) and `backup` (patching und
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from spatialmech.engine import Engine, Intervention, Patch, regions
+from spatialmech.engine.encodings import image_digest
 from spatialmech.errors import UserInputError
 from spatialmech.experiments.common import system_prompt
 from spatialmech.models.base import BatchInputs, ImageTokens
@@ -58,13 +58,6 @@ def block_shape(tokens: ImageTokens, index: torch.Tensor) -> tuple[int, int]:
     height = int(rows.max() - rows.min()) + 1
     width = int(cols.max() - cols.min()) + 1
     return (height, width) if height * width == index.numel() else (-1, -1)
-
-
-def image_digest(image: Any) -> str:
-    """A key for an image's pixels (alone/blank images repeat across items: compute their tokens once)."""
-    digest = hashlib.sha1(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- sources

@@ -34,7 +34,7 @@ from spatialmech.models.inputs import (  # noqa: F401 (the data types are re-exp
     GridSpec,
     HookPoint,
     ImageTokens,
-    repeat_encoded,
+    concat_encoded,
     to_device,
 )
 
@@ -193,8 +193,17 @@ class VLMAdapter(ABC):
         counts = [len(r) for r in encoded.images]
         if copies < 1 or inputs.batch_size != copies * encoded.batch_size or [len(r) for r in inputs.images] != counts * copies:
             raise ValueError("the two batches do not hold the same images (or whole repeats of them)")
+        return self.with_image_encodings(inputs, [encoded.model_kwargs[ENCODED_IMAGES_KWARG]] * copies)
+
+    def with_image_encodings(self, inputs: BatchInputs, parts: Sequence[Any]) -> BatchInputs:
+        """`inputs` with their pixels replaced by encoder outputs computed elsewhere: `parts` are
+        `encode_images` outputs (`model_kwargs[ENCODED_IMAGES_KWARG]`) whose images, joined in order, are
+        the batch's images in row order (e.g. one part per picture, each encoded alone). Equal logits to
+        the raw inputs' (a suite test, per family)."""
+        if not parts:
+            raise ValueError("no encoder outputs to join")
         kwargs = {k: v for k, v in inputs.model_kwargs.items() if k != PIXELS_KWARG}
-        kwargs[ENCODED_IMAGES_KWARG] = repeat_encoded(encoded.model_kwargs[ENCODED_IMAGES_KWARG], copies)
+        kwargs[ENCODED_IMAGES_KWARG] = concat_encoded(parts)
         return BatchInputs(kwargs, inputs.images, inputs.prompts, dict(inputs.row_order))
 
     # ------------------------------------------------------------------ outputs

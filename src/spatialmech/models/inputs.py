@@ -144,21 +144,22 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     return value
 
 
-def repeat_encoded(value: Any, copies: int) -> Any:
-    """An image encoder's output for a batch repeated `copies` times: tensors concatenated along their
-    first axis (images, tiles or all image rows), per-image lists of tensors repeated, other fields walked."""
-    if copies == 1:
-        return value
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value] * copies)
-    if isinstance(value, dict):  # includes transformers' ModelOutput
-        walked = {k: repeat_encoded(v, copies) for k, v in value.items()}
-        return type(value)(**walked) if type(value) is not dict else walked
-    if isinstance(value, (tuple, list)):
-        if value and all(isinstance(v, torch.Tensor) for v in value):
-            return type(value)(list(value) * copies)
-        return type(value)(repeat_encoded(v, copies) for v in value)
-    return value
+def concat_encoded(parts: Sequence[Any]) -> Any:
+    """Image-encoder outputs of several batches joined as one batch's (their images in order): tensors
+    concatenated along their first axis (images, tiles or all image rows), per-image lists of tensors
+    joined, other fields walked (taken from the first part where they are not tensors). Containers are
+    always new, so a caller may rebind fields of the result without touching the parts."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(parts)) if len(parts) > 1 else first
+    if isinstance(first, dict):  # includes transformers' ModelOutput
+        walked = {k: concat_encoded([p[k] for p in parts]) for k in first}
+        return type(first)(**walked) if type(first) is not dict else walked
+    if isinstance(first, (tuple, list)):
+        if first and all(isinstance(v, torch.Tensor) for v in first):
+            return type(first)([v for p in parts for v in p])
+        return type(first)(concat_encoded([p[i] for p in parts]) for i in range(len(first)))
+    return first
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""The picture memo (`engine.encodings`, issue 21): every picture through the image encoder once per model;
+a batch's inputs from it give the raw inputs' logits on every family (pictures repeated, in any order,
+with steering and ablation of picture tokens, sharing on and off), and the memo stays honest: bounded in
+bytes, forgotten when the weights change, off with SPATIALMECH_ENCODING_MEMO_MB=0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import COLOURS, three_squares
+
+from spatialmech.engine import Ablate, Engine, Steer, add_direction, image_positions
+from spatialmech.engine.encodings import ENV_LIMIT, PictureEncodings, picture_encodings
+from spatialmech.models.registry import available_families
+
+ATOL = 1e-5
+PROMPTS = ["The color of the square to the left of the green square is", "Which square is above?", "Red"]
+
+
+@pytest.fixture(scope="module", params=sorted(available_families()))
+def family_adapter(request: pytest.FixtureRequest):
+    torch.manual_seed(0)
+    return available_families()[request.param].tiny()
+
+
+def pictures(adapter, n: int = 3):
+    size = adapter.grid_spec().image_size
+    return [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(n)]
+
+
+def rows_of(adapter):
+    """Pictures repeated and out of order across rows, prompts of different lengths (left padding)."""
+    a, b, c = pictures(adapter)
+    images = [[a], [b], [a], [c], [b], [a]]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(images))]
+    return images, prompts
+
+
+def test_memo_inputs_give_the_raw_logits(family_adapter) -> None:
+    images, prompts = rows_of(family_adapter)
+    raw = family_adapter.build_inputs(images, prompts)
+    memo = PictureEncodings(family_adapter)
+    served = memo.inputs(images, raw)
+    assert served.images_encoded and "pixel_values" not in served.model_kwargs and "pixel_values" in raw.model_kwargs
+    assert (memo.misses, memo.hits) == (3, 3)  # three distinct pictures, each encoded once
+    again = memo.inputs(images, family_adapter.build_inputs(images, prompts))
+    assert (memo.misses, memo.hits) == (3, 9)
+    for share in (False, True):
+        engine = Engine(family_adapter, share_prefix=share)
+        plain = Engine(family_adapter, share_prefix=False).logits(raw)
+        torch.testing.assert_close(engine.logits(served), plain, atol=ATOL, rtol=0)
+        torch.testing.assert_close(engine.logits(again), plain, atol=ATOL, rtol=0)
+
+
+def test_memo_inputs_under_picture_interventions(family_adapter) -> None:
+    """Steering and ablation at `projector.out` act on the served encoder output as on the raw one."""
+    images, prompts = rows_of(family_adapter)
+    raw = family_adapter.build_inputs(images, prompts)
+    served = PictureEncodings(family_adapter).inputs(images, raw)
+    positions = image_positions(raw)
+    gen = torch.Generator().manual_seed(1)
+    direction = torch.randn(family_adapter.hidden_size, generator=gen)
+    half = [p[: len(p) // 2] for p in positions]
+    for interventions in ([Steer("projector.out", positions, add_direction(direction, 3.0))], [Ablate("projector.out", half, "zero")]):
+        plain = Engine(family_adapter, share_prefix=False).logits(raw, interventions)
+        torch.testing.assert_close(Engine(family_adapter).logits(served, interventions), plain, atol=ATOL, rtol=0)
+        assert float((plain - Engine(family_adapter, share_prefix=False).logits(raw)).abs().max()) > 1e-4
+
+
+def test_memo_is_bounded_forgets_changed_weights_and_turns_off(monkeypatch) -> None:
+    adapter = available_families()["qwen2-vl"].tiny()
+    images = [[p] for p in pictures(adapter)]
+    raw = adapter.build_inputs(images, PROMPTS)
+    memo = PictureEncodings(adapter)
+    memo.inputs(images, raw)
+    one = memo.nbytes // 3
+    assert one > 0
+    monkeypatch.setenv(ENV_LIMIT, str(2.5 * one / 2**20))  # room for two pictures
+    memo.clear()
+    memo.inputs(images, raw)
+    assert memo.nbytes == 2 * one and memo.misses == 6
+    memo.inputs([images[2]], adapter.build_inputs([images[2]], PROMPTS[:1]))  # the most recent: kept
+    assert memo.hits == 1
+    memo.inputs([images[0]], adapter.build_inputs([images[0]], PROMPTS[:1]))  # the oldest: dropped
+    assert memo.misses == 7
+    monkeypatch.setenv(ENV_LIMIT, "0")
+    assert memo.inputs(images, raw) is raw and memo.nbytes == 0  # off: pixels through the encoder
+    monkeypatch.delenv(ENV_LIMIT)
+    memo.inputs(images, raw)
+    misses = memo.misses
+    with torch.no_grad():
+        adapter.model.model.visual.patch_embed.proj.weight.mul_(1.5)  # the encoder's weights change in place
+    served = memo.inputs(images, adapter.build_inputs(images, PROMPTS))
+    assert memo.misses == misses + 3
+    torch.testing.assert_close(adapter.forward(served), adapter.forward(raw), atol=ATOL, rtol=0)
+
+
+def test_one_memo_per_model() -> None:
+    adapter = available_families()["qwen2-vl"].tiny()
+    assert picture_encodings(adapter) is picture_encodings(adapter)
+    assert picture_encodings(available_families()["qwen2-vl"].tiny()) is not picture_encodings(adapter)
