@@ -4,7 +4,9 @@ Each step runs twice in the same process, sharing off then on (SPATIALMECH_PREFI
 every Engine the experiments make), into fresh folders. Printed and saved per step: seconds each way,
 the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
 path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
-forward computed each distinct row prefix once) and whether the result.json metrics are equal; for the
+forward computed each distinct row prefix once), with sharing on how many pictures went through the image
+encoder and how many came from the picture memo (`engine.encodings`, filled by earlier steps too, as in
+`reproduce`), and whether the result.json metrics are equal; for the
 whole plan also the ratio if every step's time fell with its passes down to that floor (`ratio_at_floor`).
 
     # the full plan (paper sizes; ~15-25 min on 2 quiet cores), what the issue's "<= 5 minutes" is about:
@@ -34,6 +36,7 @@ from _common import describe, dumps, load_benchmark_model, machine_info, save_re
 from compare_results import compare_metrics  # noqa: E402
 
 from spatialmech.engine import hooks, prefix  # noqa: E402
+from spatialmech.engine.encodings import picture_encodings  # noqa: E402
 from spatialmech.experiments.runner import run_experiment  # noqa: E402
 from spatialmech.io import read_json  # noqa: E402
 from spatialmech.pipeline.steps import build_plan  # noqa: E402
@@ -43,6 +46,8 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     """One step with sharing on or off: seconds, token-layer passes, the floor and its metrics."""
     os.environ[prefix.ENV_SWITCH] = "1" if share else "0"
     before = prefix.TOTALS.as_dict()
+    memo = picture_encodings(adapter)
+    hits, misses = memo.hits, memo.misses
     with hooks.count_token_layer_passes(adapter) as counts:
         start = time.perf_counter()
         path = run_experiment(step.experiment, adapter, out_root=out_root, task=step.task, options=dict(step.options),
@@ -55,7 +60,8 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     shared = after["shared"] - before["shared"]
     fallbacks = {k: v - before["fallbacks"].get(k, 0) for k, v in after["fallbacks"].items() if v != before["fallbacks"].get(k, 0)}
     return {"seconds": seconds, "token_layer_passes": passes, "floor": passes - excess if share else None,
-            "shared_forwards": shared, "fallbacks": fallbacks, "metrics": read_json(path).get("metrics", {})}
+            "shared_forwards": shared, "fallbacks": fallbacks, "pictures_encoded": memo.misses - misses,
+            "pictures_from_memo": memo.hits - hits, "metrics": read_json(path).get("metrics", {})}
 
 
 def at_floor_seconds(row: dict) -> float:
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{step.folder:<22} off {off['seconds']:7.1f}s  on {on['seconds']:7.1f}s  x{row['ratio']:.2f}  "
                   f"passes {off['token_layer_passes']:>10,} -> {on['token_layer_passes']:>10,} (floor {on['floor']:,})  "
+                  f"pictures encoded {on['pictures_encoded']} (memo {on['pictures_from_memo']})  "
                   f"metrics {'identical' if row['metrics_identical'] else 'equal' if row['metrics_equal'] else 'DIFFERENT'}",
                   flush=True)
     summary = summarise(rows)
