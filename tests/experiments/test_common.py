@@ -82,7 +82,9 @@ def test_spelling_variants():
 
 def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squares, monkeypatch):
     """A synthetic picture carries two questions: with sharing on, score_items runs the image encoder on
-    each distinct picture once per batch (rows laid out as copies), and every score equals the plain run's."""
+    each distinct picture once (the picture memo), a second call on none, and every score equals the
+    plain run's."""
+    from spatialmech.engine.encodings import picture_encodings
     from spatialmech.experiments.common import picture_key
 
     items = squares.items(None, seed=0)[:12]
@@ -92,8 +94,9 @@ def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squar
     handle = point.module.register_forward_hook(lambda _m, _i, out: rows_seen.append((out[0] if isinstance(out, tuple) else out).shape[0]))
     try:
         results = {}
-        for share in ("0", "1"):
-            monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", share)
+        picture_encodings(qwen).clear()
+        for share in ("0", "1", "again"):
+            monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", "0" if share == "0" else "1")
             rows_seen.clear()
             results[share] = score_items(qwen, squares, items, batch_size=4)
             results[f"rows-{share}"] = sum(rows_seen)
@@ -101,7 +104,8 @@ def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squar
         handle.remove()
     per_picture = qwen.build_inputs([[squares.image(items[0])]], [items[0].prompt]).images[0][0]
     assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == 6 * len(per_picture)
+    assert results["rows-again"] == 0
     assert [s.item_id for s in results["1"]] == [i.id for i in items]
-    for plain, shared in zip(results["0"], results["1"]):
+    for plain, shared in [*zip(results["0"], results["1"]), *zip(results["0"], results["again"])]:
         assert (plain.correct, plain.predicted_token) == (shared.correct, shared.predicted_token)
         assert abs(plain.p_answer - shared.p_answer) < 1e-5

@@ -64,8 +64,10 @@ def attribute_answer(item: Item, index: int) -> str:
 
 class ReusedEncodings:
     """An `encode` for `score_items` that builds each batch's inputs once per group of calls: the
-    conditions of an ablation and the alphas of a sweep score the same batches again (the pictures'
-    encoder outputs come from the picture memo either way, see `encode_items`). Use one per group of items."""
+    conditions of an ablation and the alphas of a sweep score the same batches again. With sharing on the
+    pictures' encoder outputs come from the picture memo (`encode_items`); with it off, each batch's
+    distinct pictures are encoded once for that batch (`encode_batch_once`: what the toolkit did before the
+    memo, so the sharing-off baseline keeps it). Use one per group of items."""
 
     def __init__(self) -> None:
         self._inputs: dict[tuple[tuple[str, ...], tuple[str, ...]], BatchInputs] = {}
@@ -74,8 +76,29 @@ class ReusedEncodings:
         texts = tuple(prompts) if prompts is not None else tuple(item.prompt for item in items)
         key = (tuple(item.id for item in items), texts)
         if key not in self._inputs:
-            self._inputs[key] = encode_items(adapter, task, items, list(texts))
+            build = encode_items if sharing_default() else encode_batch_once
+            self._inputs[key] = build(adapter, task, items, list(texts))
         return self._inputs[key]
+
+
+def encode_batch_once(adapter: Any, task: Task, items: Sequence[Item], prompts: Sequence[str]) -> BatchInputs:
+    """Raw inputs with the image encoder run once on the batch's distinct pictures (rows holding k copies
+    of one picture order, e.g. both option orders, share them through `with_prompts`); no memo."""
+    raw = encode_items(adapter, task, items, prompts, keep_pixels=True)
+    period = picture_period([picture_key(item) for item in items])
+    if period == len(items):
+        return adapter.encode_images(raw)
+    first = encode_items(adapter, task, items[:period], prompts[:period], keep_pixels=True)
+    return adapter.with_prompts(adapter.encode_images(first), raw)
+
+
+def picture_period(pictures: Sequence[str]) -> int:
+    """The smallest p such that the batch is len/p copies of its first p pictures (len if none)."""
+    n = len(pictures)
+    for p in range(1, n):
+        if n % p == 0 and all(pictures[i] == pictures[i % p] for i in range(p, n)):
+            return p
+    return n
 
 
 def default_logits(adapter: Any) -> LogitsFn:
@@ -144,7 +167,9 @@ def score_items(
         swapped_rows = list(range(len(batch))) if any(forced) else []
         rows = batch + [batch[i] for i in swapped_rows]
         prompts = [item.prompt for item in batch] + [b.meta["prompt_swapped"] if f else b.prompt for b, f in zip(batch, forced)][: len(swapped_rows)]
-        all_logits = logits_fn(encode(adapter, task, rows, prompts), rows)
+        # sharing off: both orders still share the batch's encoded pictures (as before the picture memo)
+        batch_encode = encode_batch_once if swapped_rows and encode is encode_items and not sharing_default() else encode
+        all_logits = logits_fn(batch_encode(adapter, task, rows, prompts), rows)
         logits = all_logits[: len(batch)]
         correct = top1_correct(logits, answers)
         p_answer = answer_probability(logits, answers)
