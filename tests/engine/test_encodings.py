@@ -11,6 +11,7 @@ from conftest import COLOURS, three_squares
 
 from spatialmech.engine import Ablate, Engine, Steer, add_direction, image_positions
 from spatialmech.engine.encodings import ENV_LIMIT, PictureEncodings, picture_encodings
+from spatialmech.errors import UserInputError
 from spatialmech.models.registry import available_families
 
 ATOL = 1e-5
@@ -85,6 +86,9 @@ def test_memo_is_bounded_forgets_changed_weights_and_turns_off(monkeypatch) -> N
     assert memo.misses == 7
     monkeypatch.setenv(ENV_LIMIT, "0")
     assert memo.inputs(images, raw) is raw and memo.nbytes == 0  # off: pixels through the encoder
+    monkeypatch.setenv(ENV_LIMIT, "lots")
+    with pytest.raises(UserInputError, match=ENV_LIMIT):
+        memo.inputs(images, raw)
     monkeypatch.delenv(ENV_LIMIT)
     memo.inputs(images, raw)
     misses = memo.misses

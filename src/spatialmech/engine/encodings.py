@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from spatialmech.errors import UserInputError
 from spatialmech.models.base import ENCODED_IMAGES_KWARG, PIXELS_KWARG, BatchInputs, VLMAdapter
 
 ENV_LIMIT = "SPATIALMECH_ENCODING_MEMO_MB"
@@ -49,9 +50,12 @@ def image_digest(image: Any) -> str:
 def limit_bytes() -> int:
     text = os.environ.get(ENV_LIMIT, str(DEFAULT_LIMIT_MB)).strip()
     try:
-        return max(0, int(float(text) * 2**20))
+        mb = float(text)
     except ValueError:
-        return DEFAULT_LIMIT_MB * 2**20
+        mb = -1.0
+    if not mb >= 0:
+        raise UserInputError(f"{ENV_LIMIT}={text!r} is not a size in MB", f"set {ENV_LIMIT} to a number of MB (0 turns the picture memo off)")
+    return int(mb * 2**20)
 
 
 def _nbytes(value: Any) -> int:
