@@ -40,11 +40,11 @@ def rows_of(adapter):
 def test_memo_inputs_give_the_raw_logits(family_adapter) -> None:
     images, prompts = rows_of(family_adapter)
     raw = family_adapter.build_inputs(images, prompts)
-    memo = PictureEncodings(family_adapter)
-    served = memo.inputs(images, raw)
+    memo = PictureEncodings()
+    served = memo.inputs(family_adapter, images, raw)
     assert served.images_encoded and "pixel_values" not in served.model_kwargs and "pixel_values" in raw.model_kwargs
     assert (memo.misses, memo.hits) == (3, 3)  # three distinct pictures, each encoded once
-    again = memo.inputs(images, family_adapter.build_inputs(images, prompts))
+    again = memo.inputs(family_adapter, images, family_adapter.build_inputs(images, prompts))
     assert (memo.misses, memo.hits) == (3, 9)
     for share in (False, True):
         engine = Engine(family_adapter, share_prefix=share)
@@ -57,7 +57,7 @@ def test_memo_inputs_under_picture_interventions(family_adapter) -> None:
     """Steering and ablation at `projector.out` act on the served encoder output as on the raw one."""
     images, prompts = rows_of(family_adapter)
     raw = family_adapter.build_inputs(images, prompts)
-    served = PictureEncodings(family_adapter).inputs(images, raw)
+    served = PictureEncodings().inputs(family_adapter, images, raw)
     positions = image_positions(raw)
     gen = torch.Generator().manual_seed(1)
     direction = torch.randn(family_adapter.hidden_size, generator=gen)
@@ -72,34 +72,43 @@ def test_memo_is_bounded_forgets_changed_weights_and_turns_off(monkeypatch) -> N
     adapter = available_families()["qwen2-vl"].tiny()
     images = [[p] for p in pictures(adapter)]
     raw = adapter.build_inputs(images, PROMPTS)
-    memo = PictureEncodings(adapter)
-    memo.inputs(images, raw)
+    memo = PictureEncodings()
+    memo.inputs(adapter, images, raw)
     one = memo.nbytes // 3
     assert one > 0
     monkeypatch.setenv(ENV_LIMIT, str(2.5 * one / 2**20))  # room for two pictures
     memo.clear()
-    memo.inputs(images, raw)
+    memo.inputs(adapter, images, raw)
     assert memo.nbytes == 2 * one and memo.misses == 6
-    memo.inputs([images[2]], adapter.build_inputs([images[2]], PROMPTS[:1]))  # the most recent: kept
+    memo.inputs(adapter, [images[2]], adapter.build_inputs([images[2]], PROMPTS[:1]))  # the most recent: kept
     assert memo.hits == 1
-    memo.inputs([images[0]], adapter.build_inputs([images[0]], PROMPTS[:1]))  # the oldest: dropped
+    memo.inputs(adapter, [images[0]], adapter.build_inputs([images[0]], PROMPTS[:1]))  # the oldest: dropped
     assert memo.misses == 7
     monkeypatch.setenv(ENV_LIMIT, "0")
-    assert memo.inputs(images, raw) is raw and memo.nbytes == 0  # off: pixels through the encoder
+    assert memo.inputs(adapter, images, raw) is raw and memo.nbytes == 0  # off: pixels through the encoder
     monkeypatch.setenv(ENV_LIMIT, "lots")
     with pytest.raises(UserInputError, match=ENV_LIMIT):
-        memo.inputs(images, raw)
+        memo.inputs(adapter, images, raw)
     monkeypatch.delenv(ENV_LIMIT)
-    memo.inputs(images, raw)
+    memo.inputs(adapter, images, raw)
     misses = memo.misses
     with torch.no_grad():
         adapter.model.model.visual.patch_embed.proj.weight.mul_(1.5)  # the encoder's weights change in place
-    served = memo.inputs(images, adapter.build_inputs(images, PROMPTS))
+    served = memo.inputs(adapter, images, adapter.build_inputs(images, PROMPTS))
     assert memo.misses == misses + 3
     torch.testing.assert_close(adapter.forward(served), adapter.forward(raw), atol=ATOL, rtol=0)
 
 
-def test_one_memo_per_model() -> None:
+def test_one_memo_per_model_and_the_model_can_go() -> None:
+    import gc
+    import weakref
+
     adapter = available_families()["qwen2-vl"].tiny()
     assert picture_encodings(adapter) is picture_encodings(adapter)
     assert picture_encodings(available_families()["qwen2-vl"].tiny()) is not picture_encodings(adapter)
+    images = [[p] for p in pictures(adapter, 1)]
+    picture_encodings(adapter).inputs(adapter, images, adapter.build_inputs(images, PROMPTS[:1]))
+    model = weakref.ref(adapter.model)
+    del adapter
+    gc.collect()
+    assert model() is None  # the memo does not keep its model alive

@@ -76,37 +76,38 @@ def weights_version(model: torch.nn.Module) -> int:
 class PictureEncodings:
     """The encoder output of every picture one model has seen, for `with_image_encodings`."""
 
-    def __init__(self, adapter: VLMAdapter):
-        self.adapter = adapter
+    def __init__(self) -> None:
+        # no reference to the model or adapter: `picture_encodings` keys memos weakly by the model
         self._memo: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
-        self._version = weights_version(adapter.model)
+        self._version: int | None = None
         self.hits = 0
         self.misses = 0
 
-    def inputs(self, images: Sequence[Sequence[Any]], raw: BatchInputs) -> BatchInputs:
-        """`raw` (built from `images`, per row) with its pixels replaced by the pictures' encoder outputs."""
+    def inputs(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], raw: BatchInputs) -> BatchInputs:
+        """`raw` (built by `adapter` from `images`, per row) with its pixels replaced by the pictures'
+        encoder outputs (always from the same model: use `picture_encodings(adapter)`)."""
         limit = limit_bytes()
         if limit == 0:
             self.clear()
         if limit == 0 or PIXELS_KWARG not in raw.model_kwargs or not any(images):
             return raw
-        version = weights_version(self.adapter.model)
+        version = weights_version(adapter.model)
         if version != self._version:
             self.clear()
             self._version = version
-        parts = [self._encoding(image, limit) for row in images for image in row]
-        return self.adapter.with_image_encodings(raw, parts)
+        parts = [self._encoding(adapter, image, limit) for row in images for image in row]
+        return adapter.with_image_encodings(raw, parts)
 
-    def _encoding(self, image: Any, limit: int) -> Any:
+    def _encoding(self, adapter: VLMAdapter, image: Any, limit: int) -> Any:
         key = image_digest(image)
         if key in self._memo:
             self.hits += 1
             self._memo.move_to_end(key)
             return self._memo[key][0]
         self.misses += 1
-        alone = self.adapter.build_inputs([[image]], [""])
-        value = self.adapter.encode_images(alone).model_kwargs[ENCODED_IMAGES_KWARG]
+        alone = adapter.build_inputs([[image]], [""])
+        value = adapter.encode_images(alone).model_kwargs[ENCODED_IMAGES_KWARG]
         size = _nbytes(value)
         if size <= limit:
             self._memo[key] = (value, size)
@@ -132,5 +133,5 @@ def picture_encodings(adapter: VLMAdapter) -> PictureEncodings:
     """The memo of `adapter`'s model (one per model object, shared by every adapter and engine on it)."""
     memo = _BY_MODEL.get(adapter.model)
     if memo is None:
-        memo = _BY_MODEL[adapter.model] = PictureEncodings(adapter)
+        memo = _BY_MODEL[adapter.model] = PictureEncodings()
     return memo

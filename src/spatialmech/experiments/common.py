@@ -41,7 +41,7 @@ def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Seque
     raw = adapter.build_inputs(images, texts, system=system_prompt(task))
     if keep_pixels or not sharing_default():
         return raw
-    return picture_encodings(adapter).inputs(images, raw)
+    return picture_encodings(adapter).inputs(adapter, images, raw)
 
 
 def answer_ids(adapter: Any, item: Item, answer: str | None = None) -> list[int]:
