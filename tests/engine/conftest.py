@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spatialmech.models.base import BatchInputs, VLMAdapter
+from spatialmech.models.registry import available_families
 
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (10, 10, 10), (150, 75, 0), (128, 128, 128)]
 PROMPTS = ["The color of the square to the left of the green square is", "The color of the square above the red square is"]
@@ -30,6 +31,19 @@ def three_squares(size: int, colours: list[tuple[int, int, int]], vertical: bool
         box = (b, a, b + side, a + side) if vertical else (a, b, a + side, b + side)
         draw.rectangle(box, fill=colour)
     return image
+
+
+def square_pictures(adapter: VLMAdapter, n: int) -> list[Image.Image]:
+    """`n` different three-square pictures on the adapter's own grid, alternately in a row and a column."""
+    size = adapter.grid_spec().image_size
+    return [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(n)]
+
+
+@pytest.fixture(scope="module", params=sorted(available_families()))
+def family_adapter(request: pytest.FixtureRequest) -> VLMAdapter:
+    """Every registered family's tiny model, fresh per test module (tests may change its weights)."""
+    torch.manual_seed(0)
+    return available_families()[request.param].tiny()
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import COLOURS, three_squares
+from conftest import square_pictures
 
 from spatialmech.engine import Ablate, Engine, Steer, add_direction, image_positions
 from spatialmech.engine.encodings import ENV_LIMIT, PictureEncodings, picture_encodings
@@ -18,20 +18,10 @@ ATOL = 1e-5
 PROMPTS = ["The color of the square to the left of the green square is", "Which square is above?", "Red"]
 
 
-@pytest.fixture(scope="module", params=sorted(available_families()))
-def family_adapter(request: pytest.FixtureRequest):
-    torch.manual_seed(0)
-    return available_families()[request.param].tiny()
-
-
-def pictures(adapter, n: int = 3):
-    size = adapter.grid_spec().image_size
-    return [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(n)]
-
 
 def rows_of(adapter):
     """Pictures repeated and out of order across rows, prompts of different lengths (left padding)."""
-    a, b, c = pictures(adapter)
+    a, b, c = square_pictures(adapter, 3)
     images = [[a], [b], [a], [c], [b], [a]]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(images))]
     return images, prompts
@@ -70,7 +60,7 @@ def test_memo_inputs_under_picture_interventions(family_adapter) -> None:
 
 def test_memo_is_bounded_forgets_changed_weights_and_turns_off(monkeypatch) -> None:
     adapter = available_families()["qwen2-vl"].tiny()
-    images = [[p] for p in pictures(adapter)]
+    images = [[p] for p in square_pictures(adapter, 3)]
     raw = adapter.build_inputs(images, PROMPTS)
     memo = PictureEncodings()
     memo.inputs(adapter, images, raw)
@@ -106,7 +96,7 @@ def test_one_memo_per_model_and_the_model_can_go() -> None:
     adapter = available_families()["qwen2-vl"].tiny()
     assert picture_encodings(adapter) is picture_encodings(adapter)
     assert picture_encodings(available_families()["qwen2-vl"].tiny()) is not picture_encodings(adapter)
-    images = [[p] for p in pictures(adapter, 1)]
+    images = [[p] for p in square_pictures(adapter, 1)]
     picture_encodings(adapter).inputs(adapter, images, adapter.build_inputs(images, PROMPTS[:1]))
     model = weakref.ref(adapter.model)
     del adapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import COLOURS, three_squares
+from conftest import COLOURS, square_pictures, three_squares
 
 from spatialmech.engine import Ablate, Engine, Steer, add_direction, amplify_projection, image_positions
 from spatialmech.engine.hooks import count_token_layer_passes
@@ -22,16 +22,10 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=sorted(available_families()))
-def family_adapter(request: pytest.FixtureRequest):
-    torch.manual_seed(0)
-    return available_families()[request.param].tiny()
-
 
 def picture_batch(adapter, pictures: int = 2):
     """Every prompt about every picture (prompts of different lengths: left padding in the batch)."""
-    size = adapter.grid_spec().image_size
-    images = [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(pictures)]
+    images = square_pictures(adapter, pictures)
     rows = [(image, prompt) for image in images for prompt in PROMPTS]
     return adapter.build_inputs([[image] for image, _ in rows], [prompt for _, prompt in rows])
 
@@ -60,8 +54,7 @@ def test_plain_scoring_equals_unshared(family_adapter) -> None:
 def test_unpadded_rows_equal_unshared(family_adapter) -> None:
     """Rows of one length (no padding; the model may call its layers without a mask): the prefix pass then
     runs on the kernel's own causal path, and the logits still equal the plain forward's."""
-    size = family_adapter.grid_spec().image_size
-    images = [three_squares(size, COLOURS[i : i + 3], vertical=bool(i % 2)) for i in range(2)]
+    images = square_pictures(family_adapter, 2)
     inputs = family_adapter.build_inputs([[image] for image in images for _ in range(2)], [PROMPTS[2]] * 4)
     assert bool(inputs.model_kwargs["attention_mask"].all())
     steer = [Steer("lm.resid_pre.0", image_positions(inputs), add_direction(torch.ones(family_adapter.hidden_size), 0.5))]

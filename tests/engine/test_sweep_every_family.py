@@ -9,14 +9,9 @@ import torch
 from conftest import make_pairs
 
 from spatialmech.engine import Engine, image_positions, last_position
-from spatialmech.models.registry import available_families
 
 ATOL = 1e-5
 
-
-@pytest.fixture(scope="module", params=sorted(available_families()))
-def family_adapter(request: pytest.FixtureRequest):
-    return available_families()[request.param].tiny()
 
 
 @pytest.mark.parametrize("selector", ["image", "last"])
