@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe, dumps, load_benchmark_model, machine_info, save_result  # noqa: E402
 from compare_results import compare_metrics  # noqa: E402
 
+from spatialmech import sharing  # noqa: E402
 from spatialmech.engine import hooks, prefix  # noqa: E402
 from spatialmech.engine.encodings import picture_encodings  # noqa: E402
 from spatialmech.experiments.runner import run_experiment  # noqa: E402
@@ -45,7 +46,7 @@ from spatialmech.pipeline.steps import build_plan  # noqa: E402
 
 def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dict:
     """One step with sharing on or off: seconds, token-layer passes, the floor and its metrics."""
-    os.environ[prefix.ENV_SWITCH] = "1" if share else "0"
+    os.environ[sharing.ENV_SWITCH] = "1" if share else "0"
     before = prefix.TOTALS.as_dict()
     memo = picture_encodings(adapter)
     hits, misses = memo.hits, memo.misses

@@ -327,3 +327,35 @@ def test_encoded_images_give_the_raw_inputs_logits(tiny_adapter: VLMAdapter) -> 
     swapped = tiny_adapter.build_inputs(images, prompts[::-1], SYNTHETIC_SYSTEM_PROMPT)
     reused = tiny_adapter.with_prompts(encoded, swapped)
     torch.testing.assert_close(tiny_adapter.forward(reused), tiny_adapter.forward(swapped), rtol=0, atol=1e-5)
+
+
+def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+def test_repeated_pictures_are_processed_once_with_the_same_inputs(tiny_adapter: VLMAdapter, monkeypatch) -> None:
+    """A batch asking several questions about one picture: with sharing on, a family that declares
+    `processes_images_alone` preprocesses each distinct picture once; the inputs are identical either way
+    (what checks the declaration)."""
+    first, second = square_image(tiny_adapter, 1), square_image(tiny_adapter, 2)
+    images = [[first], [second], [first.copy()], [first]]
+    prompts = ["Red", "The color of the square to the left of the green square is", "Blue", "Green is"]
+    monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", "0")
+    plain = tiny_adapter.build_inputs(images, prompts, SYNTHETIC_SYSTEM_PROMPT)
+    monkeypatch.setenv("SPATIALMECH_PREFIX_SHARING", "1")
+    calls: list[int] = []
+    processor = tiny_adapter.image_processor
+    original_call = type(processor).__call__
+
+    def counting(self: Any, images: Any = None, **kwargs: Any) -> Any:
+        calls.append(len(images))
+        return original_call(self, images=images, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    shared = tiny_adapter.build_inputs(images, prompts, SYNTHETIC_SYSTEM_PROMPT)
+    assert _same_kwargs(shared.model_kwargs, plain.model_kwargs)
+    assert [[t.positions.tolist() for t in row] for row in shared.images] == [[t.positions.tolist() for t in row] for row in plain.images]
+    if getattr(tiny_adapter, "processes_images_alone", False):
+        assert calls == [1, 1], "each distinct picture once"

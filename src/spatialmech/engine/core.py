@@ -13,6 +13,7 @@ import torch
 from spatialmech.engine.activations import Activations, ActivationStore, ActivationWriter
 from spatialmech.engine.hooks import HookSession
 from spatialmech.engine.interventions import Intervention
+from spatialmech.engine.logits_memo import batch_key, logits_memo
 from spatialmech.engine.positions import PositionsLike
 from spatialmech.engine.prefix import (
     PrefixStats,
@@ -20,12 +21,12 @@ from spatialmech.engine.prefix import (
     capture_layer_inputs,
     interventions_upstream,
     shared_logits,
-    sharing_default,
 )
 from spatialmech.engine.scoring import TokenSet, answer_probabilities
 from spatialmech.engine.sweep import PatchSweep, SweepMethod, SweepResult, run_patch_sweep
 from spatialmech.errors import UserInputError
 from spatialmech.models.base import BatchInputs, VLMAdapter
+from spatialmech.sharing import sharing_default
 
 # Tokens of stacked patch copies per decoder-layer call in a sweep. On CPU a cache-sized call is ~1.5x
 # faster than one huge call (measured: strip sweep, hidden 1024, 2 threads: 31 s at 2400 vs 48 s at
@@ -83,7 +84,14 @@ class Engine:
     ) -> RunOutput:
         """One forward: last-position logits plus the recorded sites. Without recordings, rows that share
         a prefix run it once when `share_prefix` is on and the interventions act before layer 0
-        (`self.prefix_stats` says how often it shared, and why not when it did not)."""
+        (`self.prefix_stats` says how often it shared, and why not when it did not). A plain batch seen
+        before (no interventions, no recordings) gets its logits back from the model's logits memo."""
+        if self.share_prefix and not record and not interventions:
+            return RunOutput(self._memoised_logits(inputs), Activations({}))
+        return self._run(inputs, interventions, record, record_device)
+
+    def _run(self, inputs: BatchInputs, interventions: Sequence[Intervention], record: RecordSpec | None,
+             record_device: torch.device | str | None) -> RunOutput:
         if self.share_prefix and not record and inputs.batch_size > 1 and interventions_upstream(interventions):
             try:
                 return RunOutput(shared_logits(self.adapter, inputs, interventions, self.prefix_stats), Activations({}))
@@ -93,6 +101,22 @@ class Engine:
             logits = self.adapter.forward(inputs)
         session.check_fired()
         return RunOutput(logits, session.activations())
+
+    def _memoised_logits(self, inputs: BatchInputs) -> torch.Tensor:
+        """A plain batch's logits, computed once per model and process (`engine.logits_memo`)."""
+        memo = logits_memo(self.adapter)
+        limit = memo.limit()
+        key = None
+        if limit:
+            memo.for_weights(self.adapter.model)
+            key = batch_key(inputs, "shared-prefix")
+            kept = memo.get(key)
+            if kept is not None:
+                return kept.clone()
+        logits = self._run(inputs, (), None, "cpu").logits
+        if key is not None:
+            memo.put(key, logits.clone(), limit)
+        return logits
 
     def encode_images(self, inputs: BatchInputs) -> BatchInputs:
         """`inputs` with the vision tower + projector run once, for many forwards of the same pictures

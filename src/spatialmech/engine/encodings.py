@@ -24,106 +24,45 @@ keep_pixels=True)` gives raw inputs).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from spatialmech.errors import UserInputError
+from spatialmech.engine.memo import BoundedMemo
 from spatialmech.models.base import ENCODED_IMAGES_KWARG, PIXELS_KWARG, BatchInputs, VLMAdapter
+from spatialmech.sharing import image_digest
 
 ENV_LIMIT = "SPATIALMECH_ENCODING_MEMO_MB"
 DEFAULT_LIMIT_MB = 1024
 
 
-def image_digest(image: Any) -> str:
-    """A key for an image's pixels (equal pictures drawn twice, or opened twice, get one key)."""
-    digest = hashlib.sha1(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-def limit_bytes() -> int:
-    text = os.environ.get(ENV_LIMIT, str(DEFAULT_LIMIT_MB)).strip()
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = -1.0
-    if not mb >= 0:
-        raise UserInputError(f"{ENV_LIMIT}={text!r} is not a size in MB", f"set {ENV_LIMIT} to a number of MB (0 turns the picture memo off)")
-    return int(mb * 2**20)
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
-def weights_version(model: torch.nn.Module) -> int:
-    """Changes whenever a parameter or buffer is written in place (torch counts writes per tensor)."""
-    return sum(t._version for t in model.parameters()) + sum(t._version for t in model.buffers())
-
-
-class PictureEncodings:
+class PictureEncodings(BoundedMemo):
     """The encoder output of every picture one model has seen, for `with_image_encodings`."""
 
+    # no reference to the model or adapter: `picture_encodings` keys memos weakly by the model
     def __init__(self) -> None:
-        # no reference to the model or adapter: `picture_encodings` keys memos weakly by the model
-        self._memo: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self._version: int | None = None
-        self.hits = 0
-        self.misses = 0
+        super().__init__(ENV_LIMIT, DEFAULT_LIMIT_MB, "picture memo")
 
     def inputs(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], raw: BatchInputs) -> BatchInputs:
         """`raw` (built by `adapter` from `images`, per row) with its pixels replaced by the pictures'
         encoder outputs (always from the same model: use `picture_encodings(adapter)`)."""
-        limit = limit_bytes()
-        if limit == 0:
-            self.clear()
+        limit = self.limit()
         if limit == 0 or PIXELS_KWARG not in raw.model_kwargs or not any(images):
             return raw
-        version = weights_version(adapter.model)
-        if version != self._version:
-            self.clear()
-            self._version = version
+        self.for_weights(adapter.model)
         parts = [self._encoding(adapter, image, limit) for row in images for image in row]
         return adapter.with_image_encodings(raw, parts)
 
     def _encoding(self, adapter: VLMAdapter, image: Any, limit: int) -> Any:
         key = image_digest(image)
-        if key in self._memo:
-            self.hits += 1
-            self._memo.move_to_end(key)
-            return self._memo[key][0]
-        self.misses += 1
-        alone = adapter.build_inputs([[image]], [""])
-        value = adapter.encode_images(alone).model_kwargs[ENCODED_IMAGES_KWARG]
-        size = _nbytes(value)
-        if size <= limit:
-            self._memo[key] = (value, size)
-            self._bytes += size
-            while self._bytes > limit:
-                _, (_, dropped) = self._memo.popitem(last=False)
-                self._bytes -= dropped
+        value = self.get(key)
+        if value is None:
+            alone = adapter.build_inputs([[image]], [""])
+            value = adapter.encode_images(alone).model_kwargs[ENCODED_IMAGES_KWARG]
+            self.put(key, value, limit)
         return value
-
-    def clear(self) -> None:
-        self._memo.clear()
-        self._bytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
 
 
 _BY_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, PictureEncodings] = weakref.WeakKeyDictionary()

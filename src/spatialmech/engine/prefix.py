@@ -18,12 +18,11 @@ unproven (a cut inside a bidirectional block, an unknown argument) runs the plai
 (`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every family).
 
 Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
-`SPATIALMECH_PREFIX_SHARING=0` (the benchmark and the equality checks do).
+`SPATIALMECH_PREFIX_SHARING=0` (`spatialmech.sharing`; the benchmark and the equality checks do).
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,14 +49,8 @@ from spatialmech.engine.kv import KVKeeper, PrefixKV
 from spatialmech.engine.prefix_groups import GroupsDiffer, Plan, Unshareable, gather_rows, plan_groups
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
-ENV_SWITCH = "SPATIALMECH_PREFIX_SHARING"
 # Sites whose interventions act before decoder layer 0 runs: the capture pass applies them.
 UPSTREAM_SITES = ("vision.out", "projector.out", "lm.resid_pre.0")
-
-
-def sharing_default() -> bool:
-    """On unless SPATIALMECH_PREFIX_SHARING is 0/off/false/no."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 @dataclass

@@ -17,9 +17,9 @@ import torch
 
 from spatialmech.engine import Engine
 from spatialmech.engine.encodings import picture_encodings
-from spatialmech.engine.prefix import sharing_default
 from spatialmech.engine.scoring import answer_probability, top1_correct
 from spatialmech.models.base import SYNTHETIC_SYSTEM_PROMPT, BatchInputs
+from spatialmech.sharing import sharing_default
 from spatialmech.tasks.base import Item, Task
 
 LogitsFn = Callable[[BatchInputs, Sequence[Item]], torch.Tensor]

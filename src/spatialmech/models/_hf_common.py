@@ -26,6 +26,7 @@ from spatialmech.models._tiny import (  # noqa: F401 (families reach loading and
 )
 from spatialmech.models.base import GridSpec, HookPoint, ImageTokens, VLMAdapter
 from spatialmech.models.placement import Placement
+from spatialmech.sharing import image_digest, sharing_default
 
 
 class HFAdapter(VLMAdapter):
@@ -39,6 +40,11 @@ class HFAdapter(VLMAdapter):
     # "module:Class" paths, imported only when used (a transformers without the class = no family).
     hf_model: ClassVar[str]
     hf_image_processor: ClassVar[str]  # the PIL-backend processor, never the torchvision one
+    # The image processor treats each image on its own and its output for a list of images is every
+    # image's own output joined (tensors along the first axis, lists end to end): then a batch's repeated
+    # pictures (four questions about one picture) are processed once (`process_images`; a suite test
+    # checks the declaration). Not so for processors that pad a batch to its largest image or nest rows.
+    processes_images_alone: ClassVar[bool] = False
 
     @classmethod
     def hf_model_class(cls) -> Any:
@@ -170,8 +176,12 @@ def check_batch(images: Sequence[Sequence[Any]], prompts: Sequence[str]) -> list
 
 def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) -> Any:
     """`adapter.image_processor(images=images, **kwargs)`, with an image the processor cannot take
-    (an extreme aspect ratio, a side that rounds to zero patches) as a one-line error, not a crash."""
+    (an extreme aspect ratio, a side that rounds to zero patches) as a one-line error, not a crash.
+    With sharing on (`spatialmech.sharing`), a family that `processes_images_alone` processes each
+    distinct picture of the call once (preprocessing was most of building a batch's inputs)."""
     try:
+        if getattr(adapter, "processes_images_alone", False) and sharing_default() and len(images) > 1:
+            return _each_picture_once(adapter, images, kwargs)
         return adapter.image_processor(images=images, **kwargs)
     except ValueError as exc:
         flat = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
@@ -180,6 +190,33 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
             f"the image processor of model {adapter.model_id} cannot take images of {sizes} pixels ({first_line(exc)})",
             "use photos with a less extreme aspect ratio (crop or pad them)",
         ) from exc
+
+
+def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """The processor's output for `images`, each distinct picture processed alone and the outputs joined
+    in order (the same numbers as one call: the family declares it, a suite test checks it)."""
+    from transformers import BatchFeature
+
+    keys = [image_digest(image) for image in images]
+    if len(set(keys)) == len(keys):
+        return adapter.image_processor(images=images, **kwargs)
+    alone: dict[str, Any] = {}
+    for key, image in zip(keys, images):
+        if key not in alone:
+            alone[key] = adapter.image_processor(images=[image], **kwargs)
+    parts = [alone[key] for key in keys]
+    joined: dict[str, Any] = {}
+    for name, first in parts[0].items():
+        values = [part[name] for part in parts]
+        if isinstance(first, torch.Tensor):
+            joined[name] = torch.cat(values)
+        elif isinstance(first, list):
+            joined[name] = [x for value in values for x in value]
+        elif all(value == first for value in values):
+            joined[name] = first
+        else:
+            raise ValueError(f"image processor output {name!r} differs per picture and cannot be joined")
+    return BatchFeature(joined)
 
 
 def _as_rgb(image: Any) -> Any:

@@ -90,6 +90,7 @@ class Adapter(hf.HFAdapter):
 
     hf_model = "transformers:Gemma3ForConditionalGeneration"
     hf_image_processor = "transformers.models.gemma3.image_processing_pil_gemma3:Gemma3ImageProcessorPil"
+    processes_images_alone = True
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -56,6 +56,7 @@ class Adapter(hf.HFAdapter):
 
     hf_model = "transformers:InternVLForConditionalGeneration"
     hf_image_processor = "transformers.models.got_ocr2.image_processing_pil_got_ocr2:GotOcr2ImageProcessorPil"
+    processes_images_alone = True
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -46,6 +46,7 @@ class Adapter(hf.HFAdapter):
 
     hf_model = "transformers:PaliGemmaForConditionalGeneration"
     hf_image_processor = "transformers.models.siglip.image_processing_pil_siglip:SiglipImageProcessorPil"
+    processes_images_alone = True
 
     # ------------------------------------------------------------------ construction
     @classmethod

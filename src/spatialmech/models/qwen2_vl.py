@@ -76,6 +76,7 @@ class Adapter(hf.HFAdapter):
     # ------------------------------------------------------------------ family classes (Qwen2.5 overrides)
     hf_model = "transformers:Qwen2VLForConditionalGeneration"
     hf_image_processor = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl:Qwen2VLImageProcessorPil"
+    processes_images_alone = True
     hf_config = "transformers:Qwen2VLConfig"  # for tiny()
 
     # ------------------------------------------------------------------ construction

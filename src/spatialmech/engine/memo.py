@@ -1,0 +1,93 @@
+"""A store for work the toolkit keeps instead of repeating (issue 21): bounded in bytes, least recently
+used first out, forgotten when the model's weights change in place. Two memos use it: each picture's
+encoder output (`encodings`) and the logits of whole plain batches (`logits_memo`)."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+
+from spatialmech.errors import UserInputError
+
+
+def limit_bytes(env: str, default_mb: float, what: str) -> int:
+    """The byte bound set by environment variable `env` (in MB; 0 turns the memo off)."""
+    text = os.environ.get(env, str(default_mb)).strip()
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise UserInputError(f"{env}={text!r} is not a size in MB", f"set {env} to a number of MB (0 turns the {what} off)")
+    return int(mb * 2**20)
+
+
+def nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(nbytes(v) for v in value)
+    return 0
+
+
+def weights_version(model: torch.nn.Module) -> int:
+    """Changes whenever a parameter or buffer is written in place (torch counts writes per tensor)."""
+    return sum(t._version for t in model.parameters()) + sum(t._version for t in model.buffers())
+
+
+class BoundedMemo:
+    """key -> value, at most `limit_bytes(env, default_mb)` of tensors, for one model's weights."""
+
+    def __init__(self, env: str, default_mb: float, what: str) -> None:
+        self.env, self.default_mb, self.what = env, default_mb, what
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._version: int | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def limit(self) -> int:
+        """The current bound (read each time, so a changed environment takes effect); 0 empties the memo."""
+        limit = limit_bytes(self.env, self.default_mb, self.what)
+        if limit == 0:
+            self.clear()
+        return limit
+
+    def for_weights(self, model: torch.nn.Module) -> None:
+        """Forget everything if `model`'s weights were written since the last call."""
+        version = weights_version(model)
+        if version != self._version:
+            self.clear()
+            self._version = version
+
+    def get(self, key: Hashable) -> Any | None:
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        self.misses += 1
+        return None
+
+    def put(self, key: Hashable, value: Any, limit: int) -> None:
+        size = nbytes(value)
+        if size > limit or key in self._items:
+            return
+        self._items[key] = (value, size)
+        self._bytes += size
+        while self._bytes > limit:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._bytes -= dropped
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
