@@ -49,13 +49,18 @@ class KVRecorder:
 
 
 class KVKeeper:
-    """Keeps each layer's keys/values and returns them unchanged (a pass whose keys later rows reuse)."""
+    """Keeps each layer's keys/values and returns them unchanged (a pass whose keys later rows reuse).
+    With `stop_at`, that layer stops once its keys/values are kept (raises `KVRecorded`): a shared
+    prefix's last layer is needed for its keys/values only, never for its output."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_at: int | None = None) -> None:
         self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stop_at = stop_at
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         self.kept[layer_idx] = (key_states, value_states)
+        if layer_idx == self.stop_at:
+            raise KVRecorded
         return key_states, value_states
 
 
