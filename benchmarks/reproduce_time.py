@@ -6,7 +6,7 @@ the ratio, the token-layer passes each way (tokens through decoder layers, summe
 path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
 forward computed each distinct row prefix once), with sharing on how many pictures went through the image
 encoder and how many came from the picture memo (`engine.encodings`, filled by earlier steps too, as in
-`reproduce`), and whether the result.json metrics are equal; for the
+`reproduce`), how many batches' logits the logits memo served (`engine.logits_memo`), and whether the result.json metrics are equal; for the
 whole plan also the ratio if every step's LM passes fell to that floor, its time falling with them
 (`ratio_at_floor`).
 
@@ -39,6 +39,7 @@ from compare_results import compare_metrics  # noqa: E402
 from spatialmech import sharing  # noqa: E402
 from spatialmech.engine import hooks, prefix  # noqa: E402
 from spatialmech.engine.encodings import picture_encodings  # noqa: E402
+from spatialmech.engine.logits_memo import logits_memo  # noqa: E402
 from spatialmech.experiments.runner import run_experiment  # noqa: E402
 from spatialmech.io import read_json  # noqa: E402
 from spatialmech.pipeline.steps import build_plan  # noqa: E402
@@ -48,8 +49,8 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     """One step with sharing on or off: seconds, token-layer passes, the floor and its metrics."""
     os.environ[sharing.ENV_SWITCH] = "1" if share else "0"
     before = prefix.TOTALS.as_dict()
-    memo = picture_encodings(adapter)
-    hits, misses = memo.hits, memo.misses
+    memo, batches = picture_encodings(adapter), logits_memo(adapter)
+    hits, misses, served = memo.hits, memo.misses, batches.hits
     with hooks.count_token_layer_passes(adapter) as counts:
         start = time.perf_counter()
         path = run_experiment(step.experiment, adapter, out_root=out_root, task=step.task, options=dict(step.options),
@@ -63,7 +64,7 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     fallbacks = {k: v - before["fallbacks"].get(k, 0) for k, v in after["fallbacks"].items() if v != before["fallbacks"].get(k, 0)}
     return {"seconds": seconds, "token_layer_passes": passes, "floor": passes - excess if share else None,
             "shared_forwards": shared, "fallbacks": fallbacks, "pictures_encoded": memo.misses - misses,
-            "pictures_from_memo": memo.hits - hits, "metrics": read_json(path).get("metrics", {})}
+            "pictures_from_memo": memo.hits - hits, "batches_from_logits_memo": batches.hits - served, "metrics": read_json(path).get("metrics", {})}
 
 
 def at_floor_seconds(row: dict) -> float:
@@ -88,6 +89,7 @@ def summarise(rows: list[dict]) -> dict:
             "token_layer_passes_off": passes["off"], "token_layer_passes_on": passes["on"], "floor": floor,
             "pictures_encoded": sum(r["on"].get("pictures_encoded", 0) for r in rows),
             "pictures_from_memo": sum(r["on"].get("pictures_from_memo", 0) for r in rows),
+            "batches_from_logits_memo": sum(r["on"].get("batches_from_logits_memo", 0) for r in rows),
             "seconds_at_floor": at_floor, "ratio_at_floor": total["off"] / max(at_floor, 1e-9),
             "all_metrics_equal": all(r["metrics_equal"] for r in rows)}
 
@@ -97,7 +99,8 @@ def print_summary(summary: dict) -> None:
           f"passes {summary['token_layer_passes_off']:,} -> {summary['token_layer_passes_on']:,} (floor {summary['floor']:,}); "
           f"metrics {'all equal' if summary['all_metrics_equal'] else 'DIFFER'}")
     print(f"{'pictures':<22} through the image encoder {summary['pictures_encoded']:,} with sharing on, "
-          f"{summary['pictures_from_memo']:,} served from the picture memo")
+          f"{summary['pictures_from_memo']:,} served from the picture memo; "
+          f"{summary.get('batches_from_logits_memo', 0):,} batches' logits from the logits memo")
     print(f"{'at the floor':<22} every step's LM passes also at the floor: {summary['seconds_at_floor']:.1f}s, "
           f"x{summary['ratio_at_floor']:.2f} (what is left to gain from LM prefix sharing)")
 
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{step.folder:<22} off {off['seconds']:7.1f}s  on {on['seconds']:7.1f}s  x{row['ratio']:.2f}  "
                   f"passes {off['token_layer_passes']:>10,} -> {on['token_layer_passes']:>10,} (floor {on['floor']:,})  "
                   f"pictures encoded {on['pictures_encoded']} (memo {on['pictures_from_memo']})  "
+                  f"logits memo {on['batches_from_logits_memo']}  "
                   f"metrics {'identical' if row['metrics_identical'] else 'equal' if row['metrics_equal'] else 'DIFFERENT'}",
                   flush=True)
     summary = summarise(rows)
