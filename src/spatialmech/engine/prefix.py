@@ -23,6 +23,7 @@ Switch it off with `Engine(adapter, share_prefix=False)` or the environment vari
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -247,10 +248,11 @@ def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
             checked.add(id(value))
             if not _same_in_group(args._convert(name, value, "check"), plan):
                 raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
-        mask = args.full_mask(kw.get("attention_mask"))
-        if id(mask) in checked:
+        given = kw.get("attention_mask")  # by the model's own object: None (causal) is checked once, not per layer
+        if id(given) in checked:
             continue
-        checked.add(id(mask))
+        checked.add(id(given))
+        mask = args.full_mask(given)
         if not _same_in_group(args.mask(mask, "check"), plan):
             raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
         hidden = masked(mask)
@@ -329,8 +331,17 @@ def shared_logits(adapter: VLMAdapter, inputs: BatchInputs, interventions: Seque
 
 def _none_is_causal(adapter: VLMAdapter, attention: str) -> bool:
     """Whether the decoder layers run causal attention when given no mask: sdpa layers do, unless one of
-    their attention modules says it is not causal (transformers' `is_causal`)."""
-    return attention == "sdpa" and all(getattr(m, "is_causal", True) is not False for layer in adapter.decoder_layers() for m in layer.modules())
+    their attention modules says it is not causal (transformers' `is_causal`). Read once per model."""
+    if attention != "sdpa":
+        return False
+    known = _CAUSAL_LAYERS.get(adapter.model)
+    if known is None:
+        known = _CAUSAL_LAYERS[adapter.model] = all(
+            getattr(m, "is_causal", True) is not False for layer in adapter.decoder_layers() for m in layer.modules())
+    return known
+
+
+_CAUSAL_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:

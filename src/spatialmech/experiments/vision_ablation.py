@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from spatialmech.engine import Engine, Intervention, Patch, regions
 from spatialmech.errors import UserInputError
-from spatialmech.experiments.common import system_prompt
+from spatialmech.experiments.common import picture_key, system_prompt
 from spatialmech.models.base import BatchInputs, ImageTokens
 from spatialmech.sharing import image_digest
 from spatialmech.tasks.base import CF_ALONE, CF_BLANK, Item, Task
@@ -84,24 +83,25 @@ class SourceTokens:
         self.engine = engine
         self.task = task
         self._memo: dict[str, SourceImage] = {}
-        # the task hands out the same rendered image object again and again: its digest by identity (the
-        # image is held, so its id is not reused) spares hashing its pixels on every row of every condition
-        self._digests: dict[int, tuple[Any, str]] = {}
+        # picture key -> pixel digest: every row of every condition asks for its sources again; the task
+        # draws a picture from its item's fields alone, so the key spares drawing and hashing it each time
+        self._digests: dict[str, str] = {}
 
-    def _digest(self, image: Any) -> str:
-        known = self._digests.get(id(image))
-        if known is None or known[0] is not image:
+    def get(self, item: Item) -> SourceImage:
+        """`projector.out` of the picture of `item` (an alone object, the blank image, or an item itself)."""
+        picture = picture_key(item)
+        key = self._digests.get(picture)
+        image = None
+        if key is None:
             if len(self._digests) >= _MEMO_LIMIT:
                 self._digests.clear()
-            known = self._digests[id(image)] = (image, image_digest(image))
-        return known[1]
-
-    def get(self, image: Any, prompt: str) -> SourceImage:
-        key = self._digest(image)
+            image = self.task.image(item)
+            key = self._digests[picture] = image_digest(image)
         if key not in self._memo:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
-            inputs = self.engine.adapter.build_inputs([[image]], [prompt], system=system_prompt(self.task))
+            image = image if image is not None else self.task.image(item)
+            inputs = self.engine.adapter.build_inputs([[image]], [item.prompt], system=system_prompt(self.task))
             tokens = single_view(inputs, 0)
             values = self.engine.cache(inputs, [SITE], [tokens.positions])[SITE][0]
             self._memo[key] = SourceImage(tokens, values)
@@ -154,7 +154,7 @@ class VisionAblation:
     def _object_sources(self, item: Item) -> list[tuple[SourceImage, tuple[float, float, float, float]]]:
         """Per object of `item`: the source image's tokens and the box of that object in it."""
         if self.sources == "clean":
-            clean = self.source_tokens.get(self.task.image(item), item.prompt)
+            clean = self.source_tokens.get(item)
             return [(clean, item.box_fraction(i)) for i in range(len(item.objects))]
         by_object = {cf.source_object: cf.item for cf in self.task.counterfactuals(item, CF_ALONE)}
         if sorted(k for k in by_object if k is not None) != list(range(len(item.objects))):
@@ -165,14 +165,14 @@ class VisionAblation:
         out = []
         for index in range(len(item.objects)):
             alone = by_object[index]
-            out.append((self.source_tokens.get(self.task.image(alone), alone.prompt), alone.box_fraction(0)))
+            out.append((self.source_tokens.get(alone), alone.box_fraction(0)))
         return out
 
     def _background_source(self, item: Item) -> SourceImage:
         if self.sources == "clean":
-            return self.source_tokens.get(self.task.image(item), item.prompt)
+            return self.source_tokens.get(item)
         blank = self.task.counterfactuals(item, CF_BLANK)[0].item
-        return self.source_tokens.get(self.task.image(blank), blank.prompt)
+        return self.source_tokens.get(blank)
 
     # -------------------------------------------------------------- one row
     def row(self, inputs: BatchInputs, row: int, item: Item) -> RowAblation:
