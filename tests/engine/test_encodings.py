@@ -102,3 +102,31 @@ def test_one_memo_per_model_and_the_model_can_go() -> None:
     del adapter
     gc.collect()
     assert model() is None  # the memo does not keep its model alive
+
+
+def test_build_skips_preprocessing_pictures_the_memo_holds(family_adapter, monkeypatch) -> None:
+    """`build` gives the raw inputs' logits; pictures already in the memo are not preprocessed again
+    (families that declare `processes_images_alone`), and the pixels it leaves out are never used."""
+    images, prompts = rows_of(family_adapter)
+    memo = PictureEncodings()
+    first = memo.build(family_adapter, images, prompts)
+    processor = family_adapter.image_processor
+    calls: list[int] = []
+    original_call = type(processor).__call__
+
+    def counting(self, images=None, **kwargs):
+        calls.append(len(images))
+        return original_call(self, images=images, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    again = memo.build(family_adapter, images, prompts)
+    once_per_size = list(calls)
+    memo.build(family_adapter, images, prompts)
+    monkeypatch.setattr(type(processor), "__call__", original_call)
+    if getattr(family_adapter, "processes_images_alone", False):
+        assert once_per_size in ([], [1]), "at most a blank picture of the size (the zero-pixel template)"
+        assert calls == once_per_size, "every picture was in the memo: no preprocessing"
+    plain = Engine(family_adapter, share_prefix=False).logits(family_adapter.build_inputs(images, prompts))
+    for inputs in (first, again):
+        assert "pixel_values" not in inputs.model_kwargs
+        torch.testing.assert_close(Engine(family_adapter, share_prefix=False).logits(inputs), plain, atol=ATOL, rtol=0)

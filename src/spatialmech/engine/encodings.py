@@ -32,6 +32,7 @@ import torch
 
 from spatialmech.engine.memo import BoundedMemo
 from spatialmech.models.base import ENCODED_IMAGES_KWARG, PIXELS_KWARG, BatchInputs, VLMAdapter
+from spatialmech.models.inputs import pixels_elsewhere
 from spatialmech.sharing import image_digest
 
 ENV_LIMIT = "SPATIALMECH_ENCODING_MEMO_MB"
@@ -54,6 +55,20 @@ class PictureEncodings(BoundedMemo):
         self.for_weights(adapter.model)
         parts = [self._encoding(adapter, image, limit) for row in images for image in row]
         return adapter.with_image_encodings(raw, parts)
+
+    def build(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], prompts: Sequence[str],
+              system: str | None = None) -> BatchInputs:
+        """`adapter.build_inputs(...)` served from the memo; pictures already in it are not even
+        preprocessed (`models.inputs.pixels_elsewhere`: their pixels would be replaced anyway)."""
+        if self.limit() == 0:
+            return adapter.build_inputs(images, prompts, system=system)
+        self.for_weights(adapter.model)
+        with pixels_elsewhere(self.__contains__):
+            raw = adapter.build_inputs(images, prompts, system=system)
+        return self.inputs(adapter, images, raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
 
     def _encoding(self, adapter: VLMAdapter, image: Any, limit: int) -> Any:
         key = image_digest(image)

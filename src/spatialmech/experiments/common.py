@@ -38,10 +38,9 @@ def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Seque
     picture, `engine.encodings`); `keep_pixels` gives the raw inputs (to hook `vision.out`)."""
     images = [[task.image(item)] for item in items]
     texts = list(prompts) if prompts is not None else [item.prompt for item in items]
-    raw = adapter.build_inputs(images, texts, system=system_prompt(task))
     if keep_pixels or not sharing_default():
-        return raw
-    return picture_encodings(adapter).inputs(adapter, images, raw)
+        return adapter.build_inputs(images, texts, system=system_prompt(task))
+    return picture_encodings(adapter).build(adapter, images, texts, system=system_prompt(task))
 
 
 def answer_ids(adapter: Any, item: Item, answer: str | None = None) -> list[int]:

@@ -8,7 +8,7 @@ special tokens, how the image slot expands).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -24,7 +24,8 @@ from spatialmech.models._tiny import (  # noqa: F401 (families reach loading and
     tiny_text_config,
     tiny_vision_sizes,
 )
-from spatialmech.models.base import GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.base import PIXELS_KWARG, GridSpec, HookPoint, ImageTokens, VLMAdapter
+from spatialmech.models.inputs import PIXELS_ELSEWHERE
 from spatialmech.models.placement import Placement
 from spatialmech.sharing import image_digest, sharing_default
 
@@ -40,10 +41,12 @@ class HFAdapter(VLMAdapter):
     # "module:Class" paths, imported only when used (a transformers without the class = no family).
     hf_model: ClassVar[str]
     hf_image_processor: ClassVar[str]  # the PIL-backend processor, never the torchvision one
-    # The image processor treats each image on its own and its output for a list of images is every
-    # image's own output joined (tensors along the first axis, lists end to end): then a batch's repeated
-    # pictures (four questions about one picture) are processed once (`process_images`; a suite test
-    # checks the declaration). Not so for processors that pad a batch to its largest image or nest rows.
+    # The image processor treats each image on its own, its output for a list of images is every image's
+    # own output joined (tensors along the first axis, lists end to end), and everything in it but the
+    # pixels depends on the image's size only: then a batch's repeated pictures (four questions about one
+    # picture) are processed once and pictures whose encoder output is kept elsewhere not at all
+    # (`process_images`; a suite test checks the declaration). Not so for processors that pad a batch to
+    # its largest image or nest rows.
     processes_images_alone: ClassVar[bool] = False
 
     @classmethod
@@ -180,8 +183,8 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
     With sharing on (`spatialmech.sharing`), a family that `processes_images_alone` processes each
     distinct picture of the call once (preprocessing was most of building a batch's inputs)."""
     try:
-        if getattr(adapter, "processes_images_alone", False) and sharing_default() and len(images) > 1:
-            return _each_picture_once(adapter, images, kwargs)
+        if getattr(adapter, "processes_images_alone", False) and sharing_default():
+            return _each_picture_once(adapter, images, kwargs, PIXELS_ELSEWHERE.get())
         return adapter.image_processor(images=images, **kwargs)
     except ValueError as exc:
         flat = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
@@ -192,18 +195,21 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
         ) from exc
 
 
-def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any],
+                       elsewhere: Callable[[str], bool] | None) -> Any:
     """The processor's output for `images`, each distinct picture processed alone and the outputs joined
-    in order (the same numbers as one call: the family declares it, a suite test checks it)."""
+    in order (the same numbers as one call: the family declares it, a suite test checks it); pictures
+    `elsewhere` names get zero pixels of their size (`pixels_elsewhere`)."""
     from transformers import BatchFeature
 
     keys = [image_digest(image) for image in images]
-    if len(set(keys)) == len(keys):
+    if elsewhere is None and len(set(keys)) == len(keys):
         return adapter.image_processor(images=images, **kwargs)
     alone: dict[str, Any] = {}
     for key, image in zip(keys, images):
         if key not in alone:
-            alone[key] = adapter.image_processor(images=[image], **kwargs)
+            alone[key] = _size_template(adapter, image, kwargs) if elsewhere is not None and elsewhere(key) \
+                else adapter.image_processor(images=[image], **kwargs)
     parts = [alone[key] for key in keys]
     joined: dict[str, Any] = {}
     for name, first in parts[0].items():
@@ -217,6 +223,18 @@ def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[
         else:
             raise ValueError(f"image processor output {name!r} differs per picture and cannot be joined")
     return BatchFeature(joined)
+
+
+def _size_template(adapter: VLMAdapter, image: Any, kwargs: dict[str, Any]) -> Any:
+    """What the processor gives an image of this size, its pixels zero (processed once per size)."""
+    from PIL import Image
+
+    templates = vars(adapter).setdefault("_pixel_templates", {})
+    key = (image.size, image.mode, repr(sorted(kwargs.items())))
+    if key not in templates:
+        processed = adapter.image_processor(images=[Image.new(image.mode, image.size)], **kwargs)
+        templates[key] = {name: torch.zeros_like(value) if name == PIXELS_KWARG else value for name, value in processed.items()}
+    return templates[key]
 
 
 def _as_rgb(image: Any) -> Any:

@@ -7,7 +7,9 @@ interface each stay one readable file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +18,22 @@ from torch import nn
 
 PIXELS_KWARG = "pixel_values"
 ENCODED_IMAGES_KWARG = "mm_encoder_outputs"  # transformers' input for precomputed image-encoder outputs
+
+# Set by `pixels_elsewhere`: which pictures (by `image_digest`) need no pixels in the inputs being built.
+PIXELS_ELSEWHERE: ContextVar[Callable[[str], bool] | None] = ContextVar("pixels_elsewhere", default=None)
+
+
+@contextmanager
+def pixels_elsewhere(known: Callable[[str], bool]) -> Iterator[None]:
+    """While open, inputs built for pictures `known(image_digest)` names carry zero pixels of the right
+    shape instead of processed ones (families that `processes_images_alone`): for a caller that replaces
+    those pixels with the pictures' encoder outputs kept elsewhere (the picture memo), preprocessing them
+    was wasted work."""
+    token = PIXELS_ELSEWHERE.set(known)
+    try:
+        yield
+    finally:
+        PIXELS_ELSEWHERE.reset(token)
 
 
 @dataclass(frozen=True)
