@@ -19,7 +19,8 @@ One memo per model object, kept while the model lives, and forgotten when its we
 (SPATIALMECH_ENCODING_MEMO_MB, default 1024; least recently used pictures go first; 0 turns it
 off: the raw inputs, pixels through the encoder in every forward).
 Inputs from it carry no pixels, so `vision.out` cannot be hooked on them (`encode_items(...,
-keep_pixels=True)` gives raw inputs).
+keep_pixels=True)` gives raw inputs). `build` makes a batch's inputs without preprocessing the pictures
+the memo already holds (`models.inputs.pixels_elsewhere`): half of building a batch was that.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ gathered from the captured ones (Gemma's sliding windows and bidirectional image
 along unchanged), after the masks show the prefix sees neither the padding nor the suffix. Anything
 unproven (a cut inside a bidirectional block, an unknown argument) runs the plain forward and says why
 (`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every family).
+Only the last position's logits are read, so the last layer does less: the prefix pass stops it once
+its keys/values are kept, and the suffix pass runs its MLP on the last position only.
 
 Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
 `SPATIALMECH_PREFIX_SHARING=0` (`spatialmech.sharing`; the benchmark and the equality checks do).

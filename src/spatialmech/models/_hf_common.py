@@ -221,7 +221,7 @@ def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[
         elif all(value == first for value in values):
             joined[name] = first
         else:
-            raise ValueError(f"image processor output {name!r} differs per picture and cannot be joined")
+            raise RuntimeError(f"image processor output {name!r} differs per picture: {type(adapter).__name__} must not declare processes_images_alone")
     return BatchFeature(joined)
 
 
