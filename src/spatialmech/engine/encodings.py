@@ -25,11 +25,8 @@ the memo already holds (`models.inputs.pixels_elsewhere`): half of building a ba
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 from spatialmech.engine.memo import BoundedMemo
 from spatialmech.models.base import ENCODED_IMAGES_KWARG, PIXELS_KWARG, BatchInputs, VLMAdapter
@@ -81,12 +78,6 @@ class PictureEncodings(BoundedMemo):
         return value
 
 
-_BY_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, PictureEncodings] = weakref.WeakKeyDictionary()
-
-
 def picture_encodings(adapter: VLMAdapter) -> PictureEncodings:
     """The memo of `adapter`'s model (one per model object, shared by every adapter and engine on it)."""
-    memo = _BY_MODEL.get(adapter.model)
-    if memo is None:
-        memo = _BY_MODEL[adapter.model] = PictureEncodings()
-    return memo
+    return PictureEncodings.of_model(adapter.model)

@@ -16,7 +16,6 @@ sharing off.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,12 +61,6 @@ class LogitsMemo(BoundedMemo):
         super().__init__(ENV_LIMIT, DEFAULT_LIMIT_MB, "logits memo")
 
 
-_BY_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, LogitsMemo] = weakref.WeakKeyDictionary()
-
-
 def logits_memo(adapter: VLMAdapter) -> LogitsMemo:
     """The memo of `adapter`'s model (one per model object, shared by every engine on it)."""
-    memo = _BY_MODEL.get(adapter.model)
-    if memo is None:
-        memo = _BY_MODEL[adapter.model] = LogitsMemo()
-    return memo
+    return LogitsMemo.of_model(adapter.model)

@@ -5,9 +5,10 @@ encoder output (`encodings`) and the logits of whole plain batches (`logits_memo
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,7 +43,22 @@ def weights_version(model: torch.nn.Module) -> int:
 
 
 class BoundedMemo:
-    """key -> value, at most `limit_bytes(env, default_mb)` of tensors, for one model's weights."""
+    """key -> value, at most `limit_bytes(env, default_mb)` of tensors, for one model's weights. Each
+    subclass keeps one memo per model object (`of_model`), held weakly: the memo goes with the model."""
+
+    _by_model: ClassVar[weakref.WeakKeyDictionary]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._by_model = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of_model(cls, model: torch.nn.Module) -> Any:
+        """The memo of `model` (made on first use; shared by every adapter and engine on that model)."""
+        memo = cls._by_model.get(model)
+        if memo is None:
+            memo = cls._by_model[model] = cls()
+        return memo
 
     def __init__(self, env: str, default_mb: float, what: str) -> None:
         self.env, self.default_mb, self.what = env, default_mb, what
