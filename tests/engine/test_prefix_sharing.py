@@ -149,3 +149,32 @@ def test_encoded_pictures_repeat_for_both_option_orders(family_adapter) -> None:
     torch.testing.assert_close(engine.logits(reused), engine.logits(both_orders), atol=ATOL, rtol=0)
     with pytest.raises(ValueError):
         family_adapter.with_prompts(family_adapter.encode_images(natural), family_adapter.build_inputs(images[:1] * 3, PROMPTS))
+
+
+def test_the_last_layer_mlp_runs_on_the_last_position_only() -> None:
+    """The suffix pass's last-layer MLP sees the last position only; other positions are never read (zero),
+    and an MLP that does not return one tensor per position makes the shared run fall back."""
+    from torch import nn
+
+    from spatialmech.engine.prefix import last_position_mlp
+    from spatialmech.engine.prefix_groups import Unshareable
+
+    layer = nn.Module()
+    layer.mlp = nn.Linear(4, 3)
+    x = torch.randn(2, 5, 4)
+    seen: list[tuple[int, ...]] = []
+    with last_position_mlp(layer):
+        watch = layer.mlp.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))  # runs after the cut
+        out = layer.mlp(x)
+    watch.remove()
+    assert seen == [(2, 1, 4)] and out.shape == (2, 5, 3)
+    torch.testing.assert_close(out[:, -1], layer.mlp(x)[:, -1], rtol=0, atol=1e-6)
+    assert bool((out[:, :-1] == 0).all())
+
+    class PairMLP(nn.Module):
+        def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return h, h
+
+    layer.mlp = PairMLP()
+    with pytest.raises(Unshareable, match="one tensor per position"), last_position_mlp(layer):
+        layer.mlp(x)

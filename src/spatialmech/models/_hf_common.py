@@ -225,16 +225,22 @@ def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[
     return BatchFeature(joined)
 
 
+_TEMPLATES_KEPT = 4096  # image sizes whose processor output (less its pixels) is kept per adapter
+
+
 def _size_template(adapter: VLMAdapter, image: Any, kwargs: dict[str, Any]) -> Any:
-    """What the processor gives an image of this size, its pixels zero (processed once per size)."""
+    """What the processor gives an image of this size, its pixels zero. The rest is kept per size, the
+    pixels as their shape only (photos come in many sizes: zero tensors kept for each would add up)."""
     from PIL import Image
 
     templates = vars(adapter).setdefault("_pixel_templates", {})
     key = (image.size, image.mode, repr(sorted(kwargs.items())))
     if key not in templates:
+        if len(templates) >= _TEMPLATES_KEPT:
+            templates.clear()
         processed = adapter.image_processor(images=[Image.new(image.mode, image.size)], **kwargs)
-        templates[key] = {name: torch.zeros_like(value) if name == PIXELS_KWARG else value for name, value in processed.items()}
-    return templates[key]
+        templates[key] = {name: (value.shape, value.dtype) if name == PIXELS_KWARG else value for name, value in processed.items()}
+    return {name: torch.zeros(value[0], dtype=value[1]) if name == PIXELS_KWARG else value for name, value in templates[key].items()}
 
 
 def _as_rgb(image: Any) -> Any:
