@@ -91,3 +91,17 @@ def test_the_key_covers_every_input(adapter) -> None:
     changed["pixel_values"] = changed["pixel_values"].clone()
     changed["pixel_values"][0, 0] += 1e-3
     assert batch_key(type(inputs)(changed, inputs.images, inputs.prompts, dict(inputs.row_order)), "p") != key
+
+
+def test_replaced_weights_are_never_served_old_logits(adapter) -> None:
+    """Weights swapped for new tensors (fresh write counters) still invalidate the memo."""
+    engine = Engine(adapter, share_prefix=True)
+    inputs = batch(adapter)
+    before = engine.logits(inputs)
+    head = adapter.model.get_output_embeddings().weight
+    head_name = next(name for name, p in adapter.model.named_parameters() if p is head)
+    state = {name: value * 2.0 if name == head_name else value.clone() for name, value in adapter.model.state_dict().items()}
+    adapter.model.load_state_dict(state, assign=True)
+    after = engine.logits(inputs)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, Engine(adapter, share_prefix=False).logits(inputs), atol=1e-4, rtol=0)

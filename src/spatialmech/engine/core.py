@@ -109,7 +109,7 @@ class Engine:
         key = None
         if limit:
             memo.for_weights(self.adapter.model)
-            key = batch_key(inputs, "shared-prefix")
+            key = batch_key(inputs, f"shared-prefix:{self.adapter.attention_implementation}")  # the kernel changes rounding
             kept = memo.get(key)
             if kept is not None:
                 return kept.clone()

@@ -37,9 +37,11 @@ def nbytes(value: Any) -> int:
     return 0
 
 
-def weights_version(model: torch.nn.Module) -> int:
-    """Changes whenever a parameter or buffer is written in place (torch counts writes per tensor)."""
-    return sum(t._version for t in model.parameters()) + sum(t._version for t in model.buffers())
+def weights_version(model: torch.nn.Module) -> tuple[int, int]:
+    """Changes whenever a parameter or buffer is written in place (torch counts writes per tensor) or
+    replaced (`.to(dtype)`, `load_state_dict(assign=True)`: new storage, whose write count starts again)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t._version for t in tensors), hash(tuple((t.data_ptr(), t.dtype) for t in tensors))
 
 
 class BoundedMemo:
@@ -64,7 +66,7 @@ class BoundedMemo:
         self.env, self.default_mb, self.what = env, default_mb, what
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
-        self._version: int | None = None
+        self._version: tuple[int, int] | None = None
         self.hits = 0
         self.misses = 0
 
