@@ -19,8 +19,8 @@ One memo per model object, kept while the model lives, and forgotten when its we
 (SPATIALMECH_ENCODING_MEMO_MB, default 1024; least recently used pictures go first; 0 turns it
 off: the raw inputs, pixels through the encoder in every forward).
 Inputs from it carry no pixels, so `vision.out` cannot be hooked on them (`encode_items(...,
-keep_pixels=True)` gives raw inputs). `build` makes a batch's inputs without preprocessing the pictures
-the memo already holds (`models.inputs.pixels_elsewhere`): half of building a batch was that.
+keep_pixels=True)` gives raw inputs). `build` encodes the batch's new pictures first and then builds its inputs without
+preprocessing any picture (`models.inputs.pixels_elsewhere`): half of building a batch was that.
 """
 
 from __future__ import annotations
@@ -56,17 +56,18 @@ class PictureEncodings(BoundedMemo):
 
     def build(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], prompts: Sequence[str],
               system: str | None = None) -> BatchInputs:
-        """`adapter.build_inputs(...)` served from the memo; pictures already in it are not even
-        preprocessed (`models.inputs.pixels_elsewhere`: their pixels would be replaced anyway)."""
-        if self.limit() == 0:
+        """`adapter.build_inputs(...)` with every picture's encoder output from the memo (new pictures
+        encoded first, alone), the batch's own pixels never computed (they would be replaced anyway)."""
+        limit = self.limit()
+        if limit == 0 or not any(images):
             return adapter.build_inputs(images, prompts, system=system)
         self.for_weights(adapter.model)
-        with pixels_elsewhere(self.__contains__):
+        parts = [self._encoding(adapter, image, limit) for row in images for image in row]
+        with pixels_elsewhere(lambda _picture: True):  # every picture's pixels are replaced by `parts`
             raw = adapter.build_inputs(images, prompts, system=system)
-        return self.inputs(adapter, images, raw)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
+        if PIXELS_KWARG not in raw.model_kwargs:
+            return raw
+        return adapter.with_image_encodings(raw, parts)
 
     def _encoding(self, adapter: VLMAdapter, image: Any, limit: int) -> Any:
         key = image_digest(image)
