@@ -63,7 +63,7 @@ class PictureEncodings(BoundedMemo):
             return adapter.build_inputs(images, prompts, system=system)
         self.for_weights(adapter.model)
         parts = [self._encoding(adapter, image, limit) for row in images for image in row]
-        with pixels_elsewhere(lambda _picture: True):  # every picture's pixels are replaced by `parts`
+        with pixels_elsewhere():  # every picture's pixels are replaced by `parts`
             raw = adapter.build_inputs(images, prompts, system=system)
         if PIXELS_KWARG not in raw.model_kwargs:
             return raw

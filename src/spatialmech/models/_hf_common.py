@@ -8,7 +8,7 @@ special tokens, how the image slot expands).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -195,22 +195,27 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
         ) from exc
 
 
-def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any],
-                       elsewhere: Callable[[str], bool] | None) -> Any:
+def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any], elsewhere: bool) -> Any:
     """The processor's output for `images`, each distinct picture processed alone and the outputs joined
-    in order (the same numbers as one call: the family declares it, a suite test checks it); pictures
-    `elsewhere` names get zero pixels of their size (`pixels_elsewhere`)."""
+    in order (the same numbers as one call: the family declares it, a suite test checks it); with
+    `elsewhere` (`pixels_elsewhere`), no picture is processed: each gets zero pixels of its size."""
     from transformers import BatchFeature
 
-    keys = [image_digest(image) for image in images]
-    if elsewhere is None and len(set(keys)) == len(keys):
-        return adapter.image_processor(images=images, **kwargs)
-    alone: dict[str, Any] = {}
-    for key, image in zip(keys, images):
-        if key not in alone:
-            alone[key] = _size_template(adapter, image, kwargs) if elsewhere is not None and elsewhere(key) \
-                else adapter.image_processor(images=[image], **kwargs)
-    parts = [alone[key] for key in keys]
+    if elsewhere:
+        by_size: dict[tuple[int, int], Any] = {}
+        for image in images:
+            if image.size not in by_size:
+                by_size[image.size] = _size_template(adapter, image, kwargs)
+        parts = [by_size[image.size] for image in images]
+    else:
+        keys = [image_digest(image) for image in images]
+        if len(set(keys)) == len(keys):
+            return adapter.image_processor(images=images, **kwargs)
+        alone: dict[str, Any] = {}
+        for key, image in zip(keys, images):
+            if key not in alone:
+                alone[key] = adapter.image_processor(images=[image], **kwargs)
+        parts = [alone[key] for key in keys]
     joined: dict[str, Any] = {}
     for name, first in parts[0].items():
         values = [part[name] for part in parts]

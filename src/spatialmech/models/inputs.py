@@ -7,7 +7,7 @@ interface each stay one readable file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,17 +19,16 @@ from torch import nn
 PIXELS_KWARG = "pixel_values"
 ENCODED_IMAGES_KWARG = "mm_encoder_outputs"  # transformers' input for precomputed image-encoder outputs
 
-# Set by `pixels_elsewhere`: which pictures (by `image_digest`) need no pixels in the inputs being built.
-PIXELS_ELSEWHERE: ContextVar[Callable[[str], bool] | None] = ContextVar("pixels_elsewhere", default=None)
+# Set by `pixels_elsewhere`: the inputs being built need no pixels (they will be replaced).
+PIXELS_ELSEWHERE: ContextVar[bool] = ContextVar("pixels_elsewhere", default=False)
 
 
 @contextmanager
-def pixels_elsewhere(known: Callable[[str], bool]) -> Iterator[None]:
-    """While open, inputs built for pictures `known(image_digest)` names carry zero pixels of the right
-    shape instead of processed ones (families that `processes_images_alone`): for a caller that replaces
-    those pixels with the pictures' encoder outputs kept elsewhere (the picture memo), preprocessing them
-    was wasted work."""
-    token = PIXELS_ELSEWHERE.set(known)
+def pixels_elsewhere() -> Iterator[None]:
+    """While open, inputs built carry zero pixels of the right shape instead of processed ones (families
+    that `processes_images_alone`): for a caller that replaces every picture's pixels with its encoder
+    output kept elsewhere (the picture memo), preprocessing them was wasted work."""
+    token = PIXELS_ELSEWHERE.set(True)
     try:
         yield
     finally:
