@@ -49,15 +49,20 @@ class KVRecorder:
 
 
 class KVKeeper:
-    """Keeps each layer's keys/values and returns them unchanged (a pass whose keys later rows reuse).
-    With `stop_at`, that layer stops once its keys/values are kept (raises `KVRecorded`): a shared
-    prefix's last layer is needed for its keys/values only, never for its output."""
+    """Keeps each layer's keys/values, after `before`'s where given (an earlier pass's, row-aligned), and
+    returns them (a pass whose keys later rows reuse). With `stop_at`, that layer stops once its
+    keys/values are kept (raises `KVRecorded`): a shared prefix's last layer is needed for its
+    keys/values only, never for its output."""
 
-    def __init__(self, stop_at: int | None = None) -> None:
+    def __init__(self, stop_at: int | None = None, before: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.stop_at = stop_at
+        self.before = before
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.before is not None:
+            keys, values = self.before[layer_idx]
+            key_states, value_states = torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
         self.kept[layer_idx] = (key_states, value_states)
         if layer_idx == self.stop_at:
             raise KVRecorded

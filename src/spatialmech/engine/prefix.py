@@ -4,20 +4,23 @@ Both option orders of a forced-choice item, the four query directions of a synth
 conditions of an ablation share the system turn, the picture and the text up to the first token that
 differs. A plain forward computes that prefix once per row; here it runs once per group of rows and
 every row's suffix attends to the group's keys/values, as the training code's shared prefix does.
+Rows share at several depths (every row the system turn, a picture's rows the picture, an ablated
+picture's rows its untouched top), so the prefix runs in levels, each level once per group of rows
+that agree that far, against the keys/values of the level before (`prefix_groups` picks the levels).
 
 How it stays exact on every family without knowing the family: (1) a capture pass runs the model with
 every decoder layer replaced by the identity, so embeddings, image encoder and interventions before
 layer 0 (steering/ablation/patching of picture tokens at `projector.out`, `lm.resid_pre.0`) run as
 usual and each layer's call arguments (masks, rotary tables, position ids) are kept as built; (2) rows
 are grouped by their real tokens' layer-0 states (`prefix_groups`), and members are checked equal
-(`torch.equal`) in states, positions, rotary tables and mask over the prefix; (3) the prefix runs once
+(`torch.equal`) in states, positions, rotary tables and mask over each level; (3) each level runs once
 per group, the suffixes (left-padded among themselves) once per row, with every mask and rotary table
-gathered from the captured ones (Gemma's sliding windows and bidirectional image blocks, M-RoPE come
-along unchanged), after the masks show the prefix sees neither the padding nor the suffix. Anything
-unproven (a cut inside a bidirectional block, an unknown argument) runs the plain forward and says why
-(`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every family).
-Only the last position's logits are read, so the last layer does less: the prefix pass stops it once
-its keys/values are kept, and the suffix pass runs its MLP on the last position only.
+gathered from the captured ones (`prefix_args`; Gemma's sliding windows and bidirectional image
+blocks, M-RoPE come along unchanged), after the masks show no level sees the padding or past its end.
+Anything unproven (a cut inside a bidirectional block, an unknown argument) runs the plain forward and
+says why (`PrefixStats.fallbacks`). Logits equal the plain forward to float32 rounding (tests, every
+family). Only the last position's logits are read, so the last layer does less: the prefix levels stop
+it once its keys/values are kept, and the suffix pass runs its MLP on the last position only.
 
 Switch it off with `Engine(adapter, share_prefix=False)` or the environment variable
 `SPATIALMECH_PREFIX_SHARING=0` (`spatialmech.sharing`; the benchmark and the equality checks do).
@@ -36,9 +39,7 @@ import torch
 
 from spatialmech.engine.call_args import (
     CACHE_KWARGS,
-    causal_mask,
     layer_output,
-    map_tensors,
     masked,
     mentions_length,
 )
@@ -50,7 +51,16 @@ from spatialmech.engine.hooks import (
 )
 from spatialmech.engine.interventions import Intervention
 from spatialmech.engine.kv import KVKeeper, KVRecorded, PrefixKV
-from spatialmech.engine.prefix_groups import GroupsDiffer, Plan, Unshareable, gather_rows, plan_groups
+from spatialmech.engine.prefix_args import Captured, LayerArgs
+from spatialmech.engine.prefix_groups import (
+    GroupsDiffer,
+    Level,
+    Plan,
+    Unshareable,
+    cuttable,
+    gather_rows,
+    plan_groups,
+)
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
 # Sites whose interventions act before decoder layer 0 runs: the capture pass applies them.
@@ -73,9 +83,10 @@ class PrefixStats:
     tokens_run: int = 0
     tokens_floor: int = 0
     fallbacks: Counter = field(default_factory=Counter)
+    levels: Counter = field(default_factory=Counter)  # shared forwards by their number of prefix levels
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fallbacks": dict(self.fallbacks)}
+        return {**asdict(self), "fallbacks": dict(self.fallbacks), "levels": dict(self.levels)}
 
 
 TOTALS = PrefixStats()  # every engine's stats summed, for the benchmark (benchmarks/reproduce_time.py)
@@ -83,14 +94,6 @@ TOTALS = PrefixStats()  # every engine's stats summed, for the benchmark (benchm
 
 def interventions_upstream(interventions: Sequence[Intervention]) -> bool:
     return all(i.site in UPSTREAM_SITES for i in interventions)
-
-
-@dataclass
-class Captured:
-    """Layer 0's input (batch, seq, hidden) and every decoder layer's call keyword arguments."""
-
-    hidden: torch.Tensor
-    kwargs: list[dict[str, Any]]
 
 
 def capture_layer_inputs(
@@ -118,152 +121,56 @@ def capture_layer_inputs(
     return Captured(hidden["0"], kwargs), session
 
 
-class _LayerArgs:
-    """Turns the captured per-layer kwargs into prefix-pass and suffix-pass kwargs (memoised per tensor,
-    since layers of one kind share their mask and rotary tables)."""
-
-    def __init__(self, captured: Captured, plan: Plan, attention: str, none_is_causal: bool = False):
-        self.captured, self.plan, self.attention = captured, plan, attention
-        self.none_is_causal = none_is_causal
-        self.seq_len = captured.hidden.shape[1]
-        self.batch = captured.hidden.shape[0]
-        p, pad, seq_len = plan.prefix_len, plan.pad, self.seq_len
-        self.suffix_len = seq_len - int(pad.min()) - p
-        n_pad = self.suffix_len - (seq_len - pad - p)  # left padding of each row's suffix
-        self.n_pad = n_pad
-        steps = torch.arange(self.suffix_len)
-        first_real = (pad + p)[:, None]
-        self.prefix_index = pad[:, None] + torch.arange(p)[None, :]  # (batch, p) real prefix positions
-        self.suffix_index = torch.maximum(first_real + steps[None, :] - n_pad[:, None], first_real)
-        pad_key = torch.zeros_like(self.suffix_index)
-        suffix_keys = torch.where(steps[None, :] < n_pad[:, None], pad_key, self.suffix_index)
-        self.suffix_keys = torch.cat([self.prefix_index, suffix_keys], dim=1)
-        self.all_rows = torch.arange(self.batch)
-        self.memo: dict[tuple[int, str], Any] = {}
-
-    def layer(self, kwargs: dict[str, Any], cache: Any, part: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if not any(name in kwargs for name in CACHE_KWARGS):
-            raise Unshareable("decoder layers take no KV cache argument")
-        if "attention_mask" not in kwargs:
-            raise Unshareable("decoder layers take no attention mask")
-        for name, value in kwargs.items():
-            if name in CACHE_KWARGS:
-                out[name] = cache
-            elif name == "attention_mask":
-                key = (id(value), f"{name}:{part}")
-                if key not in self.memo:
-                    self.memo[key] = self.prefix_mask(value) if part == "prefix" else self.mask(value, part)
-                out[name] = self.memo[key]
-            elif name == "use_cache":
-                out[name] = False
-            elif name == "cache_position":
-                start, length = (0, self.plan.prefix_len) if part == "prefix" else (self.plan.prefix_len, self.suffix_len)
-                out[name] = torch.arange(start, start + length, device=self.captured.hidden.device)
-            elif isinstance(value, (torch.Tensor, tuple, list, dict)) and mentions_length(value, self.seq_len):
-                key = (id(value), f"{name}:{part}")
-                if key not in self.memo:
-                    self.memo[key] = self._convert(name, value, part)
-                out[name] = self.memo[key]
-            else:
-                out[name] = value
-        return out
-
-    def _rows_and_index(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if part == "prefix":
-            return self.plan.reps, self.prefix_index[self.plan.reps]
-        if part == "check":
-            return self.all_rows, self.prefix_index
-        return self.all_rows, self.suffix_index
-
-    def _convert(self, name: str, value: Any, part: str) -> Any:
-        rows, index = self._rows_and_index(part)
-        if name == "attention_mask":
-            return self.mask(value, part)
-        if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() >= 2:
-            return gather_rows(value, -2, -1, rows, index)
-        if name == "position_embeddings":
-            return map_tensors(value, lambda t: gather_rows(t, -3, -2, rows, index) if t.dim() >= 3 and t.shape[-2] == self.seq_len else _bad(name))
-        raise Unshareable(f"decoder-layer argument {name!r} depends on the sequence")
-
-    def full_mask(self, mask: Any) -> torch.Tensor:
-        if mask is None:
-            full = causal_mask(self.seq_len, self.attention, self.captured.hidden.device)
-            if full is None:
-                raise Unshareable(f"no explicit causal mask for attention implementation {self.attention!r}")
-            return full
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != self.seq_len or mask.shape[-2] != self.seq_len:
-            raise Unshareable(f"attention mask of type {type(mask).__name__}")
-        return mask
-
-    def prefix_mask(self, mask: Any) -> torch.Tensor | None:
-        """The prefix pass's mask, or None (the kernel's own causal path, faster than an explicit mask) where
-        the model itself called its layers without one, or where the layers take None as causal and the
-        gathered mask is exactly causal (the prefix holds real tokens only, so padding is gone)."""
-        if mask is None:
-            return None
-        gathered = self.mask(mask, "prefix")
-        if self.none_is_causal and gathered.dtype == torch.bool:
-            p = gathered.shape[-1]
-            causal = torch.ones(p, p, dtype=torch.bool, device=gathered.device).tril()
-            if torch.equal(gathered, causal.expand_as(gathered)):
-                return None
-        return gathered
-
-    def mask(self, mask: Any, part: str) -> torch.Tensor:
-        mask = self.full_mask(mask)
-        rows, index = self._rows_and_index(part)
-        keys = index if part in ("prefix", "check") else self.suffix_keys
-        by_query = gather_rows(mask, 0, -2, rows, index)
-        return gather_rows(by_query, 0, -1, torch.arange(len(rows)), keys)
-
-
-def _bad(name: str) -> Any:
-    raise Unshareable(f"decoder-layer argument {name!r} has a layout the engine does not know")
-
-
-def _same_in_group(value: Any, plan: Plan) -> bool:
-    """Every row's prefix slice equals its group representative's (tensors gathered for all rows)."""
+def _same_in_group(value: Any, level: Level) -> bool:
+    """Every row's slice equals its group representative's (tensors gathered for all rows)."""
     if isinstance(value, torch.Tensor):
-        if value.shape[0] != len(plan.group_of_row) or value.dim() < 2:
+        if value.shape[0] != len(level.labels) or value.dim() < 2:
             return True  # no per-row data (broadcast)
-        return torch.equal(value, value[plan.reps.to(value.device)][plan.group_of_row.to(value.device)])
+        return torch.equal(value, value[level.reps.to(value.device)][level.labels.to(value.device)])
     if isinstance(value, (tuple, list)):
-        return all(_same_in_group(v, plan) for v in value)
+        return all(_same_in_group(v, level) for v in value)
     if isinstance(value, dict):
-        return all(_same_in_group(v, plan) for v in value.values())
+        return all(_same_in_group(v, level) for v in value.values())
     return True
 
 
-def _check(args: _LayerArgs, kwargs: list[dict[str, Any]]) -> None:
-    """Prove the shared run exact: group members agree on everything the prefix computes from, the
-    prefix sees neither the padding nor the suffix, and the suffix never sees the padding."""
+def _check(args: LayerArgs, kwargs: list[dict[str, Any]]) -> None:
+    """Prove the shared run exact: at every level, group members agree on everything its tokens are
+    computed from (the levels before proved the earlier tokens), no prefix sees past its end, and no real
+    token sees the padding."""
     plan, seq_len = args.plan, args.seq_len
-    prefix_states = gather_rows(args.captured.hidden, 0, 1, args.all_rows, args.prefix_index)
-    if not _same_in_group(prefix_states, plan):
-        raise Unshareable("grouped rows differ inside the prefix")
-    checked: set[int] = set()
-    for kw in kwargs:
-        for name, value in kw.items():
-            if name in (*CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not mentions_length(value, seq_len):
+    for k, level in enumerate(plan.levels):
+        part = f"check:{k}"
+        _, queries, _ = args.indices(part)
+        if not _same_in_group(gather_rows(args.captured.hidden, 0, 1, args.all_rows, queries), level):
+            raise Unshareable("grouped rows differ inside the prefix")
+        checked: set[int] = set()
+        for kw in kwargs:
+            for name, value in kw.items():
+                if name in (*CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not mentions_length(value, seq_len):
+                    continue
+                checked.add(id(value))
+                if not _same_in_group(args._convert(name, value, part), level):
+                    raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
+            given = kw.get("attention_mask")  # by the model's own object: None (causal) is checked once, not per layer
+            if id(given) in checked:
                 continue
-            checked.add(id(value))
-            if not _same_in_group(args._convert(name, value, "check"), plan):
-                raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
-        given = kw.get("attention_mask")  # by the model's own object: None (causal) is checked once, not per layer
-        if id(given) in checked:
-            continue
-        checked.add(id(given))
-        mask = args.full_mask(given)
-        if not _same_in_group(args.mask(mask, "check"), plan):
-            raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
-        hidden = masked(mask)
-        for r in range(args.batch):
-            m = hidden[min(r, hidden.shape[0] - 1)]
-            a, p = int(plan.pad[r]), plan.prefix_len
-            if not bool(m[:, a:, :a].all()):
-                raise Unshareable("real tokens attend to padding")
-            if not bool(m[:, a : a + p, a + p :].all()):
+            checked.add(id(given))
+            if not _same_in_group(args.mask(given, part), level):
+                raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
+            if k == 0:
+                _check_blind(masked(args.full_mask(given)), plan)
+
+
+def _check_blind(hidden: torch.Tensor, plan: Plan) -> None:
+    """No real token sees the padding, and no level's tokens see past the level's end."""
+    for r in range(len(plan.pad)):
+        m = hidden[min(r, hidden.shape[0] - 1)]
+        a = int(plan.pad[r])
+        if not bool(m[:, a:, :a].all()):
+            raise Unshareable("real tokens attend to padding")
+        for level in plan.levels:
+            if not bool(m[:, a : a + level.end, a + level.end :].all()):
                 raise Unshareable("the prefix attends to later positions (e.g. a bidirectional block cut by the prefix)")
 
 
@@ -349,30 +256,36 @@ _CAUSAL_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakK
 def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats: PrefixStats) -> torch.Tensor:
     attention = adapter.attention_implementation
     none_is_causal = _none_is_causal(adapter, attention)
+    mask = inputs.model_kwargs.get("attention_mask")
     try:
-        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"))
-        args = _LayerArgs(captured, plan, attention, none_is_causal)
+        plan = plan_groups(captured.hidden, mask, can_cut=_cuttable(captured, mask))
+        args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
-        plan = plan_groups(captured.hidden, inputs.model_kwargs.get("attention_mask"), same_pad=True)
-        args = _LayerArgs(captured, plan, attention, none_is_causal)
+        plan = plan_groups(captured.hidden, mask, same_pad=True, can_cut=_cuttable(captured, mask))
+        args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     last = len(layers) - 1
-    keeper = KVKeeper(stop_at=last)  # the prefix's last layer: its keys/values only
-    prefix_kwargs = [args.layer(kw, keeper, "prefix") for kw in captured.kwargs]
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     with torch.no_grad():
-        hidden = gather_rows(captured.hidden, 0, 1, plan.reps, args.prefix_index[plan.reps])
-        for j, layer in enumerate(layers):
-            try:
-                hidden = layer_output(layer(hidden, **prefix_kwargs[j]))
-            except KVRecorded:
-                if j != last:
-                    raise
-        if len(keeper.kept) != len(layers):
-            raise Unshareable("not every layer stored its keys/values")
+        for k, level in enumerate(plan.levels):  # each level's groups, against their keys/values so far
+            before = {j: (key[level.parent], value[level.parent]) for j, (key, value) in kept.items()} if k else None
+            keeper = KVKeeper(stop_at=last, before=before)  # the last layer: its keys/values only
+            level_kwargs = [args.layer(kw, keeper, f"level:{k}") for kw in captured.kwargs]
+            rows, queries, _ = args.indices(f"level:{k}")
+            hidden = gather_rows(captured.hidden, 0, 1, rows, queries)
+            for j, layer in enumerate(layers):
+                try:
+                    hidden = layer_output(layer(hidden, **level_kwargs[j]))
+                except KVRecorded:
+                    if j != last:
+                        raise
+            if len(keeper.kept) != len(layers):
+                raise Unshareable("not every layer stored its keys/values")
+            kept = keeper.kept
         rows = plan.group_of_row.to(hidden.device)
-        stand_in = PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in keeper.kept.items()})
+        stand_in = PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in kept.items()})
         suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
         hidden = gather_rows(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
         for j, layer in enumerate(layers):
@@ -381,7 +294,17 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
         logits = adapter.final_logits(hidden[:, -1])
     for each in (stats, TOTALS):
         each.shared += 1
-        each.tokens_run += len(plan.reps) * plan.prefix_len + args.batch * args.suffix_len
+        each.levels[len(plan.levels)] += 1
+        each.tokens_run += plan.prefix_tokens() + args.batch * args.suffix_len
         each.tokens_floor += plan.floor
     return logits
 
+
+def _cuttable(captured: Captured, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Where the layers' own masks let a prefix end (`prefix_groups.cuttable`), from their distinct masks."""
+    masks = {id(m): m for kw in captured.kwargs if isinstance(m := kw.get("attention_mask"), torch.Tensor) and m.dim() == 4}
+    if not masks:
+        return None
+    batch, seq_len = captured.hidden.shape[:2]
+    pad = seq_len - (mask.to(torch.bool).cpu().sum(1) if mask is not None else torch.full((batch,), seq_len))
+    return cuttable(masks.values(), pad)

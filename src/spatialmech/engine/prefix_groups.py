@@ -1,18 +1,29 @@
-"""Grouping rows by their common prefix and gathering per-row slices of captured tensors (`engine.prefix`).
+"""Grouping rows by their common prefixes and gathering per-row slices of captured tensors (`engine.prefix`).
 
 Groups come from layer 0's input itself (what the decoder layers will see), so pictures, prompts and
 interventions before layer 0 all count; `engine.prefix` then proves every other input equal.
+
+Rows can share at several depths: every row of a batch shares the system turn, the rows about one
+picture share that picture too, and both option orders of a question share the question up to its
+options. A plan is a short list of levels, each a pass over its groups' new tokens (attending to the
+level before), chosen to run the fewest token passes, a pass counting `PASS_TOKENS` for its fixed cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from spatialmech.engine.call_args import masked
+
 # Share only when it saves at least this fraction of a plain forward's token passes: the prefix and the
-# suffix run as two passes, whose fixed costs (measured on the bundled model) outweigh small savings.
+# suffix run as extra passes, whose fixed costs (measured on the bundled model) outweigh small savings.
 MIN_SAVING = 0.25
+# What one more pass costs beyond its tokens, in token passes (bundled model, 2 cores: a pass of the
+# 8 layers takes ~5 ms plus ~80 us per token; a level is worth adding only when it saves more).
+PASS_TOKENS = 64
 
 
 class Unshareable(Exception):
@@ -36,18 +47,60 @@ def gather_rows(t: torch.Tensor, batch_dim: int, seq_dim: int, rows: torch.Tenso
 
 
 @dataclass
-class Plan:
-    prefix_len: int
+class Level:
+    """One pass of a shared run: each group's real tokens [start, end), attending to its group's keys
+    and values of [0, start) from the level before (`parent`: its group there)."""
+
+    start: int
+    end: int
     reps: torch.Tensor  # (groups,) representative row of each group
-    group_of_row: torch.Tensor  # (batch,)
+    labels: torch.Tensor  # (batch,) each row's group
+    parent: torch.Tensor  # (groups,) each group's group at the level before (zeros at the first level)
+
+
+@dataclass
+class Plan:
+    levels: list[Level]
     pad: torch.Tensor  # (batch,) left padding of each row
     floor: int  # distinct (row prefix) positions: the no-repeat floor
 
+    @property
+    def prefix_len(self) -> int:
+        return self.levels[-1].end
 
-def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_pad: bool = False) -> Plan:
-    """Group rows by the longest common start of their real tokens' layer-0 states; choose one prefix
-    length for the batch that saves the most token passes. Raises Unshareable when nothing is shared.
-    `same_pad` also requires equal left padding (families whose positions count the padding, Gemma3)."""
+    @property
+    def group_of_row(self) -> torch.Tensor:
+        return self.levels[-1].labels
+
+    def prefix_tokens(self) -> int:
+        return sum(len(level.reps) * (level.end - level.start) for level in self.levels)
+
+
+def cuttable(masks: Iterable[torch.Tensor], pad: torch.Tensor) -> torch.Tensor | None:
+    """(batch, seq_len) whether a prefix may end before each real-token offset of each row: no real token
+    before the cut attends to one at or after it (a cut inside Gemma's bidirectional image block may not)."""
+    batch = pad.shape[0]
+    allowed: torch.Tensor | None = None
+    for mask in masks:
+        seq_len = mask.shape[-1]
+        sees = (~masked(mask)).any(dim=1).expand(batch, seq_len, seq_len).cpu()  # (batch, query, key)
+        positions = torch.arange(seq_len)
+        sees = sees & (positions[None, :, None] >= pad[:, None, None])  # queries of real tokens only
+        first_query = torch.where(sees, positions[None, :, None], seq_len).min(dim=1).values  # per key
+        earliest = torch.flip(torch.cummin(torch.flip(first_query, [1]), dim=1).values, [1])  # over keys >= t
+        ok = earliest >= positions[None, :]
+        index = (pad[:, None] + positions[None, :]).clamp(max=seq_len - 1)
+        ok = ok.gather(1, index)  # by offset from each row's first real token
+        allowed = ok if allowed is None else allowed & ok
+    return allowed  # None: no mask (causal everywhere)
+
+
+def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_pad: bool = False,
+                can_cut: torch.Tensor | None = None) -> Plan:
+    """Group rows by the common starts of their real tokens' layer-0 states and choose the levels (prefix
+    lengths) that run the fewest token passes. Raises Unshareable when nothing worth a pass is shared.
+    `same_pad` also requires equal left padding (families whose positions count the padding, Gemma3);
+    `can_cut` (`cuttable`) rules out prefix lengths the attention masks forbid."""
     batch, seq_len = hidden.shape[:2]
     if attention_mask is None:
         attention_mask = torch.ones(batch, seq_len, dtype=torch.long)
@@ -69,23 +122,52 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     floor = _distinct_prefix_positions(same, lengths)
     if same_pad:
         same = same * (pad[:, None] == pad[None, :])
-    max_prefix = int(lengths.min()) - 1  # every row keeps its last token in the suffix
-    best: tuple[int, int, torch.Tensor] | None = None
-    for p in sorted({int(v) for v in same.flatten().tolist() if v > 0} | {max_prefix}):
-        p = min(p, max_prefix)
-        if p < 1:
-            continue
-        labels = _components(same >= p)
-        saving = (batch - int(labels.max()) - 1) * p
-        if saving > 0 and (best is None or saving > best[0]):
-            best = (saving, p, labels)
-    if best is None:
-        raise Unshareable("no rows share a prefix")
-    if best[0] < MIN_SAVING * batch * seq_len:  # a second pass costs more than it saves
+    cuts = _best_cuts(same, int(lengths.min()) - 1, int(lengths.max()), can_cut)
+    levels: list[Level] = []
+    for start, end in zip([0, *cuts], cuts):
+        labels = _components(same >= end)
+        reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
+        parent = levels[-1].labels[reps] if levels else torch.zeros_like(reps)
+        levels.append(Level(start, end, reps, labels, parent))
+    plan = Plan(levels, pad, floor)
+    run = plan.prefix_tokens() + batch * (int(lengths.max()) - plan.prefix_len)
+    if batch * seq_len - run < MIN_SAVING * batch * seq_len:  # the extra passes cost more than they save
         raise Unshareable(f"rows share less than {MIN_SAVING:.0%} of the batch's tokens")
-    _, p, labels = best
-    reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
-    return Plan(p, reps, labels, pad, floor)
+    return plan
+
+
+def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch.Tensor | None) -> list[int]:
+    """The increasing prefix lengths (one per level) of least cost: each level's groups x its new tokens
+    plus PASS_TOKENS, then every row's suffix (padded to the longest). Lengths are where rows part ways."""
+    batch = same.shape[0]
+    candidates = sorted({min(int(v), max_prefix) for v in same.flatten().tolist()} - {0})
+    groups = [int(_components(same >= c).max()) + 1 for c in candidates]
+    if all(g == batch for g in groups):
+        raise Unshareable("no rows share a prefix")
+    if can_cut is not None:
+        kept = [j for j, c in enumerate(candidates) if c < can_cut.shape[1] and bool(can_cut[:, c].all())]
+        candidates, groups = [candidates[j] for j in kept], [groups[j] for j in kept]
+    # cost[j]: the cheapest levels ending with candidates[j]; back[j]: the level before it (-1: none)
+    cost: list[int] = []
+    back: list[int] = []
+    for j, (c, g) in enumerate(zip(candidates, groups)):
+        best, before = g * c + PASS_TOKENS, -1
+        for i in range(j):
+            if groups[i] < g:  # a level of as many groups as the next one saves nothing
+                option = cost[i] + g * (c - candidates[i]) + PASS_TOKENS
+                if option < best:
+                    best, before = option, i
+        cost.append(best)
+        back.append(before)
+    ends = [j for j, g in enumerate(groups) if g < batch]
+    if not ends:
+        raise Unshareable("the prefix attends to later positions wherever rows part ways (e.g. a bidirectional block)")
+    last = min(ends, key=lambda j: cost[j] + batch * (longest - candidates[j]))
+    cuts = []
+    while last >= 0:
+        cuts.append(candidates[last])
+        last = back[last]
+    return cuts[::-1]
 
 
 def _components(linked: torch.Tensor) -> torch.Tensor:
