@@ -16,41 +16,18 @@ sharing off.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any
 
-import torch
-
-from spatialmech.engine.memo import BoundedMemo
+from spatialmech.engine.memo import BoundedMemo, feed_digest
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
 ENV_LIMIT = "SPATIALMECH_LOGITS_MEMO_MB"
 DEFAULT_LIMIT_MB = 512
 
 
-def _feed(digest: Any, value: Any) -> None:
-    """Everything a forward reads from `value`, in a fixed order (tensors by dtype, shape and bytes)."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().contiguous().cpu()
-        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, Mapping):
-        digest.update(f"M{len(value)}".encode())
-        for key in value:  # ModelOutput / dict: insertion order is the model's own, so stable
-            digest.update(str(key).encode())
-            _feed(digest, value[key])
-    elif isinstance(value, (tuple, list)):
-        digest.update(f"L{len(value)}".encode())
-        for item in value:
-            _feed(digest, item)
-    else:
-        digest.update(repr(value).encode())
-
-
 def batch_key(inputs: BatchInputs, path: str) -> str:
     """A digest of every model input of the batch and of how it is run (`path`)."""
     digest = hashlib.sha1(path.encode())
-    _feed(digest, inputs.model_kwargs)
+    feed_digest(digest, inputs.model_kwargs)
     return digest.hexdigest()
 
 

@@ -1,13 +1,14 @@
 """A store for work the toolkit keeps instead of repeating (issue 21): bounded in bytes, least recently
-used first out, forgotten when the model's weights change in place. Two memos use it: each picture's
-encoder output (`encodings`) and the logits of whole plain batches (`logits_memo`)."""
+used first out, forgotten when the model's weights change in place. Three memos use it: each picture's
+encoder output (`encodings`), the logits of whole plain batches (`logits_memo`) and the keys/values of
+the start every batch shares (`root_kv`)."""
 
 from __future__ import annotations
 
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,26 @@ def weights_version(model: torch.nn.Module) -> tuple[int, int]:
     replaced (`.to(dtype)`, `load_state_dict(assign=True)`: new storage, whose write count starts again)."""
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t._version for t in tensors), hash(tuple((t.data_ptr(), t.dtype) for t in tensors))
+
+
+def feed_digest(digest: Any, value: Any) -> None:
+    """Feed a hash with everything a forward reads from `value`, in a fixed order (tensors by dtype,
+    shape and bytes): the key of memoised work."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().contiguous().cpu()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"M{len(value)}".encode())
+        for key in value:  # ModelOutput / dict: insertion order is the model's own, so stable
+            digest.update(str(key).encode())
+            feed_digest(digest, value[key])
+    elif isinstance(value, (tuple, list)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            feed_digest(digest, item)
+    else:
+        digest.update(repr(value).encode())
 
 
 class BoundedMemo:

@@ -51,6 +51,7 @@ from spatialmech.engine.hooks import (
 )
 from spatialmech.engine.interventions import Intervention
 from spatialmech.engine.kv import KVKeeper, KVRecorded, PrefixKV
+from spatialmech.engine.positions import image_positions
 from spatialmech.engine.prefix_args import Captured, LayerArgs
 from spatialmech.engine.prefix_groups import (
     GroupsDiffer,
@@ -61,6 +62,7 @@ from spatialmech.engine.prefix_groups import (
     gather_rows,
     plan_groups,
 )
+from spatialmech.engine.root_kv import RootKV, root_key
 from spatialmech.models.base import BatchInputs, VLMAdapter
 
 # Sites whose interventions act before decoder layer 0 runs: the capture pass applies them.
@@ -84,6 +86,7 @@ class PrefixStats:
     tokens_floor: int = 0
     fallbacks: Counter = field(default_factory=Counter)
     levels: Counter = field(default_factory=Counter)  # shared forwards by their number of prefix levels
+    roots_kept: int = 0  # shared forwards whose root level came from an earlier forward (`root_kv`)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fallbacks": dict(self.fallbacks), "levels": dict(self.levels)}
@@ -257,34 +260,28 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
     attention = adapter.attention_implementation
     none_is_causal = _none_is_causal(adapter, attention)
     mask = inputs.model_kwargs.get("attention_mask")
+    roots = RootKV.of_model(adapter.model)
+    root_cap = _root_cap(inputs, captured) if roots.limit() else 0
     try:
-        plan = plan_groups(captured.hidden, mask, can_cut=_cuttable(captured, mask))
+        plan = plan_groups(captured.hidden, mask, can_cut=_cuttable(captured, mask), root_cap=root_cap)
         args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
-        plan = plan_groups(captured.hidden, mask, same_pad=True, can_cut=_cuttable(captured, mask))
+        plan = plan_groups(captured.hidden, mask, same_pad=True, can_cut=_cuttable(captured, mask), root_cap=root_cap)
         args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
     last = len(layers) - 1
     kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    root_kept = False
     with torch.no_grad():
         for k, level in enumerate(plan.levels):  # each level's groups, against their keys/values so far
+            if k == 0 and plan.root:
+                kept, root_kept = _root(adapter, args, captured, roots)
+                continue
             before = {j: (key[level.parent], value[level.parent]) for j, (key, value) in kept.items()} if k else None
-            keeper = KVKeeper(stop_at=last, before=before)  # the last layer: its keys/values only
-            level_kwargs = [args.layer(kw, keeper, f"level:{k}") for kw in captured.kwargs]
-            rows, queries, _ = args.indices(f"level:{k}")
-            hidden = gather_rows(captured.hidden, 0, 1, rows, queries)
-            for j, layer in enumerate(layers):
-                try:
-                    hidden = layer_output(layer(hidden, **level_kwargs[j]))
-                except KVRecorded:
-                    if j != last:
-                        raise
-            if len(keeper.kept) != len(layers):
-                raise Unshareable("not every layer stored its keys/values")
-            kept = keeper.kept
-        rows = plan.group_of_row.to(hidden.device)
+            kept = _run_level(layers, args, captured, k, before)
+        rows = plan.group_of_row.to(captured.hidden.device)
         stand_in = PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in kept.items()})
         suffix_kwargs = [args.layer(kw, stand_in, "suffix") for kw in captured.kwargs]
         hidden = gather_rows(captured.hidden, 0, 1, args.all_rows, args.suffix_index)
@@ -292,12 +289,60 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
             with last_position_mlp(layer) if j == last else nullcontext():
                 hidden = layer_output(layer(hidden, **suffix_kwargs[j]))
         logits = adapter.final_logits(hidden[:, -1])
+    root_run = plan.root if plan.root and not root_kept else 0
     for each in (stats, TOTALS):
         each.shared += 1
+        each.roots_kept += root_kept
         each.levels[len(plan.levels)] += 1
-        each.tokens_run += plan.prefix_tokens() + args.batch * args.suffix_len
-        each.tokens_floor += plan.floor
+        each.tokens_run += plan.prefix_tokens() + root_run + args.batch * args.suffix_len
+        each.tokens_floor += plan.floor - (plan.root if root_kept else 0)
     return logits
+
+
+def _run_level(layers: Sequence[torch.nn.Module], args: LayerArgs, captured: Captured, k: int,
+               before: dict[int, tuple[torch.Tensor, torch.Tensor]] | None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Level k's groups through every layer (the last one to its keys/values only), after `before`'s keys."""
+    last = len(layers) - 1
+    keeper = KVKeeper(stop_at=last, before=before)
+    level_kwargs = [args.layer(kw, keeper, f"level:{k}") for kw in captured.kwargs]
+    rows, queries, _ = args.indices(f"level:{k}")
+    hidden = gather_rows(captured.hidden, 0, 1, rows, queries)
+    for j, layer in enumerate(layers):
+        try:
+            hidden = layer_output(layer(hidden, **level_kwargs[j]))
+        except KVRecorded:
+            if j != last:
+                raise
+    if len(keeper.kept) != len(layers):
+        raise Unshareable("not every layer stored its keys/values")
+    return keeper.kept
+
+
+def _root(adapter: VLMAdapter, args: LayerArgs, captured: Captured, roots: RootKV) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], bool]:
+    """The root level's keys/values: kept from an earlier forward with the same key, else run (alone) and kept."""
+    limit = roots.limit()
+    roots.for_weights(adapter.model)
+    rows, queries, _ = args.indices("level:0")
+    states = gather_rows(captured.hidden, 0, 1, rows, queries)
+    key = root_key(states, [args.layer(kw, None, "level:0") for kw in captured.kwargs], args.attention)
+    found = roots.get(key)
+    if found is not None:
+        return found, True
+    kept = _run_level(adapter.decoder_layers(), args, captured, 0, None)
+    roots.put(key, kept, limit)
+    return kept, False
+
+
+def _root_cap(inputs: BatchInputs, captured: Captured) -> int:
+    """How far the root may reach: to the first picture token of any row (past it rows mostly differ, and a
+    root that ends in the same place keeps being found again); 0 for batches without pictures."""
+    if not inputs.images or not all(inputs.images):
+        return 0
+    mask = inputs.model_kwargs.get("attention_mask")
+    seq_len = captured.hidden.shape[1]
+    pads = (seq_len - mask.to(torch.bool).cpu().sum(1)).tolist() if mask is not None else [0] * len(inputs.images)
+    firsts = [int(p.min()) - pad for p, pad in zip(image_positions(inputs), pads) if len(p)]
+    return max(0, min(firsts)) if len(firsts) == len(pads) else 0
 
 
 def _cuttable(captured: Captured, mask: torch.Tensor | None) -> torch.Tensor | None:

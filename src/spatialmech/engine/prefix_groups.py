@@ -63,6 +63,7 @@ class Plan:
     levels: list[Level]
     pad: torch.Tensor  # (batch,) left padding of each row
     floor: int  # distinct (row prefix) positions: the no-repeat floor
+    root: int = 0  # levels[0] is the root (every row's common start, kept across forwards) when > 0
 
     @property
     def prefix_len(self) -> int:
@@ -73,7 +74,8 @@ class Plan:
         return self.levels[-1].labels
 
     def prefix_tokens(self) -> int:
-        return sum(len(level.reps) * (level.end - level.start) for level in self.levels)
+        """Token passes of the levels, the root left out (kept across forwards, so free but once)."""
+        return sum(len(level.reps) * (level.end - level.start) for level in self.levels[1 if self.root else 0 :])
 
 
 def cuttable(masks: Iterable[torch.Tensor], pad: torch.Tensor) -> torch.Tensor | None:
@@ -96,11 +98,13 @@ def cuttable(masks: Iterable[torch.Tensor], pad: torch.Tensor) -> torch.Tensor |
 
 
 def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_pad: bool = False,
-                can_cut: torch.Tensor | None = None) -> Plan:
+                can_cut: torch.Tensor | None = None, root_cap: int = 0) -> Plan:
     """Group rows by the common starts of their real tokens' layer-0 states and choose the levels (prefix
     lengths) that run the fewest token passes. Raises Unshareable when nothing worth a pass is shared.
     `same_pad` also requires equal left padding (families whose positions count the padding, Gemma3);
-    `can_cut` (`cuttable`) rules out prefix lengths the attention masks forbid."""
+    `can_cut` (`cuttable`) rules out prefix lengths the attention masks forbid. With `root_cap` > 0, the
+    start every row shares, up to `root_cap` tokens, is a level of its own (the root), counted as free:
+    the engine keeps its keys/values across forwards."""
     batch, seq_len = hidden.shape[:2]
     if attention_mask is None:
         attention_mask = torch.ones(batch, seq_len, dtype=torch.long)
@@ -122,36 +126,51 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     floor = _distinct_prefix_positions(same, lengths)
     if same_pad:
         same = same * (pad[:, None] == pad[None, :])
-    cuts = _best_cuts(same, int(lengths.min()) - 1, int(lengths.max()), can_cut)
-    levels: list[Level] = []
-    for start, end in zip([0, *cuts], cuts):
+    max_prefix, longest = int(lengths.min()) - 1, int(lengths.max())
+    root = min(int(same.min()), root_cap, max_prefix) if root_cap > 0 else 0
+    if root > 0 and can_cut is not None and not (root < can_cut.shape[1] and bool(can_cut[:, root].all())):
+        root = 0
+    cuts = _best_cuts(same, max_prefix, longest, can_cut, root)
+    levels = [Level(0, root, torch.zeros(1, dtype=torch.long), torch.zeros(batch, dtype=torch.long),
+                    torch.zeros(1, dtype=torch.long))] if root else []
+    for start, end in zip([root, *cuts], cuts):
         labels = _components(same >= end)
         reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
         parent = levels[-1].labels[reps] if levels else torch.zeros_like(reps)
         levels.append(Level(start, end, reps, labels, parent))
-    plan = Plan(levels, pad, floor)
-    run = plan.prefix_tokens() + batch * (int(lengths.max()) - plan.prefix_len)
-    if batch * seq_len - run < MIN_SAVING * batch * seq_len:  # the extra passes cost more than they save
-        raise Unshareable(f"rows share less than {MIN_SAVING:.0%} of the batch's tokens")
+    plan = Plan(levels, pad, floor, root)
+    saving = batch * seq_len - plan.prefix_tokens() - batch * (longest - plan.prefix_len)
+    if cuts and saving < MIN_SAVING * batch * seq_len:  # the extra passes cost more than they save
+        if not _root_pays(root, batch):
+            raise Unshareable(f"rows share less than {MIN_SAVING:.0%} of the batch's tokens")
+        plan.levels = levels[:1]  # the root alone: no extra pass
     return plan
 
 
-def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch.Tensor | None) -> list[int]:
-    """The increasing prefix lengths (one per level) of least cost: each level's groups x its new tokens
-    plus PASS_TOKENS, then every row's suffix (padded to the longest). Lengths are where rows part ways."""
+def _root_pays(root: int, batch: int) -> bool:
+    """Whether a root alone (no level after it) saves more than the shared run's own costs."""
+    return root > 0 and batch * root >= PASS_TOKENS
+
+
+def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch.Tensor | None, root: int = 0) -> list[int]:
+    """The increasing prefix lengths (one per level after the root) of least cost: each level's groups x
+    its new tokens plus PASS_TOKENS, then every row's suffix (padded to the longest); [] when the root
+    alone is cheapest. Lengths are where rows part ways."""
     batch = same.shape[0]
-    candidates = sorted({min(int(v), max_prefix) for v in same.flatten().tolist()} - {0})
+    candidates = sorted({min(int(v), max_prefix) for v in same.flatten().tolist()} - set(range(root + 1)))
     groups = [int(_components(same >= c).max()) + 1 for c in candidates]
     if all(g == batch for g in groups):
+        if _root_pays(root, batch):
+            return []
         raise Unshareable("no rows share a prefix")
     if can_cut is not None:
         kept = [j for j, c in enumerate(candidates) if c < can_cut.shape[1] and bool(can_cut[:, c].all())]
         candidates, groups = [candidates[j] for j in kept], [groups[j] for j in kept]
-    # cost[j]: the cheapest levels ending with candidates[j]; back[j]: the level before it (-1: none)
+    # cost[j]: the cheapest levels ending with candidates[j]; back[j]: the level before it (-1: the root)
     cost: list[int] = []
     back: list[int] = []
     for j, (c, g) in enumerate(zip(candidates, groups)):
-        best, before = g * c + PASS_TOKENS, -1
+        best, before = g * (c - root) + PASS_TOKENS, -1
         for i in range(j):
             if groups[i] < g:  # a level of as many groups as the next one saves nothing
                 option = cost[i] + g * (c - candidates[i]) + PASS_TOKENS
@@ -161,8 +180,12 @@ def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch
         back.append(before)
     ends = [j for j, g in enumerate(groups) if g < batch]
     if not ends:
+        if _root_pays(root, batch):
+            return []
         raise Unshareable("the prefix attends to later positions wherever rows part ways (e.g. a bidirectional block)")
     last = min(ends, key=lambda j: cost[j] + batch * (longest - candidates[j]))
+    if _root_pays(root, batch) and cost[last] + batch * (longest - candidates[last]) >= batch * (longest - root):
+        return []
     cuts = []
     while last >= 0:
         cuts.append(candidates[last])
