@@ -63,7 +63,9 @@ def run_step(adapter, step, out_root: Path, share: bool, batch_size: int) -> dic
     shared = after["shared"] - before["shared"]
     fallbacks = {k: v - before["fallbacks"].get(k, 0) for k, v in after["fallbacks"].items() if v != before["fallbacks"].get(k, 0)}
     return {"seconds": seconds, "token_layer_passes": passes, "floor": passes - excess if share else None,
-            "shared_forwards": shared, "fallbacks": fallbacks, "pictures_encoded": memo.misses - misses,
+            "shared_forwards": shared, "roots_kept": after["roots_kept"] - before["roots_kept"],
+            "levels": {k: v - before["levels"].get(k, 0) for k, v in after["levels"].items() if v != before["levels"].get(k, 0)},
+            "fallbacks": fallbacks, "pictures_encoded": memo.misses - misses,
             "pictures_from_memo": memo.hits - hits, "batches_from_logits_memo": batches.hits - served, "metrics": read_json(path).get("metrics", {})}
 
 

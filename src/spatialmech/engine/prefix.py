@@ -75,7 +75,10 @@ class PrefixStats:
 
     tokens_plain: what plain forwards of the same batches cost (rows x padded length);
     tokens_run:   what actually ran (prefix once per group + padded suffixes, or plain on fallback);
-    tokens_floor: the no-repeat floor: every distinct (row prefix) position once;
+    tokens_floor: the no-repeat floor: every distinct (row prefix) position once (a root kept from an
+                  earlier forward not counted: it needs no pass at all);
+    levels:       shared forwards by their number of prefix levels (the root included);
+    roots_kept:   shared forwards whose root came from an earlier forward (`root_kv`);
     fallbacks:    reason -> count of forwards that ran plain.
     """
 
@@ -85,8 +88,8 @@ class PrefixStats:
     tokens_run: int = 0
     tokens_floor: int = 0
     fallbacks: Counter = field(default_factory=Counter)
-    levels: Counter = field(default_factory=Counter)  # shared forwards by their number of prefix levels
-    roots_kept: int = 0  # shared forwards whose root level came from an earlier forward (`root_kv`)
+    levels: Counter = field(default_factory=Counter)
+    roots_kept: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fallbacks": dict(self.fallbacks), "levels": dict(self.levels)}
