@@ -282,7 +282,7 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
             if k == 0 and plan.root:
                 kept, root_kept = _root(adapter, args, captured, roots)
                 continue
-            before = {j: (key[level.parent], value[level.parent]) for j, (key, value) in kept.items()} if k else None
+            before = {j: (key[level.parent.to(key.device)], value[level.parent.to(key.device)]) for j, (key, value) in kept.items()} if k else None
             kept = _run_level(layers, args, captured, k, before)
         rows = plan.group_of_row.to(captured.hidden.device)
         stand_in = PrefixKV({j: (k[rows], v[rows]) for j, (k, v) in kept.items()})
