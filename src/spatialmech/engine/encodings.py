@@ -47,27 +47,30 @@ class PictureEncodings(BoundedMemo):
     def inputs(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], raw: BatchInputs) -> BatchInputs:
         """`raw` (built by `adapter` from `images`, per row) with its pixels replaced by the pictures'
         encoder outputs (always from the same model: use `picture_encodings(adapter)`)."""
-        limit = self.limit()
-        if limit == 0 or PIXELS_KWARG not in raw.model_kwargs or not any(images):
+        if PIXELS_KWARG not in raw.model_kwargs or (parts := self._parts(adapter, images)) is None:
             return raw
-        self.for_weights(adapter.model)
-        parts = [self._encoding(adapter, image, limit) for row in images for image in row]
         return adapter.with_image_encodings(raw, parts)
 
     def build(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]], prompts: Sequence[str],
               system: str | None = None) -> BatchInputs:
         """`adapter.build_inputs(...)` with every picture's encoder output from the memo (new pictures
         encoded first, alone), the batch's own pixels never computed (they would be replaced anyway)."""
-        limit = self.limit()
-        if limit == 0 or not any(images):
+        parts = self._parts(adapter, images)
+        if parts is None:
             return adapter.build_inputs(images, prompts, system=system)
-        self.for_weights(adapter.model)
-        parts = [self._encoding(adapter, image, limit) for row in images for image in row]
         with pixels_elsewhere():  # every picture's pixels are replaced by `parts`
             raw = adapter.build_inputs(images, prompts, system=system)
         if PIXELS_KWARG not in raw.model_kwargs:
             return raw
         return adapter.with_image_encodings(raw, parts)
+
+    def _parts(self, adapter: VLMAdapter, images: Sequence[Sequence[Any]]) -> list[Any] | None:
+        """Every picture's encoder output in row order (new ones encoded now), or None with the memo off."""
+        limit = self.limit()
+        if limit == 0 or not any(images):
+            return None
+        self.for_weights(adapter.model)
+        return [self._encoding(adapter, image, limit) for row in images for image in row]
 
     def _encoding(self, adapter: VLMAdapter, image: Any, limit: int) -> Any:
         key = image_digest(image)

@@ -263,14 +263,18 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
     attention = adapter.attention_implementation
     none_is_causal = _none_is_causal(adapter, attention)
     mask = inputs.model_kwargs.get("attention_mask")
+    batch, seq_len = captured.hidden.shape[:2]
+    pad = seq_len - mask.to(torch.bool).cpu().sum(1) if mask is not None else torch.zeros(batch, dtype=torch.long)
+    can_cut = _cuttable(captured, pad)
     roots = RootKV.of_model(adapter.model)
-    root_cap = _root_cap(inputs, captured) if roots.limit() else 0
+    root_limit = roots.limit()
+    root_cap = _root_cap(inputs, pad) if root_limit else 0
     try:
-        plan = plan_groups(captured.hidden, mask, can_cut=_cuttable(captured, mask), root_cap=root_cap)
+        plan = plan_groups(captured.hidden, mask, can_cut=can_cut, root_cap=root_cap)
         args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     except GroupsDiffer:  # positions that count the padding: group rows with equal padding only
-        plan = plan_groups(captured.hidden, mask, same_pad=True, can_cut=_cuttable(captured, mask), root_cap=root_cap)
+        plan = plan_groups(captured.hidden, mask, same_pad=True, can_cut=can_cut, root_cap=root_cap)
         args = LayerArgs(captured, plan, attention, none_is_causal)
         _check(args, captured.kwargs)
     layers = adapter.decoder_layers()
@@ -280,7 +284,7 @@ def _shared(adapter: VLMAdapter, inputs: BatchInputs, captured: Captured, stats:
     with torch.no_grad():
         for k, level in enumerate(plan.levels):  # each level's groups, against their keys/values so far
             if k == 0 and plan.root:
-                kept, root_kept = _root(adapter, args, captured, roots)
+                kept, root_kept = _root(adapter, args, captured, roots, root_limit)
                 continue
             before = {j: (key[level.parent.to(key.device)], value[level.parent.to(key.device)]) for j, (key, value) in kept.items()} if k else None
             kept = _run_level(layers, args, captured, k, before)
@@ -321,9 +325,9 @@ def _run_level(layers: Sequence[torch.nn.Module], args: LayerArgs, captured: Cap
     return keeper.kept
 
 
-def _root(adapter: VLMAdapter, args: LayerArgs, captured: Captured, roots: RootKV) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], bool]:
+def _root(adapter: VLMAdapter, args: LayerArgs, captured: Captured, roots: RootKV,
+          limit: int) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], bool]:
     """The root level's keys/values: kept from an earlier forward with the same key, else run (alone) and kept."""
-    limit = roots.limit()
     roots.for_weights(adapter.model)
     rows, queries, _ = args.indices("level:0")
     states = gather_rows(captured.hidden, 0, 1, rows, queries)
@@ -336,23 +340,16 @@ def _root(adapter: VLMAdapter, args: LayerArgs, captured: Captured, roots: RootK
     return kept, False
 
 
-def _root_cap(inputs: BatchInputs, captured: Captured) -> int:
+def _root_cap(inputs: BatchInputs, pad: torch.Tensor) -> int:
     """How far the root may reach: to the first picture token of any row (past it rows mostly differ, and a
     root that ends in the same place keeps being found again); 0 for batches without pictures."""
     if not inputs.images or not all(inputs.images):
         return 0
-    mask = inputs.model_kwargs.get("attention_mask")
-    seq_len = captured.hidden.shape[1]
-    pads = (seq_len - mask.to(torch.bool).cpu().sum(1)).tolist() if mask is not None else [0] * len(inputs.images)
-    firsts = [int(p.min()) - pad for p, pad in zip(image_positions(inputs), pads) if len(p)]
-    return max(0, min(firsts)) if len(firsts) == len(pads) else 0
+    firsts = [int(p.min()) - int(a) for p, a in zip(image_positions(inputs), pad) if len(p)]
+    return max(0, min(firsts)) if len(firsts) == len(pad) else 0
 
 
-def _cuttable(captured: Captured, mask: torch.Tensor | None) -> torch.Tensor | None:
+def _cuttable(captured: Captured, pad: torch.Tensor) -> torch.Tensor | None:
     """Where the layers' own masks let a prefix end (`prefix_groups.cuttable`), from their distinct masks."""
     masks = {id(m): m for kw in captured.kwargs if isinstance(m := kw.get("attention_mask"), torch.Tensor) and m.dim() == 4}
-    if not masks:
-        return None
-    batch, seq_len = captured.hidden.shape[:2]
-    pad = seq_len - (mask.to(torch.bool).cpu().sum(1) if mask is not None else torch.full((batch,), seq_len))
-    return cuttable(masks.values(), pad)
+    return cuttable(masks.values(), pad) if masks else None
