@@ -41,8 +41,19 @@ def nbytes(value: Any) -> int:
 def weights_version(model: torch.nn.Module) -> tuple[int, int]:
     """Changes whenever a parameter or buffer is written in place (torch counts writes per tensor) or
     replaced (`.to(dtype)`, `load_state_dict(assign=True)`: new storage, whose write count starts again)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t._version for t in tensors), hash(tuple((t.data_ptr(), t.dtype) for t in tensors))
+    # a plain walk of the module tree: `parameters()`/`buffers()` cost 3x as much, and every memo access
+    # pays this (a tensor shared by two modules is counted twice, the same way each time)
+    written, where = 0, []
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        for tensors in (module._parameters, module._buffers):
+            for tensor in tensors.values():
+                if tensor is not None:
+                    written += tensor._version
+                    where.append((tensor.data_ptr(), tensor.dtype))
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return written, hash(tuple(where))
 
 
 def feed_digest(digest: Any, value: Any) -> None:

@@ -162,10 +162,22 @@ def _check(args: LayerArgs, kwargs: list[dict[str, Any]]) -> None:
             if id(given) in checked:
                 continue
             checked.add(id(given))
+            if given is None:
+                _check_causal(args, plan)
+                continue
             if not _same_in_group(args.mask(given, part), level):
                 raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")
             if k == 0:
                 _check_blind(masked(args.full_mask(given)), plan)
+
+
+def _check_causal(args: LayerArgs, plan: Plan) -> None:
+    """Layers called without a mask (causal): the rows of a group see alike wherever they start (causal is
+    the same seen from any offset), and no level sees past its end; only padding could be seen, so there
+    must be none. What `_check_blind` would prove from the full causal mask, without building it."""
+    args.full_mask(None)  # the kernel must have an explicit causal mask for the passes after the first
+    if bool((plan.pad > 0).any()):
+        raise Unshareable("real tokens attend to padding")
 
 
 def _check_blind(hidden: torch.Tensor, plan: Plan) -> None:

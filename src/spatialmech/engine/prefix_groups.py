@@ -111,7 +111,8 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     real = attention_mask.to(torch.bool).cpu()
     lengths = real.sum(1)
     pad = seq_len - lengths
-    if not all(bool(real[r, int(pad[r]) :].all()) for r in range(batch)):
+    offsets = torch.arange(seq_len)[None, :]
+    if not torch.equal(real, offsets >= pad[:, None]):
         raise Unshareable("rows are not left-padded")
     if batch < 2:
         raise Unshareable("one row")
@@ -119,9 +120,8 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(hidden.shape[-1], generator=gen, dtype=torch.float64)
     sig = hidden.detach().cpu().double() @ probe
-    aligned = torch.full((batch, seq_len), float("nan"), dtype=torch.float64)
-    for r in range(batch):
-        aligned[r, : int(lengths[r])] = sig[r, int(pad[r]) :]
+    from_first_real = sig.gather(1, (pad[:, None] + offsets).clamp(max=seq_len - 1))
+    aligned = torch.where(offsets < lengths[:, None], from_first_real, float("nan"))
     same = (aligned[:, None, :] == aligned[None, :, :]).long().cumprod(-1).sum(-1)  # (batch, batch) common start
     floor = _distinct_prefix_positions(same, lengths)
     if same_pad:
@@ -134,8 +134,7 @@ def plan_groups(hidden: torch.Tensor, attention_mask: torch.Tensor | None, same_
     levels = [Level(0, root, torch.zeros(1, dtype=torch.long), torch.zeros(batch, dtype=torch.long),
                     torch.zeros(1, dtype=torch.long))] if root else []
     for start, end in zip([root, *cuts], cuts):
-        labels = _components(same >= end)
-        reps = torch.tensor([int((labels == g).nonzero()[0]) for g in range(int(labels.max()) + 1)])
+        labels, reps = _components(same >= end)
         parent = levels[-1].labels[reps] if levels else torch.zeros_like(reps)
         levels.append(Level(start, end, reps, labels, parent))
     plan = Plan(levels, pad, floor, root)
@@ -158,7 +157,7 @@ def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch
     alone is cheapest. Lengths are where rows part ways."""
     batch = same.shape[0]
     candidates = sorted({min(int(v), max_prefix) for v in same.flatten().tolist()} - set(range(root + 1)))
-    groups = [int(_components(same >= c).max()) + 1 for c in candidates]
+    groups = [len(_components(same >= c)[1]) for c in candidates]
     if all(g == batch for g in groups):
         if _root_pays(root, batch):
             return []
@@ -193,15 +192,13 @@ def _best_cuts(same: torch.Tensor, max_prefix: int, longest: int, can_cut: torch
     return cuts[::-1]
 
 
-def _components(linked: torch.Tensor) -> torch.Tensor:
-    """Group labels (in first-appearance order) for an equivalence relation given as a boolean matrix."""
-    labels = torch.full((linked.shape[0],), -1, dtype=torch.long)
-    next_label = 0
-    for r in range(linked.shape[0]):
-        if labels[r] < 0:
-            labels[linked[r] & (labels < 0)] = next_label
-            next_label += 1
-    return labels
+def _components(linked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, representatives) of an equivalence relation given as a boolean matrix: each row's group
+    (in first-appearance order) and each group's first row. A row's first linked row is its group's first
+    member, so the groups come out of one argmax, with no loop over rows."""
+    first = linked.to(torch.uint8).argmax(1)  # the first True of each row
+    reps, labels = torch.unique(first, sorted=True, return_inverse=True)
+    return labels, reps
 
 
 def _distinct_prefix_positions(same: torch.Tensor, lengths: torch.Tensor) -> int:
