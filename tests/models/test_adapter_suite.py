@@ -8,6 +8,7 @@ the engine implements.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -298,6 +299,21 @@ def test_answer_words_single_token_and_clear_error(tiny_adapter: VLMAdapter) -> 
         tiny_adapter.answer_token_id("Zzyzxqvwk")
     with pytest.raises(UserInputError, match="no spelling"):
         tiny_adapter.answer_token_ids(["Zzyzxqvwk", " Qqxjzvbw"])
+    with pytest.raises(UserInputError, match="no spelling"):  # a failure is not kept: it fails again
+        tiny_adapter.answer_token_ids(["Zzyzxqvwk", " Qqxjzvbw"])
+
+
+def test_answer_ids_are_kept_per_tokenizer(tiny_adapter: VLMAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept per spelling set (every batch asks again), as a copy, and asked afresh of a new tokenizer."""
+    first = tiny_adapter.answer_token_ids(["Red", " Red"])
+    first.append(-1)  # the caller's copy
+    assert tiny_adapter.answer_token_ids(["Red", " Red"]) == first[:-1]
+    calls = []
+    tokenizer = copy.copy(tiny_adapter.tokenizer)
+    monkeypatch.setattr(tiny_adapter, "tokenizer", tokenizer)
+    monkeypatch.setattr(type(tokenizer), "encode", lambda self, *a, **k: calls.append(a) or [7])
+    assert tiny_adapter.answer_token_ids(["Red", " Red"]) == [7] and len(calls) == 2
+    assert tiny_adapter.answer_token_ids(["Red", " Red"]) == [7] and len(calls) == 2
 
 
 def test_bad_site_names_give_clear_errors(tiny_adapter: VLMAdapter) -> None:

@@ -235,7 +235,17 @@ class VLMAdapter(ABC):
         return int(ids[0])
 
     def answer_token_ids(self, variants: Sequence[str], require_all: bool = False) -> list[int]:
-        """Token ids of the single-token spelling variants of one answer (at least one must exist)."""
+        """Token ids of the single-token spelling variants of one answer (at least one must exist). Kept
+        per tokenizer and spelling set: every batch of every condition and alpha asks for the same few."""
+        tokenizer, known = vars(self).get("_answer_ids", (None, {}))
+        if tokenizer is not self.tokenizer:  # first use, or the tokenizer was replaced
+            tokenizer, known = vars(self)["_answer_ids"] = (self.tokenizer, {})
+        key = (tuple(variants), require_all)
+        if key not in known:
+            known[key] = self._answer_token_ids(variants, require_all)
+        return list(known[key])
+
+    def _answer_token_ids(self, variants: Sequence[str], require_all: bool) -> list[int]:
         ids: list[int] = []
         errors = []
         for word in variants:
