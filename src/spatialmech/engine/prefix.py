@@ -156,14 +156,15 @@ def _check(args: LayerArgs, kwargs: list[dict[str, Any]]) -> None:
                 if name in (*CACHE_KWARGS, "attention_mask", "cache_position") or id(value) in checked or not mentions_length(value, seq_len):
                     continue
                 checked.add(id(value))
-                if not _same_in_group(args._convert(name, value, part), level):
+                if not _same_in_group(args.convert(name, value, part), level):
                     raise GroupsDiffer(f"grouped rows differ in {name!r} inside the prefix")
             given = kw.get("attention_mask")  # by the model's own object: None (causal) is checked once, not per layer
             if id(given) in checked:
                 continue
             checked.add(id(given))
-            if given is None:
-                _check_causal(args, plan)
+            if given is None:  # causal: the same seen from any offset, so only padding is to prove (once)
+                if k == 0:
+                    _check_causal(args, plan)
                 continue
             if not _same_in_group(args.mask(given, part), level):
                 raise GroupsDiffer("grouped rows differ in the attention mask inside the prefix")

@@ -77,13 +77,14 @@ class LayerArgs:
             elif isinstance(value, (torch.Tensor, tuple, list, dict)) and mentions_length(value, self.seq_len):
                 key = (id(value), f"{name}:{part}")
                 if key not in self.memo:
-                    self.memo[key] = self._convert(name, value, part)
+                    self.memo[key] = self.convert(name, value, part)
                 out[name] = self.memo[key]
             else:
                 out[name] = value
         return out
 
-    def _convert(self, name: str, value: Any, part: str) -> Any:
+    def convert(self, name: str, value: Any, part: str) -> Any:
+        """A layer argument that depends on the sequence (mask, positions, rotary tables), cut to a part's rows and positions."""
         rows, index, _ = self.indices(part)
         if name == "attention_mask":
             return self.mask(value, part)

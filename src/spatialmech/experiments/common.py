@@ -37,7 +37,10 @@ def encode_items(adapter: Any, task: Task, items: Sequence[Item], prompts: Seque
     sharing on, each picture's encoder output comes from the model's picture memo (computed once per
     picture, `engine.encodings`); `keep_pixels` gives the raw inputs (to hook `vision.out`)."""
     drawn: dict[int, Any] = {}  # an item asked twice in one batch (both option orders) is drawn once
-    images = [[drawn[id(item)] if id(item) in drawn else drawn.setdefault(id(item), task.image(item))] for item in items]
+    for item in items:
+        if id(item) not in drawn:
+            drawn[id(item)] = task.image(item)
+    images = [[drawn[id(item)]] for item in items]
     texts = list(prompts) if prompts is not None else [item.prompt for item in items]
     if keep_pixels or not sharing_default():
         return adapter.build_inputs(images, texts, system=system_prompt(task))
