@@ -130,3 +130,63 @@ def test_build_skips_preprocessing_pictures_the_memo_holds(family_adapter, monke
     for inputs in (first, again):
         assert "pixel_values" not in inputs.model_kwargs
         torch.testing.assert_close(Engine(family_adapter, share_prefix=False).logits(inputs), plain, atol=ATOL, rtol=0)
+
+
+def test_new_pictures_encoded_together_get_their_alone_numbers(family_adapter) -> None:
+    """A batch's new pictures may run through the encoder together, but only where that was shown to give
+    each picture the very numbers it gets alone (bit for bit); a later run of the same sizes is cut by
+    the kept layout and still equals the alone encodings, on every family."""
+    from spatialmech.engine.encodings import _bitwise_equal
+    from spatialmech.models.inputs import tensor_leaves
+
+    pictures = square_pictures(family_adapter, 6)
+    memo = PictureEncodings()
+    alone = [PictureEncodings._alone(family_adapter, p) for p in pictures]
+    for batch in (pictures[:3], pictures[3:]):  # the first decides (and checks), the second uses the verdict
+        served = memo._parts(family_adapter, [[p] for p in batch] + [[batch[0]]])  # one picture asked twice
+        assert len(served) == 4 and served[3] is served[0]
+        expected = [alone[pictures.index(p)] for p in batch]
+        assert _bitwise_equal(served[:3], expected)
+        assert all(len(tensor_leaves(s)) == len(tensor_leaves(e)) > 0 for s, e in zip(served, expected))
+    assert (memo.misses, memo.hits) == (6, 2)
+    verdicts = list(memo._layouts.values())
+    assert len(verdicts) == 1 and (verdicts[0] is False or len(verdicts[0]) == 3)
+    images = [[p] for p in pictures[:3]]
+    plain = Engine(family_adapter, share_prefix=False).logits(family_adapter.build_inputs(images, PROMPTS))
+    torch.testing.assert_close(Engine(family_adapter).logits(memo.build(family_adapter, images, PROMPTS)), plain, atol=ATOL, rtol=0)
+
+
+def test_split_like_undoes_concat_encoded() -> None:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from spatialmech.models.inputs import concat_encoded, split_like
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [BaseModelOutputWithPooling(last_hidden_state=torch.randn(n * 4, 3, generator=gen), pooler_output=torch.randn(n, 5, generator=gen))
+             for n in (1, 2, 3)]
+    pieces = split_like(concat_encoded(parts), parts)
+    assert all(type(p) is BaseModelOutputWithPooling for p in pieces)
+    assert all(torch.equal(p.last_hidden_state, q.last_hidden_state) and torch.equal(p.pooler_output, q.pooler_output) for p, q in zip(pieces, parts))
+    per_image = [[torch.randn(2, 3, generator=gen)] * k for k in (1, 2)]  # lists of per-image tensors
+    assert [len(p) for p in split_like(concat_encoded(per_image), per_image)] == [1, 2]
+    nested = [(torch.randn(2, 3, generator=gen), {"a": torch.randn(1, 2, generator=gen)}) for _ in range(2)]
+    back = split_like(concat_encoded(nested), nested)
+    assert all(torch.equal(b[0], n[0]) and torch.equal(b[1]["a"], n[1]["a"]) for b, n in zip(back, nested))
+    with pytest.raises(ValueError, match="laid out"):
+        split_like(torch.randn(5, 3), [torch.randn(2, 3), torch.randn(2, 3)])
+    with pytest.raises(ValueError, match="fields"):
+        split_like({"b": torch.randn(2, 3)}, [{"a": torch.randn(1, 3)}, {"a": torch.randn(1, 3)}])
+
+
+def test_pixels_left_out_take_no_memory(family_adapter) -> None:
+    """Under `pixels_elsewhere`, a family that processes pictures alone gets zero pixels of the real shape
+    as one broadcast zero (no memory written); other families process as usual."""
+    from spatialmech.models.inputs import pixels_elsewhere
+
+    images, prompts = rows_of(family_adapter)
+    real = family_adapter.build_inputs(images, prompts).model_kwargs["pixel_values"]
+    with pixels_elsewhere():
+        left_out = family_adapter.build_inputs(images, prompts).model_kwargs["pixel_values"]
+    assert left_out.shape == real.shape and left_out.dtype == real.dtype
+    if getattr(family_adapter, "processes_images_alone", False):
+        assert not bool(left_out.any()) and left_out.stride()[0] == 0

@@ -82,8 +82,8 @@ def test_spelling_variants():
 
 def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squares, monkeypatch):
     """A synthetic picture carries two questions: with sharing on, score_items runs the image encoder on
-    each distinct picture once (the picture memo), a second call on none, and every score equals the
-    plain run's."""
+    each distinct picture once (the picture memo; besides the one check of encoding new pictures
+    together), a second call on none, and every score equals the plain run's."""
     from spatialmech.engine.encodings import picture_encodings
     from spatialmech.experiments.common import picture_key
 
@@ -103,7 +103,9 @@ def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squar
     finally:
         handle.remove()
     per_picture = qwen.build_inputs([[squares.image(items[0])]], [items[0].prompt]).images[0][0]
-    assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == 6 * len(per_picture)
+    # batches of 4 rows hold 2 new pictures: the first pair also runs alone once, to prove the pair's
+    # joint encoding equal to it (`PictureEncodings._encode`); every other picture goes through once
+    assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == (6 + 2) * len(per_picture)
     assert results["rows-again"] == 0
     assert [s.item_id for s in results["1"]] == [i.id for i in items]
     for plain, shared in [*zip(results["0"], results["1"]), *zip(results["0"], results["again"])]:

@@ -198,7 +198,8 @@ def process_images(adapter: VLMAdapter, images: Sequence[Any], **kwargs: Any) ->
 def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[str, Any], elsewhere: bool) -> Any:
     """The processor's output for `images`, each distinct picture processed alone and the outputs joined
     in order (the same numbers as one call: the family declares it, a suite test checks it); with
-    `elsewhere` (`pixels_elsewhere`), no picture is processed: each gets zero pixels of its size."""
+    `elsewhere` (`pixels_elsewhere`), no picture is processed: each gets zero pixels of its size, all of
+    them one zero broadcast to the joined shape (writing and joining zeros was most of building a batch)."""
     from transformers import BatchFeature
 
     if elsewhere:
@@ -219,7 +220,9 @@ def _each_picture_once(adapter: VLMAdapter, images: Sequence[Any], kwargs: dict[
     joined: dict[str, Any] = {}
     for name, first in parts[0].items():
         values = [part[name] for part in parts]
-        if isinstance(first, torch.Tensor):
+        if elsewhere and name == PIXELS_KWARG:
+            joined[name] = _zero_pixels(values)
+        elif isinstance(first, torch.Tensor):
             joined[name] = torch.cat(values)
         elif isinstance(first, list):
             joined[name] = [x for value in values for x in value]
@@ -245,7 +248,16 @@ def _size_template(adapter: VLMAdapter, image: Any, kwargs: dict[str, Any]) -> A
             templates.clear()
         processed = adapter.image_processor(images=[Image.new(image.mode, image.size)], **kwargs)
         templates[key] = {name: (value.shape, value.dtype) if name == PIXELS_KWARG else value for name, value in processed.items()}
-    return {name: torch.zeros(value[0], dtype=value[1]) if name == PIXELS_KWARG else value for name, value in templates[key].items()}
+    return templates[key]
+
+
+def _zero_pixels(shapes: Sequence[tuple[torch.Size, torch.dtype]]) -> torch.Tensor:
+    """Zero pixels of the pictures' (shape, dtype) joined along the first axis, as one zero broadcast to
+    that shape (no memory written: they are replaced before any forward)."""
+    (shape, dtype), rest = shapes[0], {(tuple(s[1:]), d) for s, d in shapes}
+    if len(rest) != 1:
+        return torch.cat([torch.zeros(s, dtype=d) for s, d in shapes])
+    return torch.zeros((), dtype=dtype).expand(sum(int(s[0]) for s, _ in shapes), *shape[1:])
 
 
 def _as_rgb(image: Any) -> Any:

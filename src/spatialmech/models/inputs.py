@@ -179,6 +179,49 @@ def concat_encoded(parts: Sequence[Any]) -> Any:
     return first
 
 
+def split_like(joined: Any, parts: Sequence[Any]) -> list[Any]:
+    """The inverse of `concat_encoded`: `joined` cut into pieces shaped like `parts` (each piece's tensors
+    as long along their first axis as that part's, per-image lists as long, other fields the part's own).
+    Raises ValueError where `joined` is not laid out as `parts` joined."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        sizes = [int(p.shape[0]) for p in parts]
+        if not isinstance(joined, torch.Tensor) or joined.shape[0] != sum(sizes) or joined.shape[1:] != first.shape[1:]:
+            raise ValueError("the joined encoder output is not laid out as its parts")
+        return [piece.clone() for piece in torch.split(joined, sizes)]  # own storage: kept and dropped one by one
+    if isinstance(first, dict):  # includes transformers' ModelOutput
+        if not isinstance(joined, dict) or list(joined) != list(first):
+            raise ValueError("the joined encoder output has other fields than its parts")
+        walked = {k: split_like(joined[k], [p[k] for p in parts]) for k in first}
+        pieces = [{k: walked[k][i] for k in first} for i in range(len(parts))]
+        return [type(first)(**piece) if type(first) is not dict else piece for piece in pieces]
+    if isinstance(first, (tuple, list)):
+        if not isinstance(joined, (tuple, list)):
+            raise ValueError("the joined encoder output is not laid out as its parts")
+        if first and all(isinstance(v, torch.Tensor) for v in first):  # per-image lists, joined
+            counts = [len(p) for p in parts]
+            if len(joined) != sum(counts):
+                raise ValueError("the joined encoder output holds another number of images than its parts")
+            starts = [sum(counts[:i]) for i in range(len(parts))]
+            return [type(first)(v.clone() for v in joined[s : s + c]) for s, c in zip(starts, counts)]
+        if len(joined) != len(first):
+            raise ValueError("the joined encoder output is not laid out as its parts")
+        columns = [split_like(joined[i], [p[i] for p in parts]) for i in range(len(first))]
+        return [type(first)(column[j] for column in columns) for j in range(len(parts))]
+    return list(parts)
+
+
+def tensor_leaves(value: Any) -> list[torch.Tensor]:
+    """Every tensor inside `value` (containers and HF model outputs walked), in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k in value for t in tensor_leaves(value[k])]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensor_leaves(v)]
+    return []
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """The token grid the LM sees for a square image: what synthetic stimuli are drawn on."""
