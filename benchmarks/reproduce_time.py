@@ -1,7 +1,10 @@
 """The `reproduce` plan on the bundled model, step by step, with prefix sharing off (before) and on (after).
 
-Each step runs twice in the same process, sharing off then on (SPATIALMECH_PREFIX_SHARING=0/1, read by
-every Engine the experiments make), into fresh folders. Printed and saved per step: seconds each way,
+Each step runs twice in the same process, sharing off and on (SPATIALMECH_PREFIX_SHARING=0/1, read by
+every Engine the experiments make), into fresh folders; which side goes first alternates from step to step
+(`--order`), so a machine that slows down or speeds up over a run does not always favour the same side (the
+off side touches no memo, so the order changes nothing else). Before each side a fixed probe (one plain
+forward of 8 rows, the median of 3) is timed and saved with it: how fast the machine was just then. Printed and saved per step: seconds each way,
 the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
 path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
 forward computed each distinct row prefix once), with sharing on how many pictures went through the image
@@ -107,6 +110,27 @@ def print_summary(summary: dict) -> None:
           f"x{summary['ratio_at_floor']:.2f} (what is left to gain from LM prefix sharing)")
 
 
+def speed_probe(adapter, batch_size: int):
+    """A function timing one fixed plain forward (sharing off, no memo; the median of 3, in ms)."""
+    from spatialmech.engine import Engine
+    from spatialmech.experiments.common import get_task_for
+
+    task = get_task_for(adapter, "squares", None)
+    items = task.items(None, seed=0)[:batch_size]
+    inputs = adapter.build_inputs([[task.image(item)] for item in items], [item.prompt for item in items])
+    engine = Engine(adapter, share_prefix=False)
+
+    def probe() -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            engine.logits(inputs)
+            times.append((time.perf_counter() - start) * 1e3)
+        return sorted(times)[1]
+
+    return probe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the --quick plan sizes (default: the full plan)")
@@ -115,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest metric difference counted as equal")
+    parser.add_argument("--order", choices=["alternate", "off-first"], default="alternate",
+                        help="which side of each step runs first: alternating from step to step (default), or off always first")
     parser.add_argument("--summarise", metavar="RESULT_JSON", help="print the summary of a saved result (no run)")
     args = parser.parse_args(argv)
     if args.summarise:
@@ -131,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     rows = []
     with tempfile.TemporaryDirectory(prefix="reproduce_time-") as tmp:
-        for step in plan:
-            off = run_step(adapter, step, Path(tmp) / "off", False, args.batch_size)
-            on = run_step(adapter, step, Path(tmp) / "on", True, args.batch_size)
+        probe = speed_probe(adapter, args.batch_size)
+        for index, step in enumerate(plan):
+            sides = {}
+            for share in ((True, False) if args.order == "alternate" and index % 2 else (False, True)):
+                probe_ms = probe()
+                sides[share] = run_step(adapter, step, Path(tmp) / ("on" if share else "off"), share, args.batch_size)
+                sides[share]["probe_ms"] = probe_ms
+            off, on = sides[False], sides[True]
             same = compare_metrics(off.pop("metrics"), on.pop("metrics"), args.tolerance)
             row = {"step": step.folder, "off": off, "on": on, "ratio": off["seconds"] / max(on["seconds"], 1e-9),
                    "metrics_equal": not same["different"], "metrics_identical": same["identical"] == same["leaves"],
@@ -142,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{step.folder:<22} off {off['seconds']:7.1f}s  on {on['seconds']:7.1f}s  x{row['ratio']:.2f}  "
                   f"passes {off['token_layer_passes']:>10,} -> {on['token_layer_passes']:>10,} (floor {on['floor']:,})  "
                   f"pictures encoded {on['pictures_encoded']} (memo {on['pictures_from_memo']})  "
-                  f"logits memo {on['batches_from_logits_memo']}  "
+                  f"logits memo {on['batches_from_logits_memo']}  probe {off['probe_ms']:.0f}/{on['probe_ms']:.0f} ms  "
                   f"metrics {'identical' if row['metrics_identical'] else 'equal' if row['metrics_equal'] else 'DIFFERENT'}",
                   flush=True)
     summary = summarise(rows)
     print_summary(summary)
     result = {"benchmark": "reproduce_time", "model": args.model, "model_description": model_description,
               "architecture": describe(adapter), "quick": args.quick, "steps": rows, "summary": summary,
-              "threads": args.threads, "batch_size": args.batch_size, "machine": machine}
+              "threads": args.threads, "batch_size": args.batch_size, "order": args.order, "machine": machine}
     path = save_result(f"reproduce_time-{args.model}{'-quick' if args.quick else ''}", result)
     print(f"saved {path}")
     if os.environ.get("BENCHMARK_VERBOSE"):
