@@ -4,8 +4,8 @@ Each step runs twice in the same process, sharing off and on (SPATIALMECH_PREFIX
 every Engine the experiments make), into fresh folders; which side goes first alternates from step to step
 (`--order`), so a machine that slows down or speeds up over a run does not always favour the same side (the
 off side touches no memo, so the order changes nothing else). Before each side a fixed probe (one plain
-forward of 8 rows, the median of 3) is timed and saved with it: how fast the machine was just then. Printed and saved per step: seconds each way,
-the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
+forward of 8 rows, the median of 3) is timed and saved with it: how fast the machine was just then.
+Printed and saved per step: seconds each way, the ratio, the token-layer passes each way (tokens through decoder layers, summed over layers, whatever
 path ran: plain, shared or a patching sweep), the no-repeat floor (the passes left if every scoring
 forward computed each distinct row prefix once), with sharing on how many pictures went through the image
 encoder and how many came from the picture memo (`engine.encodings`, filled by earlier steps too, as in

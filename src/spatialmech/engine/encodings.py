@@ -32,7 +32,7 @@ import torch
 
 from spatialmech.engine.memo import BoundedMemo
 from spatialmech.models.base import ENCODED_IMAGES_KWARG, PIXELS_KWARG, BatchInputs, VLMAdapter
-from spatialmech.models.inputs import pixels_elsewhere, split_like, tensor_leaves
+from spatialmech.models.inputs import pixels_elsewhere, split_like, tensor_leaves, to_device
 from spatialmech.sharing import image_digest
 
 ENV_LIMIT = "SPATIALMECH_ENCODING_MEMO_MB"
@@ -112,7 +112,7 @@ class PictureEncodings(BoundedMemo):
             same = _bitwise_equal(split_like(joined, alone), alone)
         except ValueError:  # laid out otherwise (e.g. a processor that pads a batch of pictures)
             same = False
-        self._layouts[shapes] = [_skeleton(part) for part in alone] if same else False
+        self._layouts[shapes] = [to_device(part, "meta") for part in alone] if same else False  # shapes only, no data
         return alone
 
     @staticmethod
@@ -130,18 +130,6 @@ def _bitwise_equal(pieces: Sequence[Any], alone: Sequence[Any]) -> bool:
         if len(a) != len(b) or not all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b)):
             return False
     return True
-
-
-def _skeleton(part: Any) -> Any:
-    """`part` with its tensors as shapes only (meta tensors): what `split_like` needs, holding no data."""
-    if isinstance(part, torch.Tensor):
-        return torch.empty(part.shape, dtype=part.dtype, device="meta")
-    if isinstance(part, dict):
-        walked = {k: _skeleton(part[k]) for k in part}
-        return type(part)(**walked) if type(part) is not dict else walked
-    if isinstance(part, (tuple, list)):
-        return type(part)(_skeleton(v) for v in part)
-    return part
 
 
 def picture_encodings(adapter: VLMAdapter) -> PictureEncodings:
