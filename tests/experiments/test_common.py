@@ -103,11 +103,29 @@ def test_each_picture_is_encoded_once_and_scores_equal_the_plain_run(qwen, squar
     finally:
         handle.remove()
     per_picture = qwen.build_inputs([[squares.image(items[0])]], [items[0].prompt]).images[0][0]
-    # batches of 4 rows hold 2 new pictures: the first pair also runs alone once, to prove the pair's
-    # joint encoding equal to it (`PictureEncodings._encode`); every other picture goes through once
-    assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == (6 + 2) * len(per_picture)
+    # batches hold up to 4 pictures (8 rows): 4 new pictures, then 2. Each run of new pictures of sizes
+    # not seen before also runs alone once, to prove their joint encoding equal to it
+    # (`PictureEncodings._encode`); every other picture goes through once
+    assert results["rows-0"] == 12 * len(per_picture) and results["rows-1"] == (6 + 4 + 2) * len(per_picture)
     assert results["rows-again"] == 0
     assert [s.item_id for s in results["1"]] == [i.id for i in items]
     for plain, shared in [*zip(results["0"], results["1"]), *zip(results["0"], results["again"])]:
         assert (plain.correct, plain.predicted_token) == (shared.correct, shared.predicted_token)
         assert abs(plain.p_answer - shared.p_answer) < 1e-5
+
+
+def test_picture_batches_hold_every_question_about_up_to_batch_size_pictures() -> None:
+    """A batch: up to batch_size pictures, each with all its items, and at most 2 x batch_size rows."""
+    from spatialmech.experiments.common import picture_batches
+
+    pictures = ["a", "b", "a", "c", "b", "d", "e", "a"]
+    assert picture_batches(pictures, 2) == [[0, 2, 7], [1, 4, 3], [5, 6]]  # "a" x3 + "b" x2: over the cap of 4
+    assert picture_batches(pictures, 3) == [[0, 2, 7, 1, 4, 3], [5, 6]]
+    assert picture_batches(["a"] * 5 + ["b"], 1) == [[0, 1], [2, 3], [4], [5]]  # one picture over the cap: split
+    assert picture_batches(pictures, 2, rows=[2] * 8) == [[0, 2], [7], [1, 4], [3, 5], [6]]  # two rows an item
+    assert picture_batches(list("abcdef"), 4) == [[0, 1, 2, 3], [4, 5]]  # one item a picture: batch_size items
+    assert picture_batches([], 4) == []
+    covered = sorted(i for batch in picture_batches(pictures, 1) for i in batch)
+    assert covered == list(range(8))
+    with pytest.raises(ValueError, match="batch_size"):
+        picture_batches(pictures, 0)

@@ -19,7 +19,7 @@ from typing import Any
 
 from spatialmech.engine.scoring import top1_correct
 from spatialmech.experiments.amplify_fit import group_key, groups
-from spatialmech.experiments.common import LogitsFn, ReusedEncodings, answer_ids, score_items
+from spatialmech.experiments.common import LogitsFn, ReusedEncodings, answer_ids, picture_batches, score_items
 from spatialmech.experiments.probing import LinearProbe
 from spatialmech.experiments.runner import ExperimentContext
 from spatialmech.tasks.base import Item
@@ -87,15 +87,13 @@ def fixed_unit(ctx: ExperimentContext, task: Any, group: Sequence[tuple[Item, li
     """paper: one sweep unit: re-run only each failed item's failed orders; fixed when all are now right."""
     rows = [(item, order) for item, orders in group for order in orders]
     owner = [g for g, (_, orders) in enumerate(group) for _ in orders]
-    right: list[bool] = []
-    for start in range(0, len(rows), ctx.batch_size):
-        batch = rows[start : start + ctx.batch_size]
-        items = [item for item, _ in batch]
-        logits = logits_fn(encode(ctx.adapter, task, items, [_order_prompt(i, o) for i, o in batch]), items)
-        right += top1_correct(logits, [answer_ids(ctx.adapter, item) for item in items]).tolist()
     flags = [True] * len(group)
-    for g, ok in zip(owner, right):
-        flags[g] = flags[g] and bool(ok)
+    for batch_index in picture_batches(owner, ctx.batch_size):  # an item's failed orders together
+        items = [rows[r][0] for r in batch_index]
+        logits = logits_fn(encode(ctx.adapter, task, items, [_order_prompt(*rows[r]) for r in batch_index]), items)
+        right = top1_correct(logits, [answer_ids(ctx.adapter, item) for item in items]).tolist()
+        for r, ok in zip(batch_index, right):
+            flags[owner[r]] = flags[owner[r]] and bool(ok)
     return {"fixed": flags}
 
 

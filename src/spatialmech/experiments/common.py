@@ -9,7 +9,7 @@ input (SPEC section 4), and the result says how many were dropped and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,37 @@ def picture_period(pictures: Sequence[str]) -> int:
     return n
 
 
+def picture_batches(pictures: Sequence[Hashable], batch_size: int, rows: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices of items (showing `pictures`) in batches: a picture's items together, pictures in first-seen
+    order, each batch up to `batch_size` pictures and `2 * batch_size` rows (an item counts `rows[i]` rows,
+    1 by default; a forced-choice item is 2, its option orders). Why pictures: the engine runs what a
+    picture's rows share once, so a batch holding every question about its pictures does the least
+    work; the row cap is what a batch of forced-choice items (both orders) always held, so a forward
+    never grows past that, shared or not (a picture with more rows than that is split)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be at least 1")
+    rows = [1] * len(pictures) if rows is None else list(rows)
+    cap = 2 * batch_size
+    by_picture: dict[Hashable, list[int]] = {}
+    for i, picture in enumerate(pictures):
+        by_picture.setdefault(picture, []).append(i)
+    batches: list[list[int]] = []
+    count = filled = 0
+    for members in by_picture.values():
+        size = sum(rows[i] for i in members)
+        if not batches or count == batch_size or filled + size > cap:
+            batches.append([])
+            count = filled = 0
+        count += 1
+        for i in members:  # a picture alone over the cap goes on in further batches
+            if filled + rows[i] > cap and batches[-1]:
+                batches.append([])
+                count, filled = 1, 0
+            batches[-1].append(i)
+            filled += rows[i]
+    return batches
+
+
 def default_logits(adapter: Any) -> LogitsFn:
     """Plain scoring through the engine, so rows sharing a picture and prompt start share that prefix."""
     engine = Engine(adapter)
@@ -157,15 +188,13 @@ def score_items(
     so the engine runs what their inputs share once. `encode` builds each batch's inputs (e.g.
     `ReusedEncodings` to reuse them across calls)."""
     logits_fn = logits_fn or default_logits(adapter)
-    first_seen: dict[str, int] = {}
-    keys = [first_seen.setdefault(picture_key(item), i) for i, item in enumerate(items)]
-    order = sorted(range(len(items)), key=lambda i: keys[i])  # a picture's questions batched together
     scores: list[ItemScore | None] = [None] * len(items)
-    for start in range(0, len(items), batch_size):
-        batch_index = order[start : start + batch_size]
+    forced_all = [is_forced_choice(item) for item in items]
+    rows_each = 2 if any(forced_all) else 1  # a batch with a forced-choice item asks every item twice
+    for batch_index in picture_batches([picture_key(item) for item in items], batch_size, [rows_each] * len(items)):
         batch = [items[i] for i in batch_index]
         answers = [answer_ids(adapter, item) for item in batch]
-        forced = [is_forced_choice(item) for item in batch]
+        forced = [forced_all[i] for i in batch_index]
         # both option orders in one forward: they share the picture and the text before the options
         swapped_rows = list(range(len(batch))) if any(forced) else []
         rows = batch + [batch[i] for i in swapped_rows]
