@@ -45,7 +45,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload-folder", default=None, metavar="DIR", help="with --device-map: where weights that fit nowhere go")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the authors' per family: float32 Qwen2-VL and Gemma3, bfloat16 Pixtral; others the checkpoint's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints that ship their own code (off by default)")
-    parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pictures per forward pass, every question about them included, at most 2x that many rows (default: 8)")
     _add_grid_option(parser)
 
 

@@ -316,6 +316,21 @@ def test_answer_ids_are_kept_per_tokenizer(tiny_adapter: VLMAdapter, monkeypatch
     assert tiny_adapter.answer_token_ids(["Red", " Red"]) == [7] and len(calls) == 2
 
 
+def test_rendered_prompts_are_kept_and_follow_a_changed_template(tiny_adapter: VLMAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat template renders each (images, prompt, system) once per tokenizer and template: the kept
+    text equals a fresh rendering, and a template changed on the tokenizer is rendered anew."""
+    from spatialmech.models import _hf_common as hf
+
+    tokenizer = copy.copy(tiny_adapter.tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        pytest.skip("the family builds its prompt without a chat template (PaliGemma)")
+    kept = hf.render_chat(tokenizer, 1, "Where is the red square?", None)
+    assert kept == hf._render(tokenizer, 1, "Where is the red square?", None)
+    assert hf.render_chat(tokenizer, 1, "Where is the red square?", None) is kept
+    monkeypatch.setattr(tokenizer, "chat_template", tokenizer.chat_template + "CHANGED")
+    assert hf.render_chat(tokenizer, 1, "Where is the red square?", None).endswith("CHANGED")
+
+
 def test_bad_site_names_give_clear_errors(tiny_adapter: VLMAdapter) -> None:
     with pytest.raises(UserInputError, match="unknown hook site"):
         tiny_adapter.hook_point("lm.resid.0")

@@ -184,8 +184,8 @@ def score_items(
     encode: EncodeFn = encode_items,
 ) -> list[ItemScore]:
     """Score items in batches. Forced-choice items are asked in both option orders (strict), both in one
-    forward; items showing the same picture are batched together (results come back in `items` order),
-    so the engine runs what their inputs share once. `encode` builds each batch's inputs (e.g.
+    forward; a batch holds every item about up to `batch_size` pictures (`picture_batches`; results come
+    back in `items` order), so the engine runs what their inputs share once. `encode` builds each batch's inputs (e.g.
     `ReusedEncodings` to reuse them across calls)."""
     logits_fn = logits_fn or default_logits(adapter)
     scores: list[ItemScore | None] = [None] * len(items)

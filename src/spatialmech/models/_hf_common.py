@@ -8,6 +8,7 @@ special tokens, how the image slot expands).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -137,6 +138,34 @@ def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None
             "the model's tokenizer has no chat template",
             "use an instruction-tuned checkpoint that ships chat_template (tokenizer_config.json or chat_template.jinja)",
         )
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or not _weakly_keyed(tokenizer):  # e.g. a dict of named templates
+        return _render(tokenizer, num_images, prompt, system)
+    rendered = _RENDERED.setdefault(tokenizer, {})
+    key = (template, num_images, prompt, system)
+    if key not in rendered:
+        if len(rendered) >= _RENDERED_LIMIT:
+            rendered.clear()
+        rendered[key] = _render(tokenizer, num_images, prompt, system)
+    return rendered[key]
+
+
+# tokenizer -> (template, images, prompt, system) -> text: the Jinja template is the slow part of building
+# a batch, and the same few prompts come back for every picture, condition and alpha
+_RENDERED: weakref.WeakKeyDictionary[Any, dict[tuple, str]] = weakref.WeakKeyDictionary()
+_RENDERED_LIMIT = 4096
+
+
+def _weakly_keyed(tokenizer: Any) -> bool:
+    try:
+        weakref.ref(tokenizer)
+        hash(tokenizer)
+    except TypeError:
+        return False
+    return True
+
+
+def _render(tokenizer: Any, num_images: int, prompt: str, system: str | None) -> str:
     messages: list[dict[str, Any]] = []
     if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
