@@ -18,6 +18,8 @@ whole plan also the ratio if every step's LM passes fell to that floor, its time
     # the quick plan, or some steps only (noisy machines):
     python benchmarks/reproduce_time.py --quick
     python benchmarks/reproduce_time.py --quick --steps behavior-scenes ablate-vision amplify
+    # each side's best of two runs of the whole plan (a noisy machine; memos emptied before each run):
+    python benchmarks/reproduce_time.py --threads 2 --repeats 2
     # the summary of a saved run (adds ratio_at_floor to runs saved before it existed):
     python benchmarks/reproduce_time.py --summarise benchmarks/results/reproduce_time-bundled-latest.json
 
