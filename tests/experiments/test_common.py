@@ -122,7 +122,7 @@ def test_picture_batches_hold_every_question_about_up_to_batch_size_pictures() -
     assert picture_batches(pictures, 2) == [[0, 2, 7], [1, 4, 3], [5, 6]]  # "a" x3 + "b" x2: over the cap of 4
     assert picture_batches(pictures, 3) == [[0, 2, 7, 1, 4, 3], [5, 6]]
     assert picture_batches(["a"] * 5 + ["b"], 1) == [[0, 1], [2, 3], [4], [5]]  # one picture over the cap: split
-    assert picture_batches(pictures, 2, rows=[2] * 8) == [[0, 2], [7], [1, 4], [3, 5], [6]]  # two rows an item
+    assert picture_batches(pictures, 2, rows_per_item=2) == [[0, 2], [7], [1, 4], [3, 5], [6]]  # two rows an item
     assert picture_batches(list("abcdef"), 4) == [[0, 1, 2, 3], [4, 5]]  # one item a picture: batch_size items
     assert picture_batches([], 4) == []
     covered = sorted(i for batch in picture_batches(pictures, 1) for i in batch)

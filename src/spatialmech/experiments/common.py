@@ -104,34 +104,31 @@ def picture_period(pictures: Sequence[str]) -> int:
     return n
 
 
-def picture_batches(pictures: Sequence[Hashable], batch_size: int, rows: Sequence[int] | None = None) -> list[list[int]]:
+def picture_batches(pictures: Sequence[Hashable], batch_size: int, rows_per_item: int = 1) -> list[list[int]]:
     """Indices of items (showing `pictures`) in batches: a picture's items together, pictures in first-seen
-    order, each batch up to `batch_size` pictures and `2 * batch_size` rows (an item counts `rows[i]` rows,
-    1 by default; a forced-choice item is 2, its option orders). Why pictures: the engine runs what a
-    picture's rows share once, so a batch holding every question about its pictures does the least
-    work; the row cap is what a batch of forced-choice items (both orders) always held, so a forward
-    never grows past that, shared or not (a picture with more rows than that is split)."""
+    order, each batch up to `batch_size` pictures and `2 * batch_size` rows (a forced-choice item is 2 rows,
+    its option orders). Why pictures: the engine runs what a picture's rows share once, so a batch holding
+    every question about its pictures does the least work; the row cap is what a batch of forced-choice
+    items (both orders) always held, so a forward never grows past that, shared or not (a picture with
+    more items than that is split)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} must be at least 1")
-    rows = [1] * len(pictures) if rows is None else list(rows)
-    cap = 2 * batch_size
+    cap = max(1, 2 * batch_size // rows_per_item)  # items a batch may hold
     by_picture: dict[Hashable, list[int]] = {}
     for i, picture in enumerate(pictures):
         by_picture.setdefault(picture, []).append(i)
     batches: list[list[int]] = []
-    count = filled = 0
+    count = 0
     for members in by_picture.values():
-        size = sum(rows[i] for i in members)
-        if not batches or count == batch_size or filled + size > cap:
+        if not batches or count == batch_size or len(batches[-1]) + len(members) > cap:
             batches.append([])
-            count = filled = 0
+            count = 0
         count += 1
         for i in members:  # a picture alone over the cap goes on in further batches
-            if filled + rows[i] > cap and batches[-1]:
+            if len(batches[-1]) == cap:
                 batches.append([])
-                count, filled = 1, 0
+                count = 1
             batches[-1].append(i)
-            filled += rows[i]
     return batches
 
 
@@ -191,7 +188,7 @@ def score_items(
     scores: list[ItemScore | None] = [None] * len(items)
     forced_all = [is_forced_choice(item) for item in items]
     rows_each = 2 if any(forced_all) else 1  # a batch with a forced-choice item asks every item twice
-    for batch_index in picture_batches([picture_key(item) for item in items], batch_size, [rows_each] * len(items)):
+    for batch_index in picture_batches([picture_key(item) for item in items], batch_size, rows_each):
         batch = [items[i] for i in batch_index]
         answers = [answer_ids(adapter, item) for item in batch]
         forced = [forced_all[i] for i in batch_index]

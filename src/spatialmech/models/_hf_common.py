@@ -139,10 +139,12 @@ def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None
             "use an instruction-tuned checkpoint that ships chat_template (tokenizer_config.json or chat_template.jinja)",
         )
     template = tokenizer.chat_template
-    if not isinstance(template, str) or not _weakly_keyed(tokenizer):  # e.g. a dict of named templates
+    try:  # a tokenizer that cannot be a weak key, or a dict of named templates: rendered every time
+        rendered = _RENDERED.setdefault(tokenizer, {})
+        key = (template, num_images, prompt, system)
+        hash(key)
+    except TypeError:
         return _render(tokenizer, num_images, prompt, system)
-    rendered = _RENDERED.setdefault(tokenizer, {})
-    key = (template, num_images, prompt, system)
     if key not in rendered:
         if len(rendered) >= _RENDERED_LIMIT:
             rendered.clear()
@@ -154,15 +156,6 @@ def render_chat(tokenizer: Any, num_images: int, prompt: str, system: str | None
 # a batch, and the same few prompts come back for every picture, condition and alpha
 _RENDERED: weakref.WeakKeyDictionary[Any, dict[tuple, str]] = weakref.WeakKeyDictionary()
 _RENDERED_LIMIT = 4096
-
-
-def _weakly_keyed(tokenizer: Any) -> bool:
-    try:
-        weakref.ref(tokenizer)
-        hash(tokenizer)
-    except TypeError:
-        return False
-    return True
 
 
 def _render(tokenizer: Any, num_images: int, prompt: str, system: str | None) -> str:
